@@ -1,0 +1,2 @@
+"""Schedules (issue 3)."""
+__all__ = []

@@ -1,0 +1,2 @@
+"""Re-exports of KOALA, NSGD, WRS/sphere, MBF (filled in by their modules)."""
+__all__ = []

@@ -1,0 +1,2 @@
+"""Re-exports of Entropy-SGD, Replicated-SGD, SVI, SCL, GradInit, GradMax, WeightNorm."""
+__all__ = []
