@@ -112,6 +112,8 @@ SETTINGS = {
         dict(learning_rate=0.01, momentum=0.9, nesterov=True,
              weight_decay=0.05),
         dict(learning_rate=0.02, momentum=0.0, weight_decay=0.2),
+        dict(learning_rate=exp_sched(0.01, 0.995), momentum=0.9,
+             weight_decay=0.1),
     ],
     "adagrad": [
         dict(learning_rate=0.5),
@@ -120,10 +122,12 @@ SETTINGS = {
     ],
     "rmsprop": [
         dict(learning_rate=0.01),
-        dict(learning_rate=0.005, decay=0.9, momentum=0.9, eps=1e-3),
+        dict(learning_rate=0.003, momentum=0.9, eps=1e-3),
         dict(learning_rate=0.005, centered=True),
-        dict(learning_rate=0.003, decay=0.95, momentum=0.8, centered=True,
+        dict(learning_rate=0.002, momentum=0.8, centered=True,
              weight_decay=0.05, eps=1e-4),
+        dict(learning_rate=exp_sched(0.005, 0.99), decay=0.9, momentum=0.9,
+             eps=1e-3),
     ],
     "adam": [
         dict(learning_rate=0.05),
@@ -139,25 +143,27 @@ SETTINGS = {
     ],
     "adamw": [
         dict(learning_rate=0.05),
-        dict(learning_rate=0.05, weight_decay=0.1, amsgrad=True),
-        dict(learning_rate=0.05, b1=0.5, b2=0.9, weight_decay=0.2),
+        dict(learning_rate=0.05, b2=0.99, weight_decay=0.1, amsgrad=True),
+        dict(learning_rate=0.05, b1=0.5, b2=0.99, weight_decay=0.2),
+        dict(learning_rate=exp_sched(0.08, 0.99), weight_decay=0.1),
     ],
     "nadam": [
         dict(learning_rate=0.05),
         dict(learning_rate=0.05, momentum_decay=0.01, weight_decay=0.05),
-        dict(learning_rate=0.05, b1=0.8, b2=0.99, eps=1e-3),
+        dict(learning_rate=0.02, b1=0.8, b2=0.99, eps=1e-3),
     ],
     "radam": [
         dict(learning_rate=0.05),
         dict(learning_rate=0.05, b2=0.99, weight_decay=0.05),
-        dict(learning_rate=0.05, b1=0.8, b2=0.9, eps=1e-3),
+        dict(learning_rate=0.05, b1=0.8, b2=0.99, eps=1e-3),
     ],
     "adabound": [
         dict(learning_rate=0.01),
-        dict(learning_rate=0.01, amsbound=True),
+        dict(learning_rate=0.01, b2=0.99, amsbound=True),
         dict(learning_rate=0.01, final_lr=0.02, gamma=0.05),
-        dict(learning_rate=0.01, final_lr=0.05, gamma=0.02, amsbound=True,
-             weight_decay=0.05),
+        dict(learning_rate=0.01, b2=0.99, final_lr=0.05, gamma=0.02,
+             amsbound=True, weight_decay=0.05),
+        dict(learning_rate=exp_sched(0.01, 0.995), final_lr=0.05, gamma=0.02),
     ],
 }
 
@@ -250,8 +256,9 @@ def tree_loss(prob):
   return loss
 
 
-def run(alias, kw, loss_fn, x0s, stats):
-  params = [torch.tensor(np.array(x, dtype=np.float64), requires_grad=True)
+def run(alias, kw, loss_fn, x0s, stats, perturb=0.0):
+  params = [torch.tensor(np.array(x, dtype=np.float64) * (1.0 + perturb),
+                         requires_grad=True)
             for x in x0s]
   opt, desc = make_torch_opt(alias, kw, params)
   out = [[] for _ in params]
@@ -272,6 +279,27 @@ def run(alias, kw, loss_fn, x0s, stats):
   traj = [np.stack(o_) for o_ in out]
   assert all(np.all(np.isfinite(x)) for x in traj), (alias, kw)
   return traj, desc, np.array(losses)
+
+
+def _ams_effect(alias, kw, prob, trajs):
+  """For AMSGrad/AMSBound settings: how much the running max changes things."""
+  key = "amsbound" if alias == "adabound" else "amsgrad"
+  if not (alias == "amsgrad" or kw.get(key)):
+    return None
+  alias2 = "adam" if alias == "amsgrad" else alias
+  kw2 = dict(kw, **{key: False})
+  (q,), _, _ = run(alias2, kw2, quad_loss(prob), [prob["quad_x0"]],
+                   {"clipped": 0})
+  t, _, _ = run(alias2, kw2, tree_loss(prob),
+                [prob["tree_b0"], prob["tree_s0"], prob["tree_w0"]],
+                {"clipped": 0})
+  eff = max(_rel(a, b) for a, b in zip((q, *t), trajs))
+  assert eff > 1e-3, ("the max of v is never active", alias, kw)
+  return eff
+
+
+def _rel(a, e):
+  return float(np.max(np.abs(a - e) / np.maximum(np.abs(e), 1e-3)))
 
 
 def _adabound_clipped(opt, params):
@@ -320,6 +348,18 @@ def main():
       (tb, ts, tw), _, tl = run(
           alias, kw, tree_loss(prob),
           [prob["tree_b0"], prob["tree_s0"], prob["tree_w0"]], stats)
+      # Sensitivity: a 1e-12 relative perturbation of x0 must stay small,
+      # otherwise float64 round-off differences between two correct
+      # implementations could grow past the 1e-6 test tolerance.
+      (qp,), _, _ = run(alias, kw, quad_loss(prob), [prob["quad_x0"]],
+                        {"clipped": 0}, perturb=1e-12)
+      tp, _, _ = run(alias, kw, tree_loss(prob),
+                     [prob["tree_b0"], prob["tree_s0"], prob["tree_w0"]],
+                     {"clipped": 0}, perturb=1e-12)
+      amp = max(_rel(qp, q), *(_rel(a, b) for a, b in zip(tp, (tb, ts, tw))))
+      amp /= 1e-12
+      assert amp < 1e4, ("chaotic setting, round-off would grow", alias, kw)
+      ams = _ams_effect(alias, kw, prob, (q, tb, ts, tw))
       arrays[f"s{k}_kwargs"] = np.array(json.dumps(kw, sort_keys=True))
       arrays[f"s{k}_torch"] = np.array(desc)
       arrays[f"s{k}_quad"] = q
@@ -328,8 +368,9 @@ def main():
       arrays[f"s{k}_tree_w"] = tw
       d10 = np.linalg.norm(q[9] - xstar)
       d300 = np.linalg.norm(q[-1] - xstar)
-      print(f"{alias:9s} s{k} quad |x-x*|: 0:{d0:.3f} 10:{d10:.3f} "
+      print(f"{alias:9s} s{k} amp={amp:8.1e} quad |x-x*|: 0:{d0:.3f} 10:{d10:.3f} "
             f"300:{d300:.2e}  tree loss {tl[0]:.3f}->{tl[-1]:.4f}"
+            + (f"  ams-effect={ams:.2g}" if ams is not None else "")
             + (f"  clipped={stats['clipped']}" if alias == "adabound" else "")
             + f"  {json.dumps(kw)}")
     np.savez(os.path.join(OUT, f"aliases_{alias}.npz"), **arrays)

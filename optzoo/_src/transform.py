@@ -235,7 +235,9 @@ def scale_by_rms(
     nu = jax.tree.map(lambda g, v: (decay * v + (1 - decay) * g * g).astype(v.dtype),
                       updates, state.nu)
     if centered:
-      mu = jax.tree.map(lambda g, m: (decay * m + (1 - decay) * g).astype(m.dtype),
+      # torch: grad_avg.lerp_(grad, 1 - alpha); the lerp form matters in the
+      # cancellation-prone v - mean^2.
+      mu = jax.tree.map(lambda g, m: (m + (1 - decay) * (g - m)).astype(m.dtype),
                         updates, state.mu)
       second = jax.tree.map(lambda v, m: v - m * m, nu, mu)
     else:

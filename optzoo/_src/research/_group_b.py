@@ -1,2 +1,46 @@
 """Re-exports of Entropy-SGD, Replicated-SGD, SVI, SCL, GradInit, GradMax, WeightNorm."""
-__all__ = []
+from optzoo._src.research.entropy import entropy_sgd
+from optzoo._src.research.entropy import local_energy
+from optzoo._src.research.entropy import replica_coupling
+from optzoo._src.research.entropy import replicate_params
+from optzoo._src.research.entropy import replicated_center
+from optzoo._src.research.entropy import replicated_sgd
+from optzoo._src.research.gradinit import GradInitResult
+from optzoo._src.research.gradinit import gradinit
+from optzoo._src.research.gradinit import gradinit_objective
+from optzoo._src.research.scl import MaskedConv
+from optzoo._src.research.scl import MaskedDense
+from optzoo._src.research.scl import add_count_penalty
+from optzoo._src.research.scl import connection_count
+from optzoo._src.research.scl import normalize_mask_gradients
+from optzoo._src.research.scl import scl_labels
+from optzoo._src.research.scl import sparse_connectivity
+from optzoo._src.research.scl import step_ste
+from optzoo._src.research.svi import SVIDense
+from optzoo._src.research.svi import SVIMLP
+from optzoo._src.research.svi import svi_gradients
+from optzoo._src.research.svi import svi_mse_loss
+
+__all__ = [
+    "GradInitResult",
+    "MaskedConv",
+    "MaskedDense",
+    "SVIDense",
+    "SVIMLP",
+    "add_count_penalty",
+    "connection_count",
+    "entropy_sgd",
+    "gradinit",
+    "gradinit_objective",
+    "local_energy",
+    "normalize_mask_gradients",
+    "replica_coupling",
+    "replicate_params",
+    "replicated_center",
+    "replicated_sgd",
+    "scl_labels",
+    "sparse_connectivity",
+    "step_ste",
+    "svi_gradients",
+    "svi_mse_loss",
+]

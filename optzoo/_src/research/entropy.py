@@ -1,0 +1,593 @@
+"""Flat-minima optimizers: Entropy-SGD, Replicated-SGD, and a local-energy probe.
+
+methods.md section 15. Entropy-SGD (Chaudhari et al., ICLR 2017) estimates the
+gradient of the local entropy with an inner Langevin (SGLD) loop run inside one
+``update`` call, through a ``grad_fn(params, i)`` extra argument, like
+``optax.contrib.sam(opaque_mode=True)``. Replicated-SGD (Baldassi et al. PNAS
+2020; Pittorino et al., ICLR 2021) trains ``y`` coupled replicas stored along a
+leading axis of every parameter leaf.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from optzoo._src import base
+from optzoo._src import transform
+
+__all__ = [
+    "EntropySGDState",
+    "ReplicaCouplingState",
+    "entropy_sgd",
+    "local_energy",
+    "replica_coupling",
+    "replicate_params",
+    "replicated_center",
+    "replicated_sgd",
+    "scoped_gamma",
+]
+
+_GRAD_FN_HOW = (
+    "pass a callable `grad_fn(params, i) -> grads` (i = inner step index, use it"
+    " to pick a minibatch), e.g. `tx.update(grads, state, params,"
+    " grad_fn=lambda p, i: jax.grad(loss)(p, batches[i]))`."
+)
+
+
+def _tree_cast_like(tree: Any, like: Any) -> Any:
+  return jax.tree.map(lambda t, l: t.astype(l.dtype), tree, like)
+
+
+def scoped_gamma(
+    gamma: Union[float, optax.Schedule],
+    gamma_scoping: float,
+    count: jax.Array,
+    gamma_max: Optional[float] = None,
+) -> jax.Array:
+  r"""The scoped coupling :math:`\gamma_t = \min(\gamma_0 (1+\gamma_1)^t, \gamma_{max})`.
+
+  ``count`` is the number of outer updates already made (0 for the first
+  one). If ``gamma`` is a schedule it is called with ``count`` instead and
+  ``gamma_scoping`` is ignored. Returned as a float32/float64 scalar.
+  """
+  t = jnp.asarray(count)
+  if callable(gamma):
+    g = jnp.asarray(gamma(t))
+  else:
+    dt = jnp.result_type(float)
+    g = jnp.asarray(gamma, dt) * jnp.power(
+        jnp.asarray(1.0 + gamma_scoping, dt), t.astype(dt))
+  if gamma_max is not None:
+    g = jnp.minimum(g, gamma_max)
+  return g
+
+
+def _leaf_normals(key: jax.Array, tree: Any) -> Any:
+  """Standard normals shaped like ``tree``: one sub-key per leaf, in leaf order."""
+  leaves, treedef = jax.tree.flatten(tree)
+  if not leaves:
+    return tree
+  keys = jax.random.split(key, len(leaves))
+  out = [jax.random.normal(k, jnp.shape(l), jnp.result_type(l))
+         for k, l in zip(keys, leaves)]
+  return jax.tree.unflatten(treedef, out)
+
+
+# ---------------------------------------------------------------------------
+# Entropy-SGD
+# ---------------------------------------------------------------------------
+
+
+class EntropySGDState(NamedTuple):
+  """State of :func:`entropy_sgd`.
+
+  Attributes:
+    count: int32 number of outer updates made (drives the γ scoping).
+    key: PRNG key of the Langevin noise (used when no ``key`` extra arg is
+      given).
+    outer: state of the outer ``chain(add_l2, trace, scale_by_learning_rate)``.
+  """
+
+  count: jax.Array
+  key: jax.Array
+  outer: optax.OptState
+
+
+@base.register(
+    family="research",
+    summary="Entropy-SGD: SGLD inner loop estimates the local-entropy gradient (grad_fn extra arg).",
+    paper="Chaudhari et al., Entropy-SGD: Biasing Gradient Descent Into Wide Valleys, ICLR 2017",
+    reference="NumPy re-derivation of ucla-vision/entropy-sgd python/optim.py (+ paper options)",
+    example={"learning_rate": 0.1, "inner_steps": 3, "noise": 0.0},
+    extra_args=("grad_fn",),
+    needs_params=True,
+    invalid=(
+        ({"learning_rate": -0.1}, ValueError),
+        ({"inner_steps": -1}, ValueError),
+        ({"inner_steps": 2.5}, TypeError),
+        ({"inner_lr": 0.0}, ValueError),
+        ({"noise": -1.0}, ValueError),
+        ({"mu_decay": 1.5}, ValueError),
+        ({"gamma": -1.0}, ValueError),
+        ({"momentum": 1.0}, ValueError),
+        ({"mu_weighting": "lua"}, ValueError),
+        ({"noise_form": "x"}, ValueError),
+    ),
+)
+def entropy_sgd(
+    learning_rate: optax.ScalarOrSchedule = 0.1,
+    inner_steps: int = 20,
+    inner_lr: float = 0.1,
+    noise: float = 1e-4,
+    mu_decay: float = 0.75,
+    gamma: Union[float, optax.Schedule] = 1e-4,
+    gamma_scoping: float = 1e-3,
+    momentum: float = 0.9,
+    nesterov: bool = True,
+    weight_decay: float = 0.0,
+    *,
+    inner_momentum: Optional[float] = None,
+    mu_weighting: str = "paper",
+    noise_form: str = "code",
+    gamma_max: Optional[float] = None,
+    scale_outer_by_gamma: bool = False,
+    seed: int = 0,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Entropy-SGD (opaque mode): L Langevin steps inside every ``update``.
+
+  One call of ``update(grads, state, params, grad_fn=...)`` runs, with
+  :math:`x` = ``params``, :math:`x' = \mu = x` and a fresh inner momentum
+  buffer :math:`b`, for :math:`\ell = 0..L-1`:
+
+  .. math::
+
+    g_\ell &= \nabla f(x'; \text{batch } \ell) + \lambda x'
+        \quad(\texttt{grad\_fn(x', }\ell\texttt{)})\\
+    b_\ell &= m' b_{\ell-1} + g_\ell \ (b_0 = g_0), \qquad
+    d_\ell = g_\ell + m' b_\ell \ \text{(Nesterov) or } b_\ell\\
+    x' &\leftarrow x' - \eta' \big(d_\ell - \gamma_t (x - x')\big) + \sigma\,\xi_\ell,
+        \qquad \xi_\ell \sim \mathcal N(0, I)\\
+    \mu &\leftarrow (1-\alpha)\,\mu + \alpha\, x' \quad\text{(paper)}
+        \quad\text{or}\quad \mu \leftarrow \alpha\,\mu + (1-\alpha)\, x'
+        \quad\text{(code)}
+
+  then the outer step treats :math:`G = x - \mu` as the gradient of an
+  ordinary torch-style SGD with coupled L2 and (Nesterov) momentum:
+  :math:`x \leftarrow x - \eta\,\mathrm{SGD}_{m}(G + \lambda x)`. The ``grads``
+  passed to ``update`` are discarded when ``inner_steps > 0`` (as in the
+  official code); with ``inner_steps = 0`` this is plain SGD on ``grads``.
+  Scoping: :math:`\gamma_t = \gamma_0 (1 + \gamma_1)^t` with :math:`t` the
+  number of outer updates made so far (0 for the first), optionally capped by
+  ``gamma_max``; ``gamma`` may also be an optax schedule of :math:`t`.
+
+  **Paper vs official code** (methods.md 15.1; default = paper where they
+  disagree on the algorithm, noted per item):
+
+  * μ average: the paper's Algorithm 1 writes
+    :math:`\mu \leftarrow (1-\alpha)\mu + \alpha x'` with :math:`\alpha=0.75`
+    (weight 0.75 on the *new* sample); the code does
+    ``mw.mul_(0.75).add_(0.25, w)`` (weight 0.75 on the *old* average).
+    Default ``mu_weighting="paper"``; ``"code"`` reproduces the code. In both
+    cases ``mu_decay`` is the constant 0.75.
+  * Noise: the code's step noise has std :math:`\epsilon\sqrt{2\eta'}`
+    (``noise_form="code"``, the default because it is the SGLD temperature
+    convention the published runs used); the paper writes
+    :math:`\sqrt{\eta'}\,\epsilon` (``noise_form="paper"``) [recall].
+  * Outer step: the paper writes :math:`x \leftarrow x - \eta\gamma(x-\mu)`;
+    both official codes use :math:`x - \eta (x-\mu)` (γ absorbed into η).
+    The absorbed form is the default (the paper's form with η and the code's
+    with ``learning_rate = η γ`` coincide when there is no scoping);
+    ``scale_outer_by_gamma=True`` gives the paper's form.
+  * Scoping: the PyTorch port computes ``g0*(1+g1)**state['t']`` but never
+    increments ``t``, so γ never grows there (a bug); the Lua code, used for
+    the paper's experiments, increments it. We increment it.
+  * The PyTorch port seeds the outer momentum buffer with the ordinary
+    gradient of the first call; we start it from the first :math:`G`
+    (``torch.optim.SGD`` semantics). Weight decay enters both the inner
+    gradient and :math:`G`, as in the PyTorch port.
+
+  Noise comes from ``state.key`` (or from a ``key`` extra argument): each
+  update splits ``key -> (next_key, sub)``; inner step ``ℓ`` uses
+  ``jax.random.fold_in(sub, ℓ)`` split into one key per leaf (tree-leaf order).
+
+  Args:
+    learning_rate: outer learning rate η (float or schedule of the outer step).
+    inner_steps: number L of Langevin steps per update (0 = plain SGD).
+    inner_lr: SGLD step size η'.
+    noise: thermal noise ε (``noise = 0`` makes the method deterministic).
+    mu_decay: the averaging constant α = 0.75 (see ``mu_weighting``).
+    gamma: scope γ₀ (float) or a schedule of the outer step count.
+    gamma_scoping: γ₁ of the exponential scoping.
+    momentum: outer momentum coefficient (also the inner one by default).
+    nesterov: Nesterov momentum for the outer and inner loops.
+    weight_decay: coupled L2 λ (inner gradients and the outer G).
+    inner_momentum: momentum of the inner loop (default: ``momentum``).
+    mu_weighting: ``"paper"`` or ``"code"`` (see above).
+    noise_form: ``"code"`` (std ε√(2η')) or ``"paper"`` (std ε√η').
+    gamma_max: optional cap on the scoped γ.
+    scale_outer_by_gamma: use the paper's outer step η γ (x - μ).
+    seed: seed of the noise key kept in the state.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``
+    and ``grad_fn`` (when ``inner_steps > 0``), and accepts ``key``.
+
+  Example::
+
+    tx = optzoo.entropy_sgd(0.1, inner_steps=5)
+    grad_fn = lambda p, i: jax.grad(loss)(p, batches[i])
+    updates, state = tx.update(grads, state, params, grad_fn=grad_fn)
+
+  References:
+    Chaudhari et al., `Entropy-SGD: Biasing Gradient Descent Into Wide Valleys
+    <https://arxiv.org/abs/1611.01838>`_, ICLR 2017; code
+    `ucla-vision/entropy-sgd <https://github.com/ucla-vision/entropy-sgd>`_.
+  """
+  base.check_lr(learning_rate)
+  base.check_int("inner_steps", inner_steps, minimum=0)
+  base.check_positive("inner_lr", inner_lr)
+  base.check_nonneg("noise", noise)
+  base.check_unit_interval("mu_decay", mu_decay)
+  if not callable(gamma):
+    base.check_nonneg("gamma", gamma)
+  base.check_nonneg("gamma_scoping", gamma_scoping)
+  base.check_beta("momentum", momentum)
+  base.check_bool("nesterov", nesterov)
+  base.check_nonneg("weight_decay", weight_decay)
+  if inner_momentum is not None:
+    base.check_beta("inner_momentum", inner_momentum)
+  base.check_choice("mu_weighting", mu_weighting, ("paper", "code"))
+  base.check_choice("noise_form", noise_form, ("paper", "code"))
+  if gamma_max is not None:
+    base.check_positive("gamma_max", gamma_max)
+  base.check_bool("scale_outer_by_gamma", scale_outer_by_gamma)
+  base.check_int("seed", seed)
+
+  m_in = momentum if inner_momentum is None else inner_momentum
+  noise_std = noise * np.sqrt((2.0 if noise_form == "code" else 1.0) * inner_lr) \
+      if not isinstance(noise, jax.core.Tracer) else noise * jnp.sqrt(
+          (2.0 if noise_form == "code" else 1.0) * inner_lr)
+  if mu_weighting == "paper":
+    w_old, w_new = 1.0 - mu_decay, mu_decay
+  else:
+    w_old, w_new = mu_decay, 1.0 - mu_decay
+
+  outer = optax.chain(
+      transform.add_l2(weight_decay),
+      transform.trace(momentum, nesterov=nesterov),
+      transform.scale_by_learning_rate(learning_rate),
+  )
+
+  def init_fn(params):
+    return EntropySGDState(
+        count=jnp.zeros([], jnp.int32),
+        key=jax.random.PRNGKey(seed),
+        outer=outer.init(params),
+    )
+
+  def inner_loop(params, grad_fn, gamma_t, key):
+    x = params
+
+    def body(i, carry):
+      xp, mu, buf = carry
+      g = grad_fn(xp, i)
+      g = jax.tree.map(lambda gi, p: (gi + weight_decay * p).astype(p.dtype), g, xp)
+      buf = jax.tree.map(
+          lambda b, gi: jnp.where(i == 0, gi, m_in * b + gi).astype(b.dtype), buf, g)
+      if nesterov:
+        d = jax.tree.map(lambda gi, b: gi + m_in * b, g, buf)
+      else:
+        d = buf
+      z = _leaf_normals(jax.random.fold_in(key, i), xp)
+
+      def step(p, xc, di, zi):
+        gt = gamma_t.astype(p.dtype)
+        new = p - inner_lr * (di - gt * (xc - p)) + noise_std * zi
+        return new.astype(p.dtype)
+
+      xp = jax.tree.map(step, xp, x, d, z)
+      mu = jax.tree.map(lambda m, p: (w_old * m + w_new * p).astype(m.dtype), mu, xp)
+      return xp, mu, buf
+
+    zeros = jax.tree.map(jnp.zeros_like, x)
+    _, mu, _ = jax.lax.fori_loop(0, inner_steps, body, (x, x, zeros))
+    return mu
+
+  def update_fn(updates, state, params=None, *, grad_fn=None, key=None, **extra):
+    del extra
+    base.require_params(params, "entropy_sgd")
+    count = state.count
+    next_key, sub = jax.random.split(state.key)
+    if key is not None:
+      next_key, sub = state.key, key
+    if isinstance(inner_steps, int) and inner_steps == 0:
+      g_outer = updates
+    else:
+      base.require_extra_arg(grad_fn, "grad_fn", "entropy_sgd", _GRAD_FN_HOW)
+      gamma_t = scoped_gamma(gamma, gamma_scoping, count, gamma_max)
+      mu = inner_loop(params, grad_fn, gamma_t, sub)
+      if scale_outer_by_gamma:
+        g_outer = jax.tree.map(
+            lambda p, m: (gamma_t.astype(p.dtype) * (p - m)).astype(p.dtype), params, mu)
+      else:
+        g_outer = jax.tree.map(lambda p, m: (p - m).astype(p.dtype), params, mu)
+    new_updates, outer_state = outer.update(g_outer, state.outer, params)
+    new_updates = _tree_cast_like(new_updates, updates)
+    return new_updates, EntropySGDState(
+        count=optax.safe_increment(count), key=next_key, outer=outer_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# ---------------------------------------------------------------------------
+# Replicated-SGD
+# ---------------------------------------------------------------------------
+
+
+class ReplicaCouplingState(NamedTuple):
+  """State of :func:`replica_coupling`.
+
+  Attributes:
+    count: int32 number of updates made.
+    center: the elastic centre (params without the replica axis) when
+      ``center="elastic"``; for ``"barycenter"`` an unused copy of shape ().
+  """
+
+  count: jax.Array
+  center: Any
+
+
+def _replica_mean(tree):
+  # 0-d leaves carry no replica axis: they are shared and never coupled.
+  return jax.tree.map(lambda x: jnp.mean(x, axis=0) if jnp.ndim(x) else x, tree)
+
+
+def _bcast(c, w):
+  return c[None] if jnp.ndim(w) else c
+
+
+@base.register(
+    family="research",
+    summary="Elastic coupling of replicas (leading axis) to their centre: adds K*gamma*(w_a - center).",
+    paper="Baldassi et al., PNAS 2020; Pittorino et al., ICLR 2021",
+    reference="NumPy re-derivation of methods.md 15.2",
+    example={"gamma": 0.1},
+    needs_params=True,
+    invalid=(({"gamma": -1.0}, ValueError), ({"center": "median"}, ValueError),
+             ({"coupling_period": 0}, ValueError)),
+)
+def replica_coupling(
+    gamma: Union[float, optax.Schedule] = 1e-2,
+    gamma_scoping: float = 0.0,
+    *,
+    center: str = "barycenter",
+    coupling_period: int = 1,
+    learning_rate: optax.ScalarOrSchedule = 0.1,
+    gamma_max: Optional[float] = None,
+) -> optax.GradientTransformation:
+  r"""Adds the elastic force :math:`K\gamma_t (w^a - \bar w)` to every replica's gradient.
+
+  Every leaf of ``params`` (and of the gradients) carries the replicas along
+  its leading axis (see :func:`replicate_params`; 0-d leaves have no replica
+  axis and are not coupled). On steps with
+  :math:`t \bmod K = 0` (``K = coupling_period``):
+
+  .. math::
+
+    g^a \leftarrow g^a + K\gamma_t\,(w^a - \bar w)
+
+  and nothing is added on the other steps. The centre :math:`\bar w` is the
+  barycentre :math:`\frac1y\sum_a w^a` (``center="barycenter"``) or an
+  elastic variable kept in the state (``center="elastic"``), updated on
+  coupling steps as :math:`\bar w \leftarrow \bar w + \eta_t K\gamma_t
+  \sum_a (w^a - \bar w)` with the current (pre-update) replicas.
+  ``learning_rate`` is only used by the elastic centre.
+  """
+  if not callable(gamma):
+    base.check_nonneg("gamma", gamma)
+  base.check_nonneg("gamma_scoping", gamma_scoping)
+  base.check_choice("center", center, ("barycenter", "elastic"))
+  base.check_int("coupling_period", coupling_period, minimum=1)
+  base.check_lr(learning_rate)
+  if gamma_max is not None:
+    base.check_positive("gamma_max", gamma_max)
+
+  def init_fn(params):
+    if center == "elastic":
+      c = _replica_mean(params)
+    else:
+      c = jnp.zeros([], jnp.float32)
+    return ReplicaCouplingState(count=jnp.zeros([], jnp.int32), center=c)
+
+  def update_fn(updates, state, params=None):
+    base.require_params(params, "replica_coupling / replicated_sgd")
+    count = state.count
+    gamma_t = scoped_gamma(gamma, gamma_scoping, count, gamma_max)
+    active = (count % coupling_period) == 0
+    k_gamma = jnp.where(active, coupling_period * gamma_t, 0.0)
+    c = state.center if center == "elastic" else _replica_mean(params)
+    new_updates = jax.tree.map(
+        lambda g, w, cc: (g + k_gamma.astype(w.dtype) * (w - _bcast(cc, w))).astype(g.dtype),
+        updates, params, c)
+    new_center = state.center
+    if center == "elastic":
+      lr = learning_rate(count) if callable(learning_rate) else learning_rate
+      new_center = jax.tree.map(
+          lambda cc, w: (cc + (lr * k_gamma).astype(cc.dtype)
+                         * (jnp.sum(w - cc[None], axis=0) if jnp.ndim(w) else 0.0)
+                         ).astype(cc.dtype),
+          state.center, params)
+    return new_updates, ReplicaCouplingState(optax.safe_increment(count), new_center)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+@base.register(
+    family="research",
+    summary="Replicated-SGD: y replicas (leading param axis) with scoped elastic coupling to a centre.",
+    paper="Baldassi et al., PNAS 2020; Pittorino et al., Entropic gradient descent algorithms and wide flat minima, ICLR 2021",
+    reference="NumPy re-derivation (methods.md 15.2); gamma=0 equals independent torch-style SGD per replica",
+    example={"learning_rate": 0.1, "gamma": 0.1},
+    needs_params=True,
+    invalid=(({"learning_rate": -0.1}, ValueError), ({"gamma": -1.0}, ValueError),
+             ({"center": "median"}, ValueError), ({"coupling_period": 0}, ValueError),
+             ({"momentum": 1.0}, ValueError)),
+)
+def replicated_sgd(
+    learning_rate: optax.ScalarOrSchedule = 0.1,
+    gamma: Union[float, optax.Schedule] = 1e-2,
+    gamma_scoping: float = 1e-3,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+    *,
+    center: str = "barycenter",
+    coupling_period: int = 1,
+    gamma_max: Optional[float] = None,
+) -> optax.GradientTransformation:
+  r"""Replicated-SGD: ``y`` replicas coupled elastically to their centre.
+
+  Parameters hold the replicas along the leading axis of every leaf (build
+  them with :func:`replicate_params`; compute per-replica gradients with
+  ``jax.vmap(jax.grad(loss))(params, batches)`` so that each replica sees its
+  own minibatch). Each replica does torch-style SGD on
+
+  .. math::
+
+    \sum_a L(w^a) + \frac{\gamma_t}{2}\sum_a \lVert w^a - \bar w\rVert^2,
+    \qquad w^a \leftarrow w^a - \eta\,\mathrm{SGD}_m\big(\nabla L(w^a)
+       + \lambda w^a + K\gamma_t (w^a - \bar w)[t \bmod K = 0]\big)
+
+  i.e. ``chain(replica_coupling, add_l2, trace, scale_by_learning_rate)``.
+  Scoping :math:`\gamma_t = \gamma_0(1+\gamma_1)^t` (t = number of updates
+  made), optionally capped by ``gamma_max``; keep :math:`\eta\gamma_t < 1`
+  or the coupling overshoots. The final model is the centre
+  (:func:`replicated_center`). With ``gamma = 0`` this is exactly independent
+  SGD per replica; as :math:`\eta\gamma \to 1` the replicas collapse onto the
+  centre. The coupling enters the momentum buffer (it is part of the
+  objective's gradient) and the coupling period multiplies γ by K as in
+  Pittorino et al. [recon: no official code was found; methods.md 15.2].
+
+  Args:
+    learning_rate: η (float or schedule).
+    gamma: coupling γ₀ (or a schedule of the step count).
+    gamma_scoping: γ₁.
+    momentum: SGD momentum (torch semantics).
+    nesterov: Nesterov momentum.
+    weight_decay: coupled L2 λ.
+    center: ``"barycenter"`` (mean of the replicas) or ``"elastic"`` (its
+      own variable, moved by :math:`\eta K\gamma\sum_a (w^a - \bar w)`).
+    coupling_period: K, couple every K steps with strength Kγ.
+    gamma_max: optional cap on γ_t.
+
+  References:
+    Pittorino et al., `Entropic gradient descent algorithms and wide flat
+    minima <https://arxiv.org/abs/2006.07897>`_, ICLR 2021; Baldassi et al.,
+    `Shaping the learning landscape in neural networks around wide flat
+    minima <https://www.pnas.org/doi/10.1073/pnas.1908636117>`_, PNAS 2020.
+  """
+  base.check_lr(learning_rate)
+  base.check_beta("momentum", momentum)
+  base.check_bool("nesterov", nesterov)
+  base.check_nonneg("weight_decay", weight_decay)
+  links = [replica_coupling(gamma, gamma_scoping, center=center,
+                            coupling_period=coupling_period,
+                            learning_rate=learning_rate, gamma_max=gamma_max)]
+  if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
+    links.append(transform.add_l2(weight_decay))
+  if nesterov or not (isinstance(momentum, (int, float)) and momentum == 0):
+    links.append(transform.trace(momentum, nesterov=nesterov))
+  links.append(transform.scale_by_learning_rate(learning_rate))
+  return optax.chain(*links)
+
+
+@base.register(
+    family="research",
+    summary="Stack y copies of params along a new leading axis (optionally perturbed) for replicated_sgd.",
+    paper="Pittorino et al., ICLR 2021",
+    reference="-",
+    kind="utility",
+    example={"params": {"w": np.zeros(3)}, "num_replicas": 2},
+    invalid=(({"num_replicas": 0}, ValueError),),
+)
+def replicate_params(params: Any, num_replicas: int = 3, *,
+                     key: Optional[jax.Array] = None, noise: float = 0.0) -> Any:
+  """``y`` copies of ``params`` stacked on axis 0, plus optional N(0, noise²) jitter."""
+  base.check_int("num_replicas", num_replicas, minimum=1)
+  base.check_nonneg("noise", noise)
+  reps = jax.tree.map(
+      lambda x: jnp.broadcast_to(jnp.asarray(x)[None], (num_replicas,) + jnp.shape(x)),
+      params)
+  if key is not None and noise > 0:
+    z = _leaf_normals(key, reps)
+    reps = jax.tree.map(lambda r, zi: (r + noise * zi).astype(r.dtype), reps, z)
+  return reps
+
+
+def replicated_center(params: Any, state: Any = None) -> Any:
+  """The centre of replicated params: the elastic centre found in ``state`` if any, else the barycentre."""
+  if state is not None:
+    found = []
+
+    def visit(s):
+      if isinstance(s, ReplicaCouplingState):
+        found.append(s)
+        return True
+      return False
+
+    jax.tree.map(lambda x: x, state, is_leaf=visit)
+    for s in found:
+      if jax.tree.structure(s.center) == jax.tree.structure(params):
+        return s.center
+  return _replica_mean(params)
+
+
+# ---------------------------------------------------------------------------
+# Flatness probe
+# ---------------------------------------------------------------------------
+
+
+@base.register(
+    family="research",
+    summary="Local energy dE(sigma) = E_z[L(w + sigma z*w)] - L(w): a rescaling-invariant flatness probe.",
+    paper="Pittorino et al., ICLR 2021 (after Jiang et al., ICLR 2020)",
+    reference="closed form on quadratics (tests)",
+    kind="utility",
+    example={"loss_fn": lambda p, b: jnp.sum(p ** 2), "params": np.ones(3)},
+    invalid=(({"n_samples": 0}, ValueError),),
+)
+def local_energy(
+    loss_fn: Callable[[Any, Any], jax.Array] = None,
+    params: Any = None,
+    batch: Any = None,
+    sigmas: Any = (0.1,),
+    n_samples: int = 16,
+    key: Optional[jax.Array] = None,
+) -> jax.Array:
+  r"""Local energy :math:`\delta E(w,\sigma) = \mathbb E_z[L(w + \sigma z\odot w)] - L(w)`.
+
+  Multiplicative Gaussian noise :math:`z \sim \mathcal N(0, I)`, so the
+  measure is invariant to per-weight rescalings. Monte Carlo with
+  ``n_samples`` draws (the same draws for every σ). Returns an array with one
+  value per σ. ``loss_fn(params, batch)`` must return a scalar (loss or error).
+  """
+  if loss_fn is None or params is None:
+    raise ValueError("local_energy needs `loss_fn(params, batch)` and `params`.")
+  base.check_int("n_samples", n_samples, minimum=1)
+  sig = jnp.atleast_1d(jnp.asarray(sigmas))
+  key = jax.random.PRNGKey(0) if key is None else key
+  keys = jax.random.split(key, n_samples)
+  base_loss = loss_fn(params, batch)
+
+  def one(k, s):
+    z = _leaf_normals(k, params)
+    p = jax.tree.map(lambda w, zi: (w + s * zi * w).astype(w.dtype), params, z)
+    return loss_fn(p, batch)
+
+  vals = jax.vmap(lambda s: jnp.mean(jax.vmap(lambda k: one(k, s))(keys)))(sig)
+  return vals - base_loss

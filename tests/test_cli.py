@@ -1,0 +1,238 @@
+"""The ``optzoo`` command line: list, table, race, lr-find, error handling."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import optzoo
+from optzoo import cli
+from optzoo._src import race
+
+
+def _write_idx(directory, n=64, hw=28, seed=0):
+  """A tiny fake Fashion-MNIST in the Debian package's layout (IDX .gz)."""
+  import gzip
+  rng = np.random.default_rng(seed)
+  imgs = rng.integers(0, 256, size=(n, hw, hw), dtype=np.uint8)
+  labels = rng.integers(0, 10, size=n, dtype=np.uint8)
+  for stem in ("train", "t10k"):
+    with gzip.open(os.path.join(directory, f"{stem}-images-idx3-ubyte.gz"), "wb") as f:
+      f.write((2051).to_bytes(4, "big") + n.to_bytes(4, "big")
+              + hw.to_bytes(4, "big") + hw.to_bytes(4, "big") + imgs.tobytes())
+    with gzip.open(os.path.join(directory, f"{stem}-labels-idx1-ubyte.gz"), "wb") as f:
+      f.write((2049).to_bytes(4, "big") + n.to_bytes(4, "big") + labels.tobytes())
+
+QUICK = ["--epochs", "1", "--limit", "256", "--batch-size", "32", "--quiet"]
+
+
+def _run(capsys, *argv):
+  code = cli.main(list(argv))
+  out, err = capsys.readouterr()
+  return code, out, err
+
+
+def _assert_one_line_error(code, err, *fragments):
+  assert code != 0
+  lines = [l for l in err.splitlines() if l.strip()]
+  assert len(lines) == 1, err
+  assert lines[0].startswith("optzoo: error:"), err
+  assert "Traceback" not in err
+  for f in fragments:
+    assert f in lines[0], (f, lines[0])
+
+
+# ---------------------------------------------------------------------------
+# list / table
+# ---------------------------------------------------------------------------
+
+
+def test_list_groups_by_family_with_references(capsys):
+  code, out, _ = _run(capsys, "list")
+  assert code == 0
+  infos = optzoo.list_optimizers()
+  families = []
+  for i in infos:
+    if i.family not in families:
+      families.append(i.family)
+  # every family appears as a title, in registry order, with its methods
+  lines = [l.strip() for l in out.splitlines()]
+  counts = {f: sum(i.family == f for i in infos) for f in families}
+  positions = [lines.index(f"{f} ({counts[f]})") for f in families]
+  assert positions == sorted(positions)
+  for name in ("adam", "sgd", "radam"):
+    assert name in out
+  assert "torch.optim.Adam" in out
+  code, out, err = _run(capsys, "list", "--family", "Team Zoo")
+  _assert_one_line_error(code, err, "family")
+
+
+def test_table_is_markdown_for_every_method(capsys):
+  code, out, _ = _run(capsys, "table")
+  assert code == 0
+  lines = out.strip().splitlines()
+  assert lines[0] == "| method | family | reference | status |"
+  assert len(lines) == 2 + len(optzoo.list_optimizers())
+  row = next(l for l in lines if l.startswith("| `adam` |"))
+  assert "Team Adam" in row and "torch.optim.Adam" in row
+  assert all(l.count("|") == 5 for l in lines)
+
+
+def test_no_command_prints_help(capsys):
+  code, out, _ = _run(capsys)
+  assert code == 0 and "race" in out and "lr-find" in out
+
+
+# ---------------------------------------------------------------------------
+# specs
+# ---------------------------------------------------------------------------
+
+
+def test_parse_and_build_specs():
+  assert race.parse_spec("lookahead:adam@3e-3") == (["lookahead", "adam"], 3e-3)
+  assert race.parse_spec(" SGDM ") == (["sgdm"], None)
+  tx, lr = race.build_optimizer("sgdm")
+  assert lr == race.PRESETS["sgdm"][2]
+  _, lr = race.build_optimizer("adam@0.02", lr=0.5)
+  assert lr == 0.02  # the spec's @lr wins over --lr
+  _, lr = race.build_optimizer("adam", lr=0.5)
+  assert lr == 0.5
+  for bad, frag in (("adamm", "unknown method 'adamm'"), ("adam@x", "bad learning rate"),
+                    ("adam@-1", "must be > 0"), ("lookahead:", "bad optimizer spec"),
+                    ("scale_by_adam", "not an optimizer"), ("sgd:adam", "not a wrapper")):
+    with pytest.raises(race.RaceError, match=frag):
+      race.build_optimizer(bad)
+
+
+def test_default_optimizers_resolve_through_registry():
+  for spec in race.DEFAULT_OPTIMIZERS:
+    tx, _ = race.build_optimizer(spec)
+    assert hasattr(tx, "init") and hasattr(tx, "update")
+
+
+# ---------------------------------------------------------------------------
+# race
+# ---------------------------------------------------------------------------
+
+
+def _results(path):
+  with open(os.path.join(path, "results.json")) as f:
+    return json.load(f)
+
+
+def test_race_same_seed_same_numbers(capsys, tmp_path):
+  opts = "sgdm,adam@3e-3"
+  a, b, c = (str(tmp_path / n) for n in "abc")
+  code, out, err = _run(capsys, "race", "--optimizers", opts, "--seed", "1", "--out", a, *QUICK)
+  assert code == 0, err
+  # the final table: one row per optimizer with loss, accuracy, time, steps/s
+  for col in ("train loss", "test acc", "wall time", "steps/s"):
+    assert col in out
+  assert "sgdm" in out and "adam@3e-3" in out
+  assert _run(capsys, "race", "--optimizers", opts, "--seed", "1", "--out", b, *QUICK)[0] == 0
+  assert _run(capsys, "race", "--optimizers", opts, "--seed", "2", "--out", c, *QUICK)[0] == 0
+  ra, rb, rc = _results(a), _results(b), _results(c)
+  assert ra["results"] == rb["results"]  # bit-identical numbers and curves
+  assert ra["results"]["sgdm"]["train_loss_curve"] != rc["results"]["sgdm"]["train_loss_curve"]
+  r = ra["results"]["adam@3e-3"]
+  assert ra["config"]["learning_rates"]["adam@3e-3"] == 3e-3
+  assert r["steps"] == 256 // 32 == len(r["train_loss_curve"])
+  assert 0.0 <= r["test_accuracy"] <= 1.0 and np.isfinite(r["train_loss"])
+  # the numbers in the table are the ones in the JSON
+  assert f"{100 * r['test_accuracy']:.2f}%" in out
+  with open(os.path.join(a, "race.png"), "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert set(ra["timings"]) == {"sgdm", "adam@3e-3"}
+
+
+def test_race_learns(tmp_path):
+  """Two epochs on all of digits: Team SGD and Team Adam both reach > 85 %."""
+  results, config = race.run_race(["sgdm", "adam@3e-3"], epochs=2, batch_size=32)
+  assert config["n_train"] == 1438 and config["epochs"] == 2
+  for r in results:
+    assert r.test_accuracy > 0.85, (r.name, r.test_accuracy)
+    assert r.train_loss < 0.5 * r.train_loss_curve[0]
+
+
+@pytest.mark.slow
+def test_race_default_optimizers_run(capsys, tmp_path):
+  """Every default optimizer (incl. lookahead:adam and swats) trains."""
+  code, out, err = _run(capsys, "race", "--epochs", "1", "--out", str(tmp_path), "--quiet")
+  assert code == 0, err
+  res = _results(str(tmp_path))
+  assert list(res["results"]) == list(race.DEFAULT_OPTIMIZERS)
+  for name, r in res["results"].items():
+    assert r["train_loss"] < r["train_loss_curve"][0], name
+
+
+@pytest.mark.parametrize("argv,fragments", [
+    (["--optimizers", "sgdm,adamx"], ["unknown method 'adamx'", "Did you mean"]),
+    (["--optimizers", "lookahead:"], ["bad optimizer spec"]),
+    (["--dataset", "cifar10"], ["unknown dataset 'cifar10'", "digits"]),
+    (["--epochs", "0"], ["--epochs"]),
+    (["--epochs", "two"], ["invalid int value"]),
+    (["--batch-size", "5000"], ["larger than the training set"]),
+    (["--norm", "spectral"], ["norm"]),
+    (["--model", "resnet"], ["invalid choice"]),
+])
+def test_race_user_errors_are_one_line(capsys, tmp_path, argv, fragments):
+  code, _, err = _run(capsys, "race", "--out", str(tmp_path), "--quiet", *argv)
+  _assert_one_line_error(code, err, *fragments)
+
+
+def test_race_unwritable_out(capsys, tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  code, _, err = _run(capsys, "race", "--out", str(blocker / "sub"), *QUICK)
+  _assert_one_line_error(code, err, "cannot write to --out")
+
+
+def test_fashion_mnist_missing_and_present(capsys, tmp_path, monkeypatch):
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  monkeypatch.setenv("OPTZOO_FASHION_MNIST_DIR", str(empty))
+  code, _, err = _run(capsys, "race", "--dataset", "fashion-mnist", "--out",
+                      str(tmp_path / "o"), *QUICK)
+  _assert_one_line_error(code, err, "Fashion-MNIST not found",
+                         "apt-get install -y dataset-fashion-mnist")
+  full = tmp_path / "fmnist"
+  full.mkdir()
+  _write_idx(str(full), n=64)
+  monkeypatch.setenv("OPTZOO_FASHION_MNIST_DIR", str(full))
+  code, out, err = _run(capsys, "race", "--dataset", "fashion-mnist", "--optimizers",
+                        "adam", "--out", str(tmp_path / "o"), *QUICK)
+  assert code == 0, err
+  res = _results(str(tmp_path / "o"))
+  assert res["config"]["dataset"] == "fashion-mnist" and res["config"]["n_train"] == 64
+
+
+def test_console_script_error_has_no_traceback(tmp_path):
+  """The real process: exit status 2, one stderr line, no traceback."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  p = subprocess.run([sys.executable, "-m", "optzoo.cli", "race", "--optimizers", "nope",
+                      "--out", str(tmp_path)], capture_output=True, text=True, env=env,
+                     timeout=120)
+  assert p.returncode == 2
+  _assert_one_line_error(p.returncode, p.stderr, "unknown method 'nope'")
+
+
+# ---------------------------------------------------------------------------
+# lr-find
+# ---------------------------------------------------------------------------
+
+
+def test_lr_find(capsys, tmp_path):
+  code, out, err = _run(capsys, "lr-find", "--optimizer", "sgdm", "--steps", "40",
+                        "--min-lr", "1e-4", "--max-lr", "10", "--out", str(tmp_path))
+  assert code == 0, err
+  line = next(l for l in out.splitlines() if l.startswith("suggested learning rate"))
+  lr = float(line.split(":")[1].split()[0])
+  assert 1e-4 <= lr <= 10
+  assert os.path.getsize(tmp_path / "lr_find.png") > 1000
+  code, _, err = _run(capsys, "lr-find", "--optimizer", "adamq", "--out", str(tmp_path))
+  _assert_one_line_error(code, err, "unknown method 'adamq'")
+  code, _, err = _run(capsys, "lr-find", "--min-lr", "1", "--max-lr", "0.1", "--out",
+                      str(tmp_path))
+  _assert_one_line_error(code, err, "--min-lr")
