@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,19 +20,21 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import serialization
 
-from test_registry_validation import (assert_trees_equal, build, ids,
-                                      make_step, problem, run,
+
+from test_registry_validation import (assert_trees_equal, build, ids, cached_setup,
                                       transformation_infos)
 
 _TRANSFORMS = transformation_infos()
 N_BEFORE, N_AFTER = 3, 3
 
 
-def _state_after(info, steps=N_BEFORE):
-  tx = build(info)
-  params0, pel, targets = problem()
-  step = make_step(info, tx, pel, targets)
-  params, state = run(info, tx, params0, pel, targets, steps, step=step)
+def _state_after(name, steps=N_BEFORE):
+  """(tx, compiled step, params, state) after ``steps`` steps (the compiled
+  step is cached, shared by the tests of one method)."""
+  tx, step, params = cached_setup(name)
+  state = tx.init(params)
+  for i in range(steps):
+    params, state, _ = step(params, state, i)
   return tx, step, params, state
 
 
@@ -45,10 +48,17 @@ def _non_array_leaves(tree):
 
 @pytest.mark.parametrize("info", _TRANSFORMS, ids=ids(_TRANSFORMS))
 def test_state_is_a_pytree_of_arrays(info):
-  tx, _, params, state = _state_after(info, steps=1)
-  for what, s in (("init", tx.init(params)), ("after a step", state)):
+  tx, _, params, state = _state_after(info.name)
+  init = tx.init(params)
+  for what, s in (("init", init), ("after some steps", state)):
     bad = _non_array_leaves(s)
     assert not bad, f"{info.name}: state {what} has non-array leaves: {bad}"
+    weak = [jax.tree_util.keystr(k) for k, x in jax.tree_util.tree_leaves_with_path(s)
+            if getattr(x, "weak_type", False)]
+    assert not weak, f"{info.name}: weak-typed state leaves {weak} (recompiles)"
+  # Shapes and dtypes are stable across steps (no recompilation, scan-able).
+  assert (jax.tree.map(lambda x: (x.shape, x.dtype), init)
+          == jax.tree.map(lambda x: (x.shape, x.dtype), state)), info.name
   # The usual tree utilities work on it.
   leaves, treedef = jax.tree.flatten(state)
   assert_trees_equal(jax.tree.unflatten(treedef, leaves), state)
@@ -57,7 +67,7 @@ def test_state_is_a_pytree_of_arrays(info):
 
 @pytest.mark.parametrize("info", _TRANSFORMS, ids=ids(_TRANSFORMS))
 def test_tree_map_params_walks_the_state(info):
-  tx, _, params, state = _state_after(info, steps=1)
+  tx, _, params, state = _state_after(info.name)
   mapped = optax.tree_map_params(tx, lambda p: p, state)
   assert_trees_equal(mapped, state)
   # Mapping params-shaped parts to zeros changes only those parts' values.
@@ -79,7 +89,7 @@ def _resume_and_compare(info, step, params, state, restored, what):
 
 @pytest.mark.parametrize("info", _TRANSFORMS, ids=ids(_TRANSFORMS))
 def test_orbax_round_trip_and_bit_identical_resume(info, tmp_path):
-  _, step, params, state = _state_after(info)
+  _, step, params, state = _state_after(info.name)
   ckpt = {"params": params, "opt_state": state}
   checkpointer = ocp.StandardCheckpointer()
   path = tmp_path / info.name
@@ -96,7 +106,7 @@ def test_orbax_round_trip_and_bit_identical_resume(info, tmp_path):
 
 @pytest.mark.parametrize("info", _TRANSFORMS, ids=ids(_TRANSFORMS))
 def test_flax_serialization_round_trip_and_bit_identical_resume(info):
-  _, step, params, state = _state_after(info)
+  _, step, params, state = _state_after(info.name)
   ckpt = {"params": params, "opt_state": state}
   data = serialization.to_bytes(ckpt)
   tx = build(info)
@@ -109,7 +119,7 @@ def test_flax_serialization_round_trip_and_bit_identical_resume(info):
 def test_round_trip_detects_a_changed_state():
   """The comparison above is not vacuous: a one-ulp change is caught."""
   info = [i for i in _TRANSFORMS if i.name == "adam"][0]
-  _, step, params, state = _state_after(info)
+  _, step, params, state = _state_after(info.name)
   changed = jax.tree.map(
       lambda x: jnp.nextafter(x, jnp.inf) if jnp.issubdtype(x.dtype, jnp.floating) else x,
       state)

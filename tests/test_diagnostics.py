@@ -128,6 +128,24 @@ def test_params_with_none_and_scalar_leaves():
   assert r.eigenvectors[0]["skip"] is None
 
 
+def test_unhashable_callable_loss():
+  class Loss:  # defines __eq__, so it is unhashable (like many modules)
+    def __init__(self, a):
+      self.a = jnp.asarray(a)
+
+    def __eq__(self, other):
+      return self is other
+
+    def __call__(self, x):
+      return 0.5 * jnp.sum(self.a * x**2)
+
+  f = Loss([1.0, -2.0, 3.0])
+  cp = dg.classify_critical_point(f, jnp.zeros(3), method="lanczos", num_iters=3)
+  assert cp.label == "saddle point"
+  np.testing.assert_allclose(dg.hessian_eigenvalues(f, jnp.zeros(3), k=1).eigenvalues, [3.0])
+  assert dg.sharpness(f, jnp.zeros(3), num_iters=3).top_eigenvalue == pytest.approx(3.0)
+
+
 # ---------------------------------------------------------------------------
 # Lanczos vs numpy.linalg.eigvalsh
 # ---------------------------------------------------------------------------
@@ -341,6 +359,10 @@ def test_sharpness_box_and_ascent():
   corner = x0 + r * np.where(x0 >= 0, 1.0, -1.0)
   want = 0.5 * np.sum(lam * corner**2) - 0.5 * np.sum(lam * x0**2)
   np.testing.assert_allclose(s.worst_case_increase, want, rtol=1e-10)
+  s0 = dg.sharpness(f, jnp.asarray(x0), rho=rho, perturbation="box",
+                    num_ascent_steps=5, compute_eigenvalue=False)
+  assert s0.top_eigenvalue is None
+  np.testing.assert_allclose(s0.worst_case_increase, want, rtol=1e-10)
   # l2 ball away from a minimum: ascent beats the first SAM step.
   g = lam * x0
   sam = x0 + 0.5 * g / np.linalg.norm(g)
@@ -417,6 +439,35 @@ def test_monitor_leaves_updates_bit_identical_and_compiles_once():
   assert int(sw[0].count) == 6
 
 
+def test_monitor_shows_stuck_loss_with_large_gradient():
+  # GD on 1/2 lam x^2 with lr = 2/lam bounces x -> -x: the loss never moves,
+  # yet the gradient norm stays lam |x0| ("training stuck != small gradient"),
+  # while a well-tuned lr drives both to 0.
+  lam, x0 = 4.0, jnp.array([1.0, -0.5], jnp.float64)
+  loss = lambda x: 0.5 * lam * jnp.sum(x**2)
+
+  def run(lr, steps=12):
+    tx = optax.chain(dg.monitor_norms(history=steps), optax.sgd(lr))
+
+    @jax.jit
+    def step(x, s):
+      v, g = jax.value_and_grad(loss)(x)
+      u, s = tx.update(g, s, x, value=v)
+      return optax.apply_updates(x, u), s
+
+    x, s = x0, tx.init(x0)
+    for _ in range(steps):
+      x, s = step(x, s)
+    return dg.norm_history(s)
+
+  stuck = run(2.0 / lam)
+  np.testing.assert_allclose(stuck.values, float(loss(x0)), rtol=1e-12)
+  np.testing.assert_allclose(stuck.norms, lam * float(jnp.linalg.norm(x0)), rtol=1e-12)
+  good = run(1.0 / lam)
+  assert good.norms[-1] < 1e-12 and good.values[-1] < 1e-12
+  np.testing.assert_array_equal(good.steps, np.arange(1, 13))
+
+
 def test_monitor_pytrees_dtypes_and_extra_args():
   params = {"a": jnp.ones(3, jnp.bfloat16), "none": None, "c": jnp.ones((), jnp.float32)}
   tx = dg.monitor_norms()
@@ -436,6 +487,30 @@ def test_monitor_pytrees_dtypes_and_extra_args():
   assert math.isnan(float(st3.params_norm))
   with pytest.raises(ValueError, match="no history"):
     dg.norm_history(st3)
+
+
+def test_monitor_preserves_sharding():
+  devs = np.array(jax.devices()[:8])
+  mesh = jax.sharding.Mesh(devs, ("d",))
+  shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
+  params = {"w": jax.device_put(jnp.ones((8, 4)), shard), "b": jnp.zeros(3)}
+  grads = {"w": jax.device_put(jnp.arange(32.0).reshape(8, 4), shard),
+           "b": jnp.ones(3)}
+  tx = optax.chain(dg.monitor_norms(history=2), optax.sgd(0.1))
+  u, st = jax.jit(tx.update)(grads, tx.init(params), params)
+  assert u["w"].sharding.is_equivalent_to(grads["w"].sharding, 2)
+  np.testing.assert_allclose(float(st[0].norm), float(optax.global_norm(grads)))
+
+
+def test_lanczos_compiles_once_per_loss():
+  _, params, loss_fn, batch = _mlp_problem()
+  counter = TraceCounter(loss_fn)
+  dg.hessian_eigenvalues(counter, params, batch, k=2, num_iters=12)
+  first = counter.count
+  params2 = jax.tree.map(lambda p: p * 1.01, params)
+  r = dg.hessian_eigenvalues(counter, params2, batch, k=2, num_iters=12)
+  assert counter.count - first == 1  # only the input check (eval_shape) traces
+  assert first >= 2 and np.all(np.isfinite(r.eigenvalues))
 
 
 def test_monitor_registered_and_validates():

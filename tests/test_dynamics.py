@@ -11,7 +11,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import optzoo
-from helpers import TraceCounter, fixture_path, pytree_problem, run_trajectory
+from helpers import TraceCounter, fixture_path, pytree_problem
 
 
 # ---------------------------------------------------------------------------
@@ -51,7 +51,8 @@ def test_gradient_noise_keys_and_reproducibility():
   assert not np.allclose(np.asarray(a["w"]), np.asarray(c["w"]))
   # An explicit `key` extra arg overrides the state key (state key unchanged).
   d, s2 = tx.update(g, s, key=jax.random.PRNGKey(42), unknown_extra=1)
-  e, _ = tx.update(g, s1, key=jax.random.PRNGKey(42))
+  e, _ = tx.update(g, s._replace(key=jax.random.PRNGKey(7)),
+                   key=jax.random.PRNGKey(42))
   np.testing.assert_array_equal(np.asarray(d["w"]), np.asarray(e["w"]))
   np.testing.assert_array_equal(np.asarray(s2.key), np.asarray(s.key))
   assert a["none"] is None
@@ -104,8 +105,9 @@ def test_param_ema_byol_schedule_and_readout_through_chain():
   params = jax.tree.map(jnp.asarray, params)
   state = tx.init(params)
   target = jax.tree.map(np.asarray, params)  # BYOL: xi_0 = theta_0
+  step = jax.jit(lambda p, s: tx.update(grad_fn(p), s, p))
   for k in range(60):
-    u, state = tx.update(grad_fn(params), state, params)
+    u, state = step(params, state)
     params = optax.apply_updates(params, u)
     tk = 1 - (1 - tau_base) * (np.cos(np.pi * min(k, total) / total) + 1) / 2
     target = jax.tree.map(lambda x, th: x + (1 - tk) * (np.asarray(th) - x),
@@ -278,20 +280,28 @@ def _digits_setup():
   return x, y, params, loss_fn, batches
 
 
-def _train(opt, lr, steps=200):
+def _trainer(opt, steps=200):
+  """A jitted short training run from the fixed init; lr is a run-time input
+  (one compile for all learning rates)."""
   x, y, params, loss_fn, batches = _digits_setup()
-  tx = opt(learning_rate=lr)
-  state = tx.init(params)
+  bs = batches(1, steps)
+  xb = jnp.asarray(np.stack([b[0] for b in bs]))
+  yb = jnp.asarray(np.stack([b[1] for b in bs]))
 
   @jax.jit
-  def step(p, s, b):
-    g = jax.grad(loss_fn)(p, b)
-    u, s = tx.update(g, s, p)
-    return optax.apply_updates(p, u), s
+  def run(lr):
+    tx = optax.inject_hyperparams(opt)(learning_rate=lr)
 
-  for b in batches(1, steps):
-    params, state = step(params, state, b)
-  return float(loss_fn(params, (x, y)))
+    def body(carry, batch):
+      p, s = carry
+      g = jax.grad(loss_fn)(p, batch)
+      u, s = tx.update(g, s, p)
+      return (optax.apply_updates(p, u), s), None
+
+    (p, _), _ = jax.lax.scan(body, (params, tx.init(params)), (xb, yb))
+    return loss_fn(p, (x, y))
+
+  return lambda lr: float(run(jnp.asarray(lr, jnp.float32)))
 
 
 @pytest.mark.parametrize("name", ["adam", "sgd_momentum"])
@@ -306,9 +316,10 @@ def test_lr_range_test_suggestion_trains_best(name):
   assert np.all(np.diff(res.lrs) > 0)
   np.testing.assert_allclose(res.lrs[1] / res.lrs[0], 10.0 ** (6 / 99),
                              rtol=1e-12)
-  base = _train(opt, res.suggestion)
-  assert base < _train(opt, 10.0 * res.suggestion)
-  assert base < _train(opt, 0.01 * res.suggestion)
+  train = _trainer(opt)
+  base = train(res.suggestion)
+  assert base < train(10.0 * res.suggestion)
+  assert base < train(0.01 * res.suggestion)
 
 
 def test_lr_range_test_stops_on_divergence_one_compile_and_plot():
@@ -427,3 +438,22 @@ def test_registry_entries_build_and_reject_bad_input():
     for override, exc in info.invalid:
       with pytest.raises(exc):
         info.build(**override)
+
+
+@pytest.mark.parametrize("factory,kwargs", [
+    (optzoo.swats, dict(learning_rate=1e-2)),
+    (optzoo.generic_adam, dict(learning_rate=1e-2)),
+    (optzoo.add_gradient_noise, dict(eta=0.1)),
+    (optzoo.param_ema, dict(decay=0.9)),
+], ids=["swats", "generic_adam", "add_gradient_noise", "param_ema"])
+def test_inject_hyperparams(factory, kwargs):
+  tx = optax.inject_hyperparams(factory)(**kwargs)
+  params = {"w": jnp.ones(3, jnp.float32)}
+  state = tx.init(params)
+  counter = TraceCounter(lambda g, s, p: tx.update(g, s, p))
+  step = jax.jit(counter)
+  for _ in range(3):
+    u, state = step({"w": jnp.ones(3, jnp.float32)}, state, params)
+    params = optax.apply_updates(params, u)
+  assert counter.count == 1 and u["w"].dtype == jnp.float32
+  assert set(kwargs) <= set(state.hyperparams)

@@ -84,11 +84,17 @@ def test_matches_optax_lookahead_fast_weights():
   p1, s1 = params, ours.init(params)
   p2 = optax.LookaheadParams.init_synced(params)
   s2 = theirs.init(p2)
-  for _ in range(23):
+
+  @jax.jit
+  def step(p1, s1, p2, s2):
     u, s1 = ours.update(grad_fn(p1), s1, p1)
     p1 = optax.apply_updates(p1, u)
     u, s2 = theirs.update(grad_fn(p2.fast), s2, p2)
     p2 = optax.apply_updates(p2, u)
+    return p1, s1, p2, s2
+
+  for _ in range(23):
+    p1, s1, p2, s2 = step(p1, s1, p2, s2)
   assert max_rel_err(p1, p2.fast) < 1e-12
 
 

@@ -18,6 +18,7 @@ issue-7 harness ``tests/registry_harness.py`` where that exists.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from typing import Any, Callable
@@ -174,6 +175,16 @@ def run(info, tx, params, per_example_loss, targets, steps: int, state=None,
   for i in range(start, start + steps):
     params, state, _ = step(params, state, i)
   return params, state
+
+
+@functools.lru_cache(maxsize=None)
+def cached_setup(name: str, dtype_name: str = "float64", **overrides):
+  """Cached ``(tx, step, params0)`` for a registered method, so that the
+  reliability tests of one method share one compilation per dtype."""
+  info = optzoo.get_info(name)
+  tx = build(info, **overrides)
+  params0, pel, targets = problem(jnp.dtype(dtype_name))
+  return tx, make_step(info, tx, pel, targets), params0
 
 
 def assert_trees_equal(a, b, what=""):

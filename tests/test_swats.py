@@ -134,10 +134,13 @@ def test_leaf_granularity_switches_each_leaf():
   traj = run_trajectory(tx, p0, grad_tree, steps)
   got = np.concatenate([np.asarray(traj["a"]), np.asarray(traj["b"])], axis=1)
   np.testing.assert_allclose(got, ref, rtol=1e-6)
-  state = tx.init(p0)
-  for _ in range(steps):
-    u, state = jax.jit(tx.update)(grad_tree(p0), state, p0)
-    p0 = optax.apply_updates(p0, u)
+  def body(carry, _):
+    p, st = carry
+    u, st = tx.update(grad_tree(p), st, p)
+    return (optax.apply_updates(p, u), st), None
+
+  (_, state), _ = jax.jit(lambda c: jax.lax.scan(body, c, None, length=steps))(
+      (p0, tx.init(p0)))
   assert int(state.switch_step["a"]) == sw[0]
   assert int(state.switch_step["b"]) == sw[1]
   assert float(state.sgd_lr["a"]) == pytest.approx(lam[0], rel=1e-9)

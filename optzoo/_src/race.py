@@ -51,13 +51,13 @@ PRESETS: dict[str, tuple[str, dict, float]] = {
     "sgdw": ("sgdw", {"momentum": 0.9, "weight_decay": 1e-4}, 0.05),
     "adagrad": ("adagrad", {}, 0.05),
     "rmsprop": ("rmsprop", {}, 1e-3),
-    "adam": ("adam", {}, 1e-3),
-    "amsgrad": ("amsgrad", {}, 1e-3),
-    "adamw": ("adamw", {"weight_decay": 1e-2}, 1e-3),
-    "nadam": ("nadam", {}, 1e-3),
-    "radam": ("radam", {}, 1e-3),
-    "adabound": ("adabound", {}, 1e-3),
-    "swats": ("swats", {}, 1e-3),
+    "adam": ("adam", {}, 3e-3),
+    "amsgrad": ("amsgrad", {}, 3e-3),
+    "adamw": ("adamw", {"weight_decay": 1e-2}, 3e-3),
+    "nadam": ("nadam", {}, 3e-3),
+    "radam": ("radam", {}, 3e-3),
+    "adabound": ("adabound", {}, 3e-3),
+    "swats": ("swats", {}, 3e-3),
 }
 _FAMILY_LR = {"Team SGD": 0.05, "Team Adam": 1e-3}
 # extra args that optzoo.nn.train_step can supply (methods.md 0.3)

@@ -156,7 +156,9 @@ def batch_size_experiment(
 
   Args:
     model: a ``flax.linen`` Module (its ``apply`` is used) or a callable
-      ``apply_fn(params, x) -> logits``.
+      ``apply_fn(params, x) -> logits``. Models with mutable collections
+      (BatchNorm statistics) or dropout need an ``apply_fn`` that handles
+      them (e.g. evaluation mode).
     params: initial parameters (``model.init(...)`` output for linen).
     train_data: ``(x, y)`` with integer labels ``y`` of shape ``(N,)``.
     val_data: ``(x, y)`` or ``None`` (then validation metrics are ``nan``).

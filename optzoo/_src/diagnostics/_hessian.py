@@ -52,6 +52,25 @@ def call_loss(loss_fn: LossFn, params: Any, batch: Any) -> jax.Array:
   return loss_fn(params) if batch is None else loss_fn(params, batch)
 
 
+class _ById:
+  """Wraps an unhashable callable so that it can be a static ``jit`` argument."""
+
+  def __init__(self, fn):
+    self.fn = fn
+
+  def __call__(self, *args):
+    return self.fn(*args)
+
+
+def as_static(fn: Callable[..., Any]) -> Callable[..., Any]:
+  """``fn`` itself when hashable (jit caches by it), else a by-identity wrapper."""
+  try:
+    hash(fn)
+    return fn
+  except TypeError:
+    return _ById(fn)
+
+
 def _shapes(tree: Any) -> str:
   leaves = jax.tree_util.tree_leaves_with_path(tree)
   if not leaves:
@@ -280,7 +299,7 @@ def dense_hessian(
         f" max_params={max_params}; a dense Hessian needs {flat.size}^2"
         " entries. Use hessian_eigenvalues (Lanczos) or raise max_params."
     )
-  h = np.asarray(_dense_hessian_jit(loss_fn, params, batch))
+  h = np.asarray(_dense_hessian_jit(as_static(loss_fn), params, batch))
   return 0.5 * (h + h.T)
 
 
@@ -339,10 +358,15 @@ def _lanczos_impl(matvec, v0, num_iters, key):
     # Breakdown (an invariant subspace was found): continue with a random
     # vector orthogonal to the basis and put a zero in T (block diagonal).
     broke = beta <= tol * jnp.maximum(jnp.linalg.norm(hq), tiny)
-    r = _orth(basis, jax.random.normal(jax.random.fold_in(key, j), (n,), dtype))
-    r_norm = jnp.linalg.norm(r)
-    r = r / jnp.where(r_norm > 0, r_norm, 1)
-    q_next = jnp.where(broke, r, w / jnp.where(broke, 1, beta))
+    def restart(_):
+      r = _orth(basis, jax.random.normal(jax.random.fold_in(key, j), (n,), dtype))
+      r_norm = jnp.linalg.norm(r)
+      return r / jnp.where(r_norm > 0, r_norm, 1)
+
+    def proceed(_):
+      return w / jnp.where(beta > 0, beta, 1)
+
+    q_next = jax.lax.cond(broke, restart, proceed, None)
     return (basis.at[j + 1].set(q_next), alphas.at[j].set(alpha),
             betas.at[j].set(jnp.where(broke, jnp.zeros_like(beta), beta)),
             resid.at[j].set(beta))
@@ -418,7 +442,7 @@ def run_hessian_lanczos(loss_fn, params, batch, flat, num_iters, key, v0=None):
   k_start, k_restart = jax.random.split(key)
   if v0 is None:
     v0 = jax.random.normal(k_start, flat.shape, flat.dtype)
-  return _hessian_lanczos_jit(loss_fn, params, batch, v0, k_restart,
+  return _hessian_lanczos_jit(as_static(loss_fn), params, batch, v0, k_restart,
                               num_iters=num_iters)
 
 
@@ -460,6 +484,9 @@ def ritz(res: LanczosResult):
   dropped = np.where(betas == 0, r, 0.0)
   dropped[-1] = r[-1]
   resid = np.abs(dropped) @ np.abs(s)
+  # Floor at the working precision: the bound ignores rounding errors.
+  eps = float(jnp.finfo(res.alphas.dtype).eps)
+  resid = np.maximum(resid, eps * float(np.max(np.abs(theta))))
   return theta, s, resid
 
 

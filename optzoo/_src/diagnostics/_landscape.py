@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Optional
 
 import jax
@@ -46,9 +47,14 @@ def _flat_norm(x):
   return jnp.linalg.norm(x)
 
 
-def _grad_flat(loss_fn, params, batch):
-  g = jax.jit(jax.grad(lambda p, b: H.call_loss(loss_fn, p, b)))(params, batch)
+@functools.partial(jax.jit, static_argnums=0)
+def _grad_flat_jit(loss_fn, params, batch):
+  g = jax.grad(lambda p: H.call_loss(loss_fn, p, batch))(params)
   return ravel_pytree(g)[0]
+
+
+def _grad_flat(loss_fn, params, batch):
+  return _grad_flat_jit(H.as_static(loss_fn), params, batch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +142,7 @@ def classify_critical_point(
     A :class:`CriticalPoint`.
 
   Examples:
-    >>> import optzoo.diagnostics as dg
+    >>> import jax.numpy as jnp, optzoo.diagnostics as dg
     >>> cp = dg.classify_critical_point(lambda p: p[0]**2 - p[1]**2,
     ...                                 jnp.zeros(2))
     >>> cp.label
@@ -396,7 +402,8 @@ def sharpness(
     perturbation: ``"l2"`` or ``"box"``.
     num_ascent_steps: projected ascent steps (>= 0).
     num_random: random perturbations (>= 1).
-    compute_eigenvalue: also run Lanczos for :math:`\lambda_{\max}`.
+    compute_eigenvalue: also run Lanczos for :math:`\lambda_{\max}` (its
+      eigenvector then also seeds the ascent).
     num_iters: Lanczos steps for :math:`\lambda_{\max}`.
     key: PRNG key.
 
@@ -421,14 +428,15 @@ def sharpness(
   key = H._check_key(key, where)  # pylint: disable=protected-access
   k_lanczos, k_rand = jax.random.split(key)
   top = None
-  res = H.run_hessian_lanczos(loss_fn, params, batch, flat, min(num_iters, n),
-                              k_lanczos)
-  theta, s, _ = H.ritz(res)
-  v_top = H.ritz_vector(res, s[:, -1])
+  v_top = jnp.zeros_like(flat)
   if compute_eigenvalue:
+    res = H.run_hessian_lanczos(loss_fn, params, batch, flat, min(num_iters, n),
+                                k_lanczos)
+    theta, s, _ = H.ritz(res)
+    v_top = H.ritz_vector(res, s[:, -1])
     top = float(theta[-1])
   loss0, worst, rmean, rstd, best_d = _sharpness_jit(
-      loss_fn, params, batch, k_rand, jnp.asarray(rho, flat.dtype),
+      H.as_static(loss_fn), params, batch, k_rand, jnp.asarray(rho, flat.dtype),
       num_ascent_steps=num_ascent_steps, num_random=num_random,
       box=(perturbation == "box"), v_top=v_top)
   return SharpnessResult(
@@ -543,7 +551,7 @@ def local_entropy_flatness(
   base.check_bool("relative", relative)
   key = H._check_key(key, where)  # pylint: disable=protected-access
   loss0, gap, energy, incs = _flatness_jit(
-      loss_fn, params, batch, key, jnp.asarray(sigma, flat.dtype),
+      H.as_static(loss_fn), params, batch, key, jnp.asarray(sigma, flat.dtype),
       jnp.asarray(beta, flat.dtype), num_samples=num_samples, relative=relative)
   return FlatnessResult(
       loss=float(loss0), local_entropy_gap=float(gap), local_energy=float(energy),

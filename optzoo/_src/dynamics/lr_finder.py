@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import itertools
 import math
 from typing import Any, Callable, Iterable, Optional, Union
 

@@ -15,11 +15,10 @@ written by ``tests/gen_dynamics_fixtures.py``.
 from __future__ import annotations
 
 import math
-from typing import Callable, Union
+from typing import Union
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from optzoo._src import base

@@ -8,6 +8,11 @@ from optzoo._src.research.entropy import replicated_sgd
 from optzoo._src.research.gradinit import GradInitResult
 from optzoo._src.research.gradinit import gradinit
 from optzoo._src.research.gradinit import gradinit_objective
+from optzoo._src.research.gradmax import GradMaxResult
+from optzoo._src.research.gradmax import gradmax_fanout
+from optzoo._src.research.gradmax import gradmax_grow
+from optzoo._src.research.gradmax import gradmax_matrix
+from optzoo._src.research.gradmax import grow_optimizer_state
 from optzoo._src.research.scl import MaskedConv
 from optzoo._src.research.scl import MaskedDense
 from optzoo._src.research.scl import add_count_penalty
@@ -16,6 +21,8 @@ from optzoo._src.research.scl import normalize_mask_gradients
 from optzoo._src.research.scl import scl_labels
 from optzoo._src.research.scl import sparse_connectivity
 from optzoo._src.research.scl import step_ste
+from optzoo._src.research.weightnorm import weightnorm_data_init
+from optzoo._src.research.weightnorm import weightnorm_layers
 from optzoo._src.research.svi import SVIDense
 from optzoo._src.research.svi import SVIMLP
 from optzoo._src.research.svi import svi_gradients
@@ -23,6 +30,7 @@ from optzoo._src.research.svi import svi_mse_loss
 
 __all__ = [
     "GradInitResult",
+    "GradMaxResult",
     "MaskedConv",
     "MaskedDense",
     "SVIDense",
@@ -32,6 +40,10 @@ __all__ = [
     "entropy_sgd",
     "gradinit",
     "gradinit_objective",
+    "gradmax_fanout",
+    "gradmax_grow",
+    "gradmax_matrix",
+    "grow_optimizer_state",
     "local_energy",
     "normalize_mask_gradients",
     "replica_coupling",
@@ -43,4 +55,6 @@ __all__ = [
     "step_ste",
     "svi_gradients",
     "svi_mse_loss",
+    "weightnorm_data_init",
+    "weightnorm_layers",
 ]
