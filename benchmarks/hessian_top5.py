@@ -4,8 +4,7 @@ Goal (issue 5): under one minute on 2 CPU cores, without materializing the
 Hessian (a dense float32 Hessian of this model would need n^2 * 4 bytes,
 about 51 GB). Run on demand:
 
-    XLA_FLAGS=--xla_cpu_multi_thread_eigen=true taskset -c 0,1 \
-        python benchmarks/hessian_top5.py [--iters 50] [--train-steps 200]
+    taskset -c 0,1 python benchmarks/hessian_top5.py [--iters 50] [--train-steps 200]
 
 It trains the MLP briefly on sklearn digits (not timed), then times
 ``optzoo.diagnostics.hessian_eigenvalues(k=5)`` on the whole training set:
@@ -23,7 +22,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import optzoo.diagnostics as dg  # noqa: E402
@@ -79,16 +77,19 @@ def main():
     print(f"trained {args.train_steps} full-batch Adam steps; loss"
           f" {float(loss_fn(params, (x, y))):.4f}")
 
+  times = []
   for label in ("first call (compile + run)", "second call (run only)"):
     t0 = time.perf_counter()
     res = dg.hessian_eigenvalues(loss_fn, params, (x, y), k=args.k,
                                  num_iters=args.iters)
-    dt = time.perf_counter() - t0
-    print(f"{label}: {dt:.2f} s, {res.num_iters} Lanczos steps (HVPs)")
+    times.append(time.perf_counter() - t0)
+    print(f"{label}: {times[-1]:.2f} s, {res.num_iters} Lanczos steps (HVPs)")
   for lam, r in zip(res.eigenvalues, res.residuals):
     print(f"  lambda = {lam: .6e}   residual bound {r:.2e}")
+  dt = times[0]
   ok = dt < 60
-  print(f"top-{args.k} in {dt:.2f} s -> {'OK' if ok else 'TOO SLOW'} (goal < 60 s)")
+  print(f"top-{args.k} in {dt:.2f} s including compilation ->"
+        f" {'OK' if ok else 'TOO SLOW'} (goal < 60 s)")
 
 
 if __name__ == "__main__":

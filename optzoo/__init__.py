@@ -51,10 +51,14 @@ from optzoo._src.base import MethodInfo
 from optzoo._src.registry import list_optimizers
 from optzoo._src.registry import get_info
 
+from optzoo import diagnostics  # noqa: E402  (public submodule)
 from optzoo import schedules  # noqa: E402  (public submodule)
+from optzoo.diagnostics import monitor_norms
 
 __all__ = [
     "MethodInfo",
+    "diagnostics",
+    "monitor_norms",
     "adabound",
     "adagrad",
     "adam",

@@ -264,13 +264,15 @@ def test_bad_hyperparameter_raises_naming_it(alias, name, value):
   kw = {"learning_rate": 0.01, name: value}
   if alias in ("sgd",) and name == "dampening":
     kw["momentum"] = 0.9
-  with pytest.raises(ValueError, match=name):
+  # The message must name the parameter (as a whole word: "decay" must not be
+  # satisfied by "weight_decay").
+  with pytest.raises(ValueError, match=rf"(?<!\w){name}(?!\w)"):
     fn(**kw)
 
 
 @pytest.mark.parametrize("alias", ["sgd", "sgdw"])
 def test_nesterov_without_momentum_raises(alias):
-  with pytest.raises(ValueError, match="momentum"):
+  with pytest.raises(ValueError, match=r"(?<!\w)momentum(?!\w)"):
     getattr(optzoo, alias)(learning_rate=0.1, momentum=0.0, nesterov=True)
 
 

@@ -13,6 +13,7 @@ import math
 
 import flax.linen as nn
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -20,7 +21,6 @@ import pytest
 
 import optzoo.diagnostics as dg
 from optzoo._src import base
-from optzoo._src.diagnostics import _monitor  # noqa: F401  (registers monitor_norms)
 
 from helpers import TraceCounter, pytree_problem
 
@@ -330,6 +330,7 @@ def test_slq_quadrature_is_exact_for_diagonal_hessian():
   heavy = d.nodes[d.weights > 1e-8]
   assert np.all(np.min(np.abs(heavy[:, None] - np.unique(eigs)[None]), axis=1) < 1e-8)
   np.testing.assert_allclose(d.fraction_above(0.0), 0.75, atol=1e-9)
+  assert d.plot() is not None
 
 
 def test_sharpness_on_quadratic_minimum():
@@ -607,4 +608,5 @@ def test_batch_size_experiment_small():
     ref = dg.hessian_eigenvalues(lf, r.params, sub, k=1, num_iters=40).eigenvalues[0]
     np.testing.assert_allclose(r.top_eigenvalue, ref, rtol=1e-3)
   assert "lambda_max" in rep.table()
+  assert len(rep.plot()) == 2
   np.testing.assert_allclose(dg.scaled_learning_rate(0.1, 16, 64, "sqrt"), 0.2)

@@ -342,9 +342,9 @@ def test_lr_range_test_stops_on_divergence_one_compile_and_plot():
   assert ax.get_xscale() == "log"
   # An already injected transformation is accepted; a plain one is not.
   inj = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
-  r2 = optzoo.lr_range_test(lambda p, b: jnp.sum((p - b) ** 2), jnp.zeros(2),
-                            [jnp.ones(2)], optimizer=inj, num_steps=10,
-                            method="minimum")
+  r2 = optzoo.lr_range_test(lambda p, b: (jnp.sum((p - b) ** 2), {"aux": p}),
+                            jnp.zeros(2), iter([jnp.ones(2)]), optimizer=inj,
+                            num_steps=10, method="minimum", has_aux=True)
   assert len(r2.lrs) == 10
   with pytest.raises(TypeError, match="learning_rate"):
     optzoo.lr_range_test(loss_fn, jnp.zeros(2), [jnp.ones(2)],

@@ -226,9 +226,10 @@ def test_entropy_sgd_jit_once_dtypes_pytrees_and_key():
   # An explicit `key` extra arg replaces the state key (same key -> same noise).
   st = tx.init(params)
   k = jax.random.PRNGKey(7)
-  u1, _ = tx.update(params, st, params, grad_fn=gf, key=k)
-  u2, _ = tx.update(params, st, params, grad_fn=gf, key=k)
-  u3, _ = tx.update(params, st, params, grad_fn=gf, key=jax.random.PRNGKey(8))
+  with_key = jax.jit(lambda p, s, k: tx.update(p, s, p, grad_fn=gf, key=k)[0])
+  u1 = with_key(params, st, k)
+  u2 = with_key(params, st, k)
+  u3 = with_key(params, st, jax.random.PRNGKey(8))
   np.testing.assert_array_equal(np.asarray(u1["v"]), np.asarray(u2["v"]))
   assert not np.array_equal(np.asarray(u1["v"]), np.asarray(u3["v"]))
 

@@ -113,8 +113,10 @@ def test_low_precision_and_counter_saturation(info, dtype):
     assert max(int(v) for v in after.values()) == MAX, (
         f"{info.name}: no counter saturated at 2**31 - 1: {after}")
 
-  # Bias corrections at a saturated count from fresh moments vs float64.
-  if not noisy:
+  # Bias corrections at a saturated count from fresh moments vs float64
+  # (bf16 only: fp16's range cannot hold fresh second moments scaled by
+  # 1/t-type factors at t = 2**31, a state no real run reaches).
+  if not noisy and dtype == "bfloat16":
     s_lp = _set_counters(tx.init(params0), BIG)
     s_64 = _set_counters(tx64.init(p64), BIG)
     _, _, u = step(params0, s_lp, 0)

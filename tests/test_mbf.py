@@ -156,15 +156,17 @@ def test_per_example_grads_helper():
   data, idx, p0 = _problem(2)
   batch = {k: jnp.asarray(v[:5]) for k, v in data.items()}
   params = jax.tree.map(jnp.asarray, p0)
-  peg = optzoo.per_example_grads(_model_loss, params, batch)
-  full = jax.grad(lambda p: jnp.mean(jax.vmap(_model_loss, (None, 0))(p, batch)))(
-      params)
+  peg = jax.jit(lambda p, b: optzoo.per_example_grads(_model_loss, p, b))(
+      params, batch)
+  full = jax.jit(jax.grad(
+      lambda p: jnp.mean(jax.vmap(_model_loss, (None, 0))(p, batch))))(params)
   for k in params:
     assert peg[k].shape == (5,) + params[k].shape
     np.testing.assert_allclose(peg[k].mean(0), full[k], rtol=1e-10, atol=1e-14)
   # keep_batch_dim gives each example a leading axis of size 1
-  peg2 = optzoo.per_example_grads(lambda p, ex: _model_loss(p, jax.tree.map(
-      lambda a: a[0], ex)), params, batch, keep_batch_dim=True)
+  peg2 = jax.jit(lambda p, b: optzoo.per_example_grads(
+      lambda q, ex: _model_loss(q, jax.tree.map(lambda a: a[0], ex)), p, b,
+      keep_batch_dim=True))(params, batch)
   np.testing.assert_allclose(peg2["d1"], peg["d1"], rtol=1e-12)
 
 

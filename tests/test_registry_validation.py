@@ -57,18 +57,30 @@ def build(info, **overrides):
 
 
 def problem(dtype=jnp.float64, seed: int = 0, shapes=None):
-  """A small pytree least-squares problem with per-example losses.
+  """A small pytree problem with per-example losses and non-vanishing grads.
+
+  ``loss_i(p) = sum(c_i * p) + 0.01 * sum(a * (p - t_i)**2)`` with
+  ``|c_i|`` in [0.3, 1.5]: every gradient entry stays away from 0 (so
+  low-precision formats do not underflow ``g**2``) and from huge values (so
+  primitives whose output is an ascent direction, applied as is, do not blow
+  up over the few steps these tests take).
 
   Returns ``(params0, per_example_loss, targets)`` where
   ``per_example_loss(params, target_i)`` is a scalar and ``targets`` is a
   pytree whose leaves have a leading batch axis of size ``BATCH``. The loss
-  is computed in float32/float64 whatever the params dtype.
+  is computed in float64 (float32 without x64) whatever the params dtype.
   """
   shapes = SHAPES if shapes is None else shapes
   rng = np.random.default_rng(seed)
   params = {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in shapes.items()}
-  targets = {k: jnp.asarray(rng.normal(size=(BATCH,) + tuple(s)), jnp.float32)
-             for k, s in shapes.items()}
+
+  def coef(s):
+    mag = rng.uniform(0.3, 1.5, size=(BATCH,) + tuple(s))
+    sign = np.where(rng.uniform(size=tuple(s)) < 0.5, -1.0, 1.0)  # shared sign
+    return mag * sign
+
+  targets = {k: {"t": jnp.asarray(rng.normal(size=(BATCH,) + tuple(s))),
+                 "c": jnp.asarray(coef(s))} for k, s in shapes.items()}
   scales = {k: 0.5 + rng.uniform(size=s) for k, s in shapes.items()}
 
   def per_example_loss(p, t):
@@ -76,8 +88,9 @@ def problem(dtype=jnp.float64, seed: int = 0, shapes=None):
     for k in sorted(p):
       if p[k] is None:
         continue
-      d = jnp.asarray(p[k], jnp.result_type(float)) - t[k]
-      tot = tot + 0.5 * jnp.sum(jnp.asarray(scales[k]) * d * d) + 0.05 * jnp.sum(d**4)
+      x = jnp.asarray(p[k], jnp.result_type(float))
+      d = x - t[k]["t"]
+      tot = tot + jnp.sum(t[k]["c"] * x) + 0.01 * jnp.sum(jnp.asarray(scales[k]) * d * d)
     return tot
 
   return params, per_example_loss, targets

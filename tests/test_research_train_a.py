@@ -95,7 +95,7 @@ CASES = {
         optzoo.weight_rescaling(
             mask={"hidden": {"kernel": True}, "head": {"kernel": False,
                                                        "bias": False}},
-            granularity="tensor")), "none", True),
+            granularity="filter")), "none", True),
     "sphere_sgd": (lambda: optzoo.sphere_sgd(
         0.02, mask={"hidden": {"kernel": True},
                     "head": {"kernel": False, "bias": False}},
@@ -114,5 +114,5 @@ def test_trains_digits(name, digits):
   assert losses[-30:].mean() < 0.5 * losses[:10].mean(), name
   assert acc > 0.7, (name, acc)       # chance is 0.1
   if name == "wrs":
-    np.testing.assert_allclose(np.linalg.norm(params["hidden"]["kernel"]), 1.0,
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        np.linalg.norm(params["hidden"]["kernel"], axis=0), 1.0, rtol=1e-5)

@@ -97,6 +97,7 @@ def test_svi_field_is_not_conservative():
   v = model.init(jax.random.PRNGKey(2), x)
   flat, unravel = jax.flatten_util.ravel_pytree(v)
 
+  @jax.jit
   def field(theta):
     return jax.flatten_util.ravel_pytree(
         optzoo.svi_gradients(model.apply, unravel(theta), (x, labels))[1])[0]

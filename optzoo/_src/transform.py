@@ -225,6 +225,7 @@ def scale_by_rms(
   base.check_nonneg("eps", eps)
   base.check_nonneg("initial_scale", initial_scale)
   base.check_bool("centered", centered)
+  base.check_bool("eps_in_sqrt", eps_in_sqrt)
 
   def init_fn(params):
     nu = jax.tree.map(lambda p: jnp.full_like(p, initial_scale), params)
@@ -303,6 +304,7 @@ def scale_by_adagrad(
   base.check_nonneg("initial_accumulator_value", initial_accumulator_value)
   base.check_nonneg("eps", eps)
   base.check_nonneg("lr_decay", lr_decay)
+  base.check_bool("eps_in_sqrt", eps_in_sqrt)
 
   def init_fn(params):
     s = jax.tree.map(lambda p: jnp.full_like(p, initial_accumulator_value), params)
@@ -793,6 +795,7 @@ def scale_by_learning_rate(
   first update is ``schedule(0)``).
   """
   base.check_lr(learning_rate)
+  base.check_bool("flip_sign", flip_sign)
   m = -1.0 if flip_sign else 1.0
   if callable(learning_rate):
     def fn(count):

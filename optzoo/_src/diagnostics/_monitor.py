@@ -1,7 +1,7 @@
 """A gradient/update-norm monitor: records norms in its state, changes nothing."""
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -92,7 +92,7 @@ def gradmax_matrix(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch:
   d_out = nnode["kernel"].shape[1]
   dt = jnp.result_type(nnode["kernel"])
 
-  def aux_loss(aux):
+  def aux_loss(aux, params, batch):
     seen = {}
 
     def interceptor(next_fun, args, kwargs, context):
@@ -117,7 +117,7 @@ def gradmax_matrix(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch:
           " paths, e.g. layer='Dense_1', next_layer='Dense_2'.")
     return val
 
-  g = jax.grad(aux_loss)(jnp.zeros((d_in, d_out), dt))
+  g = jax.jit(jax.grad(aux_loss))(jnp.zeros((d_in, d_out), dt), params, batch)
   return g.T
 
 

@@ -156,6 +156,26 @@ def per_example_grads(
   return jax.vmap(single, in_axes=(None, 0))(params, batch)
 
 
+def _spd_inverse(a: chex.Array) -> chex.Array:
+  """Inverse of a batch ``(n, d, d)`` of SPD matrices.
+
+  Cholesky ``a = L L^T``, then ``X = L^{-1}`` by forward substitution in a
+  ``fori_loop`` (XLA:CPU's batched triangular solve is ~100x slower), and
+  ``a^{-1} = X^T X``.
+  """
+  chol = jnp.linalg.cholesky(a)
+  d = a.shape[-1]
+  eye = jnp.eye(d, dtype=a.dtype)
+
+  def body(i, x):
+    row = (eye[i][None, :] - jnp.einsum("nk,nkj->nj", chol[:, i, :], x)
+           ) / chol[:, i, i][:, None]
+    return x.at[:, i, :].set(row)
+
+  x = jax.lax.fori_loop(0, d, body, jnp.zeros_like(a))
+  return jnp.einsum("nki,nkj->nij", x, x)
+
+
 def _cdt(x: chex.Array) -> Any:
   return jnp.promote_types(jnp.asarray(x).dtype, jnp.float32)
 
@@ -201,8 +221,9 @@ def scale_by_mini_block_fisher(
     u_b = K_b\, m_b
 
   (:math:`t` = 1-based step; ``bias_correction=False`` drops the
-  :math:`1-\beta^t`.) The refresh uses ``lax.cond``; the inverse is a
-  batched Cholesky solve over all blocks of a leaf.
+  :math:`1-\beta^t`.) The refresh uses ``lax.cond``; the inverses of all
+  blocks of a leaf are computed together (batched Cholesky, then a
+  forward substitution).
 
   Args:
     momentum: :math:`\mu` of the gradient EMA (0 disables momentum).
@@ -262,10 +283,7 @@ def scale_by_mini_block_fisher(
         if bias_correction:
           corr = 1.0 - jnp.asarray(ema_decay, f.dtype) ** jnp.asarray(t, f.dtype)
           f = f / corr
-        a = f + damping * jnp.eye(f.shape[-1], dtype=f.dtype)
-        chol = jnp.linalg.cholesky(a)
-        eye = jnp.broadcast_to(jnp.eye(f.shape[-1], dtype=f.dtype), a.shape)
-        return jax.scipy.linalg.cho_solve((chol, True), eye)
+        return _spd_inverse(f + damping * jnp.eye(f.shape[-1], dtype=f.dtype))
       return jax.tree.map(inv, fisher)
 
     refresh = state.count % inverse_every == 0
