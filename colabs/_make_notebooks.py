@@ -426,7 +426,8 @@ def nb_warmup():
       r_t = np.where(rho > 5, np.sqrt(np.clip((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho), 0, None)), 0)
       fig, ax = plt.subplots(figsize=(7, 4))
       ax.loglog(t, rel_var, label=r"Var$[\\psi_t]$ / E$[\\psi_t]^2$ (digits MLP)")
-      ax.loglog(t, r_t + 1e-12, label="RAdam rectification $r_t$")
+      ax.loglog(t[r_t > 0], r_t[r_t > 0], label="RAdam rectification $r_t$")
+      ax.axvspan(1, t[r_t > 0][0], color="0.85", label="$r_t$ undefined: RAdam takes SGD-momentum steps")
       ax.set(xlabel="step t", title="adaptive LR: large variance early, RAdam damps it")
       ax.legend(); ax.grid(alpha=.3, which="both"); plt.show()
       print(f"relative variance at t=2: {rel_var[1]:.3f}, at t={T}: {rel_var[-1]:.4f}")
@@ -757,7 +758,7 @@ def nb_hessian():
 @notebook("07_batch_size.ipynb", "Batch size: small vs large, sharp vs flat minima",
           """
 **What this shows.** Training the same network on digits with small and large
-batches (same number of epochs, learning rate scaled with the linear rule),
+batches (same number of epochs, learning rate scaled with the square-root rule),
 then measuring where each lands: large batches take fewer steps, end at a
 *sharper* minimum (larger top Hessian eigenvalue, larger loss increase under
 perturbation, Keskar et al. 2017) and usually generalize a little worse. The
@@ -773,7 +774,7 @@ def nb_batch():
       sizes = (16, 256) if FAST else (16, 64, 256, 512)
       report = dg.batch_size_experiment(
           model, variables, (sub.x_train, sub.y_train), (sub.x_test, sub.y_test),
-          batch_sizes=sizes, base_learning_rate=0.02, rule="linear",
+          batch_sizes=sizes, base_learning_rate=0.05, rule="sqrt",
           num_epochs=3 if FAST else 20, sharpness_examples=256, keep_params=True, seed=0)
       print(report.table())
       report.plot(); plt.show()
@@ -875,6 +876,226 @@ def nb_losses():
       there and its gradient never vanishes on confidently wrong predictions
       (right panel, log scale). Training the MLP with cross-entropy reaches high
       accuracy in fewer epochs than with the squared error.
+      """),
+  ]
+
+# ---------------------------------------------------------------------------
+@notebook("09_research_methods.ipynb", "The research methods, one runnable example each",
+          """
+**What this shows.** Every research method in optzoo running on real digits:
+KOALA (Kalman filtering with the loss as measurement), NSGD (input-normalized
+SGD), WRS (weight rescaling), SGD on the sphere with a fixed effective learning
+rate, Entropy-SGD, Replicated-SGD, GradInit, Mini-Block Fisher, Sparse
+Connectivity Learning, SVI pseudo-gradients, GradMax growth, Generic Adam,
+gradient noise and a parameter EMA. Methods that need extra inputs get them with
+no glue where possible (`zn.train_step` passes `value`, `value_sq`, `grad_fn`
+and `key`); the others show the few lines they need. The final figure compares
+test accuracy after the same number of epochs; it is a smoke test at small
+scale, not a benchmark.
+""")
+def nb_research():
+  return [
+      code("""
+      import flax.linen as fnn
+      EPOCHS = 2 if FAST else 10
+      sub = data.subset(n_train=640) if FAST else data
+      key = jax.random.PRNGKey(0)
+      mlp = zn.MLP(hidden=(64, 64))
+      params0 = mlp.init(key, sub.x_train[:1])["params"]
+      results = {}
+      def report(name, acc, curve=None):
+          results[name] = (float(acc), curve)
+          print(f"{name:32s} test accuracy {100 * float(acc):6.2f}%")
+      def fit(name, tx, model=mlp, **kw):
+          h = zn.fit(model, tx, sub, epochs=EPOCHS, batch_size=64, seed=0, **kw)
+          report(name, h["test_accuracy"][-1], h["train_loss"])
+          return h
+      def accuracy(model, params, **kw):
+          logits = model.apply({"params": params}, sub.x_test, **kw)
+          return jnp.mean(jnp.argmax(logits, -1) == sub.y_test)
+      def loss_fn(p, batch, model=mlp):
+          x, y = batch
+          return jnp.mean(zn.cross_entropy(model.apply({"params": p}, x), y))
+      fit("SGD + momentum (baseline)", optzoo.sgd(0.05, momentum=0.9));
+      """),
+      md("""
+      ### KOALA (Davtyan et al., AAAI 2022)
+      Needs the minibatch loss `value` and the mean squared per-example loss
+      `value_sq` at every update; `zn.train_step` passes both.
+      """),
+      code("""
+      fit("KOALA-V", optzoo.koala(learning_rate=1.0))
+      fit("KOALA-M", optzoo.koala(learning_rate=1.0, variant="momentum"));
+      """),
+      md("""
+      ### NSGD (Atici et al.): input-normalized SGD
+      `optzoo.collect_input_power` runs the Flax model and returns the input power
+      of every Dense/Conv layer, aligned with the parameters.
+      """),
+      code("""
+      tx = optzoo.nsgd(0.1)
+      @jax.jit
+      def nsgd_step(p, s, x, y):
+          def objective(p):
+              logits, power = optzoo.collect_input_power(mlp, {"params": p}, x)
+              return jnp.mean(zn.cross_entropy(logits, y)), power
+          (l, power), g = jax.value_and_grad(objective, has_aux=True)(p)
+          u, s = tx.update(g, s, p, input_power=power)
+          return optax.apply_updates(p, u), s, l
+      p, s, curve = params0, tx.init(params0), []
+      for e in range(EPOCHS):
+          for x, y in zn.batches(sub.x_train, sub.y_train, 64, seed=0, epoch=e):
+              p, s, l = nsgd_step(p, s, x, y); curve.append(float(l))
+      report("NSGD", accuracy(mlp, p), curve)
+      """),
+      md("""
+      ### Scale-invariant networks: WRS and SGD on the sphere
+      With BatchNorm after each hidden Dense layer, those kernels are
+      scale-invariant. WRS rescales them to unit norm after every step; `sphere_sgd`
+      trains them on a sphere with a fixed *effective* learning rate. The output
+      layer (`Dense_2`) is not scale-invariant and is excluded by the mask.
+      """),
+      code("""
+      bn_mlp = zn.MLP(hidden=(64, 64), norm="batch")
+      si_mask = lambda p: jax.tree_util.tree_map_with_path(
+          lambda path, x: x.ndim >= 2 and path[0].key != "Dense_2", p)
+      fit("WRS (sgd + weight_rescaling)", optax.chain(optzoo.sgd(0.05, momentum=0.9),
+                                                      optzoo.weight_rescaling(mask=si_mask)), model=bn_mlp)
+      fit("sphere SGD (fixed ELR)", optzoo.sphere_sgd(elr=0.05, mask=si_mask, noninv_learning_rate=0.05),
+          model=bn_mlp);
+      """),
+      md("""
+      ### Entropy-SGD and Replicated-SGD (flat-minima methods)
+      Entropy-SGD runs a short Langevin loop per update through the extra argument
+      `grad_fn(params, i)` (here `zn.train_step` supplies the current batch's
+      gradient). Replicated-SGD trains `R` coupled replicas, each on its own
+      minibatch, held along a leading axis of every parameter.
+      """),
+      code("""
+      fit("Entropy-SGD", optzoo.entropy_sgd(learning_rate=0.1, inner_steps=3 if FAST else 10))
+      R = 3
+      rep = optzoo.replicate_params(params0, R, key=jax.random.PRNGKey(1), noise=0.01)
+      tx = optzoo.replicated_sgd(0.05, gamma=0.01, momentum=0.9)
+      @jax.jit
+      def rep_step(rep, s, xs, ys):
+          l, g = jax.vmap(jax.value_and_grad(lambda p, x, y: loss_fn(p, (x, y))))(rep, xs, ys)
+          u, s = tx.update(g, s, rep)
+          return optax.apply_updates(rep, u), s, jnp.mean(l)
+      s, curve = tx.init(rep), []
+      for e in range(EPOCHS):
+          bl = list(zn.batches(sub.x_train, sub.y_train, 64, seed=0, epoch=e))
+          for i in range(0, len(bl) - R + 1, R):
+              xs = np.stack([b[0] for b in bl[i:i + R]]); ys = np.stack([b[1] for b in bl[i:i + R]])
+              rep, s, l = rep_step(rep, s, xs, ys); curve.append(float(l))
+      centre = jax.tree.map(lambda a: a.mean(0), rep)
+      spread = float(optax.tree.norm(jax.tree.map(lambda a: a - a.mean(0), rep)))
+      report("Replicated-SGD (centre)", accuracy(mlp, centre), curve)
+      print(f"   replica spread ||w^a - mean|| = {spread:.3f}")
+      """),
+      md("""
+      ### GradInit: learn the initial scale of every tensor, then train
+      """),
+      code("""
+      gb = list(zn.batches(sub.x_train, sub.y_train, 32, seed=3))
+      gi = optzoo.gradinit(loss_fn, params0, gb, target="sgd", iters=15 if FAST else 100, lr=1e-2)
+      print("learned scales:", {"/".join(str(getattr(k, "key", k)) for k in path): round(float(v), 3)
+                                for path, v in jax.tree_util.tree_leaves_with_path(gi.scales)})
+      tx = optzoo.sgd(0.05, momentum=0.9)
+      state = zn.create_train_state(mlp, tx, sub.x_train[:1]).replace(params=gi.params)
+      fit("GradInit + SGD", tx, state=state);
+      """),
+      md("""
+      ### Mini-Block Fisher: preconditioning from per-example gradients
+      """),
+      code("""
+      tx = optzoo.mini_block_fisher(1e-2)
+      def example_loss(p, ex):
+          return zn.cross_entropy(mlp.apply({"params": p}, ex["x"][None]), ex["y"][None])[0]
+      @jax.jit
+      def mbf_step(p, s, x, y):
+          peg = optzoo.per_example_grads(example_loss, p, {"x": x, "y": y})
+          g = jax.tree.map(lambda a: a.mean(0), peg)
+          u, s = tx.update(g, s, p, per_example_grads=peg)
+          return optax.apply_updates(p, u), s, loss_fn(p, (x, y))
+      p, s, curve = params0, tx.init(params0), []
+      for e in range(EPOCHS):
+          for x, y in zn.batches(sub.x_train, sub.y_train, 64, seed=0, epoch=e):
+              p, s, l = mbf_step(p, s, x, y); curve.append(float(l))
+      report("Mini-Block Fisher", accuracy(mlp, p), curve)
+      """),
+      md("""
+      ### Sparse Connectivity Learning: learn which connections to keep
+      `MaskedDense` layers carry a `mask` per weight; `sparse_connectivity` trains
+      masks and weights together with a penalty on the number of connections.
+      """),
+      code("""
+      class MaskedMLP(fnn.Module):
+          @fnn.compact
+          def __call__(self, x, train=False):
+              x = fnn.relu(optzoo.MaskedDense(64)(x.reshape(len(x), -1)))
+              return optzoo.MaskedDense(10)(x)
+      h = fit("SCL (masked MLP)", optzoo.sparse_connectivity(0.05, count_penalty=0.1), model=MaskedMLP())
+      masks = [l for path, l in jax.tree_util.tree_leaves_with_path(h["state"].params) if path[-1].key == "mask"]
+      kept = sum(int((m > 0).sum()) for m in masks) / sum(m.size for m in masks)
+      print(f"   connections kept: {100 * kept:.1f}%")
+      """),
+      md("""
+      ### SVI: a monotone pseudo-gradient fed to any optax optimizer
+      """),
+      code("""
+      svi = optzoo.SVIMLP(features=(64, 10))
+      sp = svi.init(key, sub.x_train[:1].reshape(1, -1))["params"]
+      tx = optax.sgd(0.1, momentum=0.9, nesterov=True)
+      @jax.jit
+      def svi_step(p, s, x, y):
+          l, F = optzoo.svi_gradients(svi.apply, p, (x.reshape(len(x), -1), y))
+          u, s = tx.update(F, s, p)
+          return optax.apply_updates(p, u), s, l
+      s, curve = tx.init(sp), []
+      for e in range(EPOCHS):
+          for x, y in zn.batches(sub.x_train, sub.y_train, 64, seed=0, epoch=e):
+              sp, s, l = svi_step(sp, s, x, y); curve.append(float(l))
+      report("SVI (pseudo-gradient + SGD)", jnp.mean(jnp.argmax(svi.apply({"params": sp}, sub.x_test.reshape(len(sub.x_test), -1)), -1) == sub.y_test), curve)
+      """),
+      md("""
+      ### GradMax: grow a layer without changing the function
+      """),
+      code("""
+      narrow = zn.MLP(hidden=(16,))
+      h = zn.fit(narrow, optzoo.sgd(0.05, momentum=0.9), sub, epochs=EPOCHS, batch_size=64, seed=0)
+      p16 = h["state"].params
+      grown = optzoo.gradmax_grow(lambda p, b: loss_fn(p, b, model=narrow), p16,
+                                  (sub.x_train[:128], sub.y_train[:128]), layer="Dense_0", next_layer="Dense_1", k=8)
+      wide = zn.MLP(hidden=(24,))
+      same = float(jnp.max(jnp.abs(wide.apply({"params": grown.params}, sub.x_test) - narrow.apply({"params": p16}, sub.x_test))))
+      print(f"   16 -> 24 hidden units; max change of the logits: {same:.1e}")
+      tx = optzoo.sgd(0.05, momentum=0.9)
+      state = zn.create_train_state(wide, tx, sub.x_train[:1]).replace(params=grown.params)
+      fit("GradMax (16 -> 24 units)", tx, model=wide, state=state);
+      """),
+      md("""
+      ### Generic Adam, gradient noise, parameter EMA
+      """),
+      code("""
+      print(optzoo.generic_adam_condition(learning_rate=1e-2, num_steps=1000))
+      fit("Generic Adam", optzoo.generic_adam(1e-2))
+      fit("gradient noise (around SGDM)", optzoo.gradient_noise(optzoo.sgd(0.05, momentum=0.9), eta=0.01))
+      h = zn.fit(mlp, optax.chain(optzoo.sgd(0.05, momentum=0.9), optzoo.param_ema(0.9)), sub,
+                 epochs=EPOCHS, batch_size=64, seed=0)
+      report("SGDM, EMA of the weights", accuracy(mlp, optzoo.ema_params(h["state"].opt_state)), h["train_loss"])
+      """),
+      code("""
+      names = list(results)
+      fig, (a1, a2) = plt.subplots(1, 2, figsize=(14, 5))
+      a1.barh(names, [100 * results[n][0] for n in names], color=["C7"] + ["C0"] * (len(names) - 1))
+      a1.set(xlabel="test accuracy (%)", xlim=(0, 100), title=f"{EPOCHS} epoch(s) on {len(sub.x_train)} digits")
+      a1.invert_yaxis()
+      for n in names:
+          c = results[n][1]
+          if c is not None and len(c) > 8:
+              a2.plot(np.convolve(c, np.ones(8) / 8, mode="valid"), label=n, lw=1)
+      a2.set(yscale="log", xlabel="step", ylabel="training loss (smoothed)", title="training curves")
+      a2.legend(fontsize=6, ncol=2); plt.tight_layout(); plt.show()
       """),
   ]
 

@@ -254,6 +254,19 @@ def test_entropy_sgd_clear_errors_and_inject():
   assert np.all(np.isfinite(np.asarray(u["w"])))
 
 
+def test_entropy_and_replicated_preserve_sharding():
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+  mesh = Mesh(np.array(jax.devices()), ("d",))
+  sh = NamedSharding(mesh, P("d"))
+  n = len(jax.devices())
+  p = {"w": jax.device_put(jnp.ones((n, 3)), sh)}
+  for tx in (optzoo.entropy_sgd(0.1, inner_steps=2, noise=1e-2),
+             optzoo.replicated_sgd(0.1, gamma=0.5, momentum=0.9)):
+    s = tx.init(p)
+    u, s = jax.jit(lambda p, s: tx.update(p, s, p, grad_fn=lambda q, i: q))(p, s)
+    assert u["w"].sharding.is_equivalent_to(sh, 2)
+
+
 # ---------------------------------------------------------------------------
 # Replicated-SGD
 # ---------------------------------------------------------------------------
@@ -342,6 +355,15 @@ def test_replicate_params_and_scalar_none_leaves():
   # zero gradients: replicas move towards their barycentre
   new = optax.apply_updates(reps, u)
   assert np.std(np.asarray(new["w"]), 0).max() < np.std(np.asarray(reps["w"]), 0).max()
+  # dtypes are kept (bf16 / f32), state is stable under jit
+  pb = {"w": jnp.ones((3, 2), jnp.bfloat16), "v": jnp.arange(3.0, dtype=jnp.float32)}
+  for center in ("barycenter", "elastic"):
+    txb = optzoo.replicated_sgd(0.1, gamma=0.5, momentum=0.9, center=center)
+    sb = txb.init(pb)
+    ub, sb2 = jax.jit(txb.update)(pb, sb, pb)
+    assert jax.tree.map(lambda a: a.dtype, ub) == jax.tree.map(lambda a: a.dtype, pb)
+    assert jax.tree.map(lambda a: (a.shape, a.dtype), sb2) == jax.tree.map(
+        lambda a: (a.shape, a.dtype), sb)
   # a 0-d leaf (no replica axis) is shared and never coupled
   p0 = {"a": jnp.ones(3), "t": jnp.asarray(2.0)}
   u0, _ = tx.update(jax.tree.map(jnp.zeros_like, p0), tx.init(p0), p0)

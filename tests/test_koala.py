@@ -364,3 +364,26 @@ def test_flax_training_step_passes_the_loss():
     state, loss = train_step(state)
     losses.append(float(loss))
   assert losses[-1] < 0.8 * losses[0]
+
+
+def test_nnx_optimizer_forwards_the_loss():
+  from flax import nnx
+
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(64, 4)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 3, size=64))
+  model = nnx.Sequential(nnx.Linear(4, 16, rngs=nnx.Rngs(0)), nnx.relu,
+                         nnx.Linear(16, 3, rngs=nnx.Rngs(1)))
+  optimizer = nnx.Optimizer(model, optzoo.koala(0.5), wrt=nnx.Param)
+
+  @nnx.jit
+  def train_step(model, optimizer):
+    def loss_fn(m):
+      losses = optax.softmax_cross_entropy_with_integer_labels(m(x), y)
+      return jnp.mean(losses), losses
+    (loss, losses), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    optimizer.update(model, grads, **optzoo.koala_loss_stats(losses))
+    return loss
+
+  losses = [float(train_step(model, optimizer)) for _ in range(30)]
+  assert losses[-1] < 0.8 * losses[0]

@@ -59,41 +59,55 @@ def build(info, **overrides):
 def problem(dtype=jnp.float64, seed: int = 0, shapes=None):
   """A small pytree problem with per-example losses and non-vanishing grads.
 
-  ``loss_i(p) = sum(c_i * p) + 0.01 * sum(a * (p - t_i)**2)`` with
-  ``|c_i|`` in [0.3, 1.5]: every gradient entry stays away from 0 (so
-  low-precision formats do not underflow ``g**2``) and from huge values (so
-  primitives whose output is an ascent direction, applied as is, do not blow
-  up over the few steps these tests take).
+  Params ``{"w": (3, 4), "b": (4,), "s": ()}`` (or ``shapes``) in ``dtype``
+  drawn from N(0, 1); the losses are those of :func:`losses_for`.
 
   Returns ``(params0, per_example_loss, targets)`` where
   ``per_example_loss(params, target_i)`` is a scalar and ``targets`` is a
-  pytree whose leaves have a leading batch axis of size ``BATCH``. The loss
-  is computed in float64 (float32 without x64) whatever the params dtype.
+  pytree whose leaves have a leading batch axis of size ``BATCH``.
   """
   shapes = SHAPES if shapes is None else shapes
   rng = np.random.default_rng(seed)
   params = {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in shapes.items()}
+  return (params,) + losses_for(params, seed)
 
-  def coef(s):
-    mag = rng.uniform(0.3, 1.5, size=(BATCH,) + tuple(s))
-    sign = np.where(rng.uniform(size=tuple(s)) < 0.5, -1.0, 1.0)  # shared sign
-    return mag * sign
 
-  targets = {k: {"t": jnp.asarray(rng.normal(size=(BATCH,) + tuple(s))),
-                 "c": jnp.asarray(coef(s))} for k, s in shapes.items()}
-  scales = {k: 0.5 + rng.uniform(size=s) for k, s in shapes.items()}
+def losses_for(params, seed: int = 0):
+  """Per-example losses for any params pytree (``None`` leaves allowed).
+
+  ``loss_i(p) = sum_leaves sum(c_i * p) + 0.01 * sum(a * (p - t_i)**2)`` with
+  ``|c_i|`` in [0.3, 1.5]: every gradient entry stays away from 0 (so
+  low-precision formats do not underflow ``g**2``) and from huge values (so
+  primitives whose output is an ascent direction, applied as is, do not blow
+  up over the few steps these tests take). Computed in float64 (float32
+  without x64) whatever the params' dtypes.
+
+  Returns ``(per_example_loss, targets)``.
+  """
+  rng = np.random.default_rng(seed + 7919)
+
+  def leaf_targets(p):
+    s = tuple(jnp.shape(p))
+    mag = rng.uniform(0.3, 1.5, size=(BATCH,) + s)
+    sign = np.where(rng.uniform(size=s) < 0.5, -1.0, 1.0)  # shared by the batch
+    return {"t": jnp.asarray(rng.normal(size=(BATCH,) + s)),
+            "c": jnp.asarray(mag * sign),
+            "a": jnp.asarray(np.broadcast_to(0.5 + rng.uniform(size=s), (BATCH,) + s))}
+
+  targets = jax.tree.map(leaf_targets, params)
+
+  def leaf_loss(x, tt):
+    x = jnp.asarray(x, jnp.result_type(float))
+    return jnp.sum(tt["c"] * x) + 0.01 * jnp.sum(tt["a"] * (x - tt["t"])**2)
 
   def per_example_loss(p, t):
-    tot = 0.0
-    for k in sorted(p):
-      if p[k] is None:
-        continue
-      x = jnp.asarray(p[k], jnp.result_type(float))
-      d = x - t[k]["t"]
-      tot = tot + jnp.sum(t[k]["c"] * x) + 0.01 * jnp.sum(jnp.asarray(scales[k]) * d * d)
-    return tot
+    # ``t`` has a dict per params leaf: flatten params up to that level.
+    treedef = jax.tree.structure(p)
+    terms = [leaf_loss(x, tt) for x, tt in
+             zip(jax.tree.leaves(p), treedef.flatten_up_to(t))]
+    return sum(terms, jnp.zeros([], jnp.result_type(float)))
 
-  return params, per_example_loss, targets
+  return per_example_loss, targets
 
 
 def loss_fn(per_example_loss, targets):

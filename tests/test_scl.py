@@ -157,6 +157,17 @@ def test_count_regularizer_lowers_connections_and_masks_stay_binary():
     assert set(np.unique(np.asarray(optzoo.step_ste(leaf)))) <= {0.0, 1.0}
 
 
+def test_sparse_connectivity_dtypes_and_jit():
+  p = {"d": {"kernel": jnp.ones((3, 2), jnp.bfloat16), "mask": jnp.ones((3, 2), jnp.bfloat16),
+             "bias": jnp.zeros(2, jnp.float32)}, "none": None}
+  tx = optzoo.sparse_connectivity(0.1)
+  s = tx.init(p)
+  u, s2 = jax.jit(tx.update)(p, s, p)
+  assert jax.tree.map(lambda a: a.dtype, u) == jax.tree.map(lambda a: a.dtype, p)
+  assert jax.tree.map(lambda a: (a.shape, a.dtype), s2) == jax.tree.map(
+      lambda a: (a.shape, a.dtype), s)
+
+
 def test_scl_bad_input():
   with pytest.raises(ValueError, match="norm"):
     optzoo.normalize_mask_gradients("l1")

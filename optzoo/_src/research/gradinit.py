@@ -144,11 +144,13 @@ def gradinit(
   official optimizer file), then :math:`m_i \leftarrow \max(m_i, m_{min})`
   (``bias_m_min`` for leaves whose path contains ``bias``).
 
-  As in the paper and the official code, the objective treats the step
-  direction :math:`A[g]` as a constant ("a simple approximation to keep
-  computing costs low"); only the constraint step differentiates through
-  :math:`g` (second order). ``second_order=True`` differentiates the
-  objective through :math:`A[g]` as well.
+  As in the official code (``take_opt_step`` uses ``grad.detach()``), the
+  objective treats the step direction :math:`A[g]` as a constant; only the
+  constraint step differentiates through :math:`g` (second order). The paper
+  is summarized as making "a simple approximation to keep computing costs
+  low", consistent with this [recall: paper text not re-read].
+  ``second_order=True`` differentiates the objective through :math:`A[g]`
+  as well (the literal reading of the objective).
 
   The whole iteration is one jitted function (compiled once); the loop over
   iterations runs in Python and pulls batches from the iterator.

@@ -235,6 +235,12 @@ def koala(
     eps: leaves with a raw gradient norm below ``eps`` are skipped.
     direction: ``"code"`` or ``"regularized"`` (see above).
 
+  With ``flax.nnx.Optimizer`` pass the extra args to
+  ``optimizer.update(model, grads, value=..., value_sq=...)``; linen's
+  ``TrainState.apply_gradients`` does not forward extra args, so call
+  ``state.tx.update(grads, state.opt_state, state.params, value=...)``
+  yourself (tests/test_koala.py shows both).
+
   Returns:
     An ``optax.GradientTransformationExtraArgs``. ``update`` needs ``params``
     and the extra args ``value`` (mean minibatch loss at ``params``) and,

@@ -10,7 +10,7 @@ penalty; the exact normalization formula and λ are [recon] (no public code).
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
