@@ -192,6 +192,26 @@ def test_entropy_sgd_noise_free_and_gamma_cap():
   assert _rel(got, want) < 1e-10
 
 
+@pytest.mark.parametrize("noise", [0.0, 1e-2])
+def test_entropy_sgd_step_is_the_local_entropy_gradient_of_a_quadratic(noise):
+  """Defining property: for f = 1/2 sum a x^2 the Gibbs mean of the local-entropy
+  measure is <x'> = gamma x / (a + gamma), so G = x - <x'> = a x / (a + gamma)
+  (= grad of -F(x; gamma) / gamma); the SGLD chain must find it."""
+  a = jnp.asarray([0.5, 1.0, 4.0])
+  x = {"x": jnp.asarray([1.0, -2.0, 0.5])}
+  gamma = 1.0
+  tx = optzoo.entropy_sgd(1.0, inner_steps=600, inner_lr=0.05, noise=noise, gamma=gamma,
+                          gamma_scoping=0.0, momentum=0.0, nesterov=False,
+                          # noise-free: the paper's weighting tracks the chain;
+                          # noisy: a long average (code weighting, decay 0.99)
+                          mu_weighting="paper" if noise == 0 else "code",
+                          mu_decay=0.75 if noise == 0 else 0.99)
+  grad_fn = lambda p, i: {"x": a * p["x"]}
+  u, _ = jax.jit(lambda p, s: tx.update(p, s, p, grad_fn=grad_fn))(x, tx.init(x))
+  want = -np.asarray(a * x["x"] / (a + gamma))
+  np.testing.assert_allclose(np.asarray(u["x"]), want, atol=1e-6 if noise == 0 else 0.02)
+
+
 def test_entropy_sgd_inner_zero_is_nesterov_sgd():
   params = {"w": jnp.arange(6.0).reshape(2, 3), "b": None}
   tx = optzoo.entropy_sgd(0.1, inner_steps=0, weight_decay=0.01)

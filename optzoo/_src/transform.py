@@ -717,14 +717,19 @@ def add_l2(weight_decay: float = 0.0) -> optax.GradientTransformation:
   the preconditioner.
   """
   base.check_nonneg("weight_decay", weight_decay)
+  return _add_scaled_params(weight_decay, "add_l2 (coupled weight decay)")
+
+
+def _add_scaled_params(weight_decay: Any, who: str) -> optax.GradientTransformation:
+  """``u + weight_decay * params``: coupled (first in a chain) or decoupled (later)."""
 
   def init_fn(params):
     del params
     return optax.EmptyState()
 
   def update_fn(updates, state, params=None):
-    base.require_params(params, "add_l2 (coupled weight decay)")
-    new = jax.tree.map(lambda g, p: (g + weight_decay * p).astype(g.dtype),
+    base.require_params(params, who)
+    new = jax.tree.map(lambda u, p: (u + weight_decay * p).astype(u.dtype),
                        updates, params)
     return new, state
 
@@ -759,18 +764,7 @@ def add_decayed_weights(
       leaves to decay, as ``optax.add_decayed_weights``.
   """
   base.check_nonneg("weight_decay", weight_decay)
-
-  def init_fn(params):
-    del params
-    return optax.EmptyState()
-
-  def update_fn(updates, state, params=None):
-    base.require_params(params, "add_decayed_weights (decoupled weight decay)")
-    new = jax.tree.map(lambda u, p: (u + weight_decay * p).astype(u.dtype),
-                       updates, params)
-    return new, state
-
-  tx = optax.GradientTransformation(init_fn, update_fn)
+  tx = _add_scaled_params(weight_decay, "add_decayed_weights (decoupled weight decay)")
   if mask is not None:
     return optax.masked(tx, mask)
   return tx
