@@ -1,0 +1,190 @@
+"""Every registered transformation under jax.sharding (issue 7).
+
+For each method (``optzoo.list_optimizers(kind="transformation")``) and two
+layouts over a Mesh of the 8 simulated CPU devices (conftest.py):
+
+* ``replicated``: data parallel, every parameter replicated (``P()``);
+* ``sharded``: fully sharded, every non-scalar parameter split over the mesh
+  axis (FSDP style), the scalar replicated;
+
+we check that
+1. ``tx.init`` on the sharded params gives every parameter-shaped state leaf
+   the sharding of its parameter;
+2. the jitted optimizer step keeps the shardings: outputs (params and every
+   state leaf) are sharded like the inputs, step after step;
+3. the compiled optimizer step contains no resharding collectives
+   (all-gather / all-to-all / collective-permute); all-reduce is allowed in
+   the sharded layout only (global norms, KOALA's and SWATS' scalars) and no
+   collective at all appears in the replicated layout;
+4. three steps give the same params as the unsharded run (float64, 1e-10
+   relative to each leaf's scale).
+"""
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+import optzoo
+import registry_harness as rh
+
+STEPS = 3
+TRANSFORMS = {i.name: i for i in optzoo.list_optimizers(kind="transformation")}
+
+# Methods whose *optimizer step* legitimately moves data between devices in
+# the sharded layout, with the reason. (Empty means: none known.)
+RESHARDING_OK: dict = {}
+
+
+def _mesh():
+  devices = np.array(jax.devices()[:8])
+  if devices.size < 8:
+    pytest.skip("needs 8 (simulated) devices: see tests/conftest.py")
+  return Mesh(devices, ("x",))
+
+
+def _shardings(mesh, layout):
+  if layout == "replicated":
+    return {k: NamedSharding(mesh, P()) for k in ("w", "b", "v", "c", "s")}
+  return {
+      "w": NamedSharding(mesh, P(None, "x")),   # (8, 16): columns split
+      "b": NamedSharding(mesh, P("x")),         # (16,)
+      "v": NamedSharding(mesh, P("x", None)),   # (16, 8): rows split
+      "c": NamedSharding(mesh, P("x")),         # (8,)
+      "s": NamedSharding(mesh, P()),            # scalar: replicated
+  }
+
+
+_REF_CACHE: dict = {}
+
+
+def _reference(name):
+  """Unsharded (single-device) params after STEPS steps."""
+  if name not in _REF_CACHE:
+    info = TRANSFORMS[name]
+    prob = rh.make_problem()
+    params, _, _ = rh.run(info.build(), info, prob, steps=STEPS)
+    _REF_CACHE[name] = jax.tree.map(np.asarray, params)
+  return _REF_CACHE[name]
+
+
+def _equiv(a, b, ndim):
+  return a.is_equivalent_to(b, ndim)
+
+
+def _collectives(hlo_text):
+  ops = ("all-gather", "all-to-all", "collective-permute", "all-reduce",
+         "reduce-scatter")
+  return {op for op in ops if re.search(rf"\b{op}(-start)?\(", hlo_text)}
+
+
+@pytest.mark.parametrize("layout", ["replicated", "sharded"])
+@pytest.mark.parametrize("name", sorted(TRANSFORMS))
+def test_sharded_step(name, layout):
+  info = TRANSFORMS[name]
+  mesh = _mesh()
+  prob = rh.make_problem()
+  shardings = _shardings(mesh, layout)
+  params = jax.device_put(prob.params, shardings)
+  tx = info.build()
+
+  # 1. init places parameter-shaped state like the parameters.
+  state = tx.init(params)
+  for leaf in jax.tree.leaves(state):
+    p_leaf = rh.param_for_shape(params, np.shape(leaf))
+    if p_leaf is None or np.ndim(leaf) == 0:
+      continue
+    assert isinstance(leaf, jax.Array), f"{name}: state leaf not an array"
+    assert _equiv(leaf.sharding, p_leaf.sharding, leaf.ndim), (
+        f"{name}: state leaf {leaf.shape} has {leaf.sharding}, its param has"
+        f" {p_leaf.sharding}")
+
+  # 2./3. the optimizer step alone, gradients and array extras from outside.
+  grads_fn = jax.jit(prob.grad_fn)
+  arrays_fn = jax.jit(lambda p, t: rh.array_extra_args(info, p, prob, t))
+  opt_step = jax.jit(rh.make_update_step(tx, info, prob))
+  in_state_shardings = None
+  for t in range(STEPS):
+    tt = jnp.asarray(t, jnp.int32)
+    grads, arrays = grads_fn(params), arrays_fn(params, tt)
+    if t == 1:  # steady state: compile once more and inspect
+      hlo = opt_step.lower(params, state, grads, arrays, tt).compile().as_text()
+      found = _collectives(hlo)
+      if layout == "replicated":
+        assert not found, f"{name}: collectives {found} in a replicated step"
+      elif name not in RESHARDING_OK:
+        bad = found - {"all-reduce"}
+        assert not bad, f"{name}: resharding collectives {bad} in the step"
+      in_state_shardings = [x.sharding for x in jax.tree.leaves(state)]
+      in_param_shardings = [x.sharding for x in jax.tree.leaves(params)]
+    params, state = opt_step(params, state, grads, arrays, tt)
+    if t == 1:
+      for leaf, s in zip(jax.tree.leaves(params), in_param_shardings):
+        assert _equiv(leaf.sharding, s, leaf.ndim), (
+            f"{name}: param resharded to {leaf.sharding} from {s}")
+      for leaf, s in zip(jax.tree.leaves(state), in_state_shardings):
+        assert _equiv(leaf.sharding, s, leaf.ndim), (
+            f"{name}: state leaf {leaf.shape} resharded to {leaf.sharding}"
+            f" from {s}")
+  for k, s in shardings.items():
+    assert _equiv(params[k].sharding, s, params[k].ndim), (name, k)
+
+  # 4. same numbers as the unsharded run.
+  ref = _reference(name)
+  # Sharded matmuls sum in another order (1e-16 differences in the grads);
+  # primitives without a learning rate ascend and amplify them, hence the
+  # tolerance relative to each leaf's scale.
+  for k in ref:
+    scale = max(1.0, float(np.max(np.abs(ref[k]))))
+    np.testing.assert_allclose(np.asarray(params[k]), ref[k], rtol=1e-10,
+                               atol=1e-10 * scale, err_msg=f"{name}/{layout}/{k}")
+
+
+def test_registry_is_covered():
+  """The sweep really runs: the core methods and the global-reduction ones."""
+  for name in ("adam", "sgd", "lookahead", "swats", "koala", "sphere_sgd",
+               "mini_block_fisher", "group_leaves"):
+    assert name in TRANSFORMS, f"{name} missing from the registry"
+
+
+def test_group_leaves_keeps_per_leaf_sharding():
+  """Stacked groups are sharded P(None, *leaf_spec); leaves with different
+  shardings are not stacked together; the step needs no collective."""
+  mesh = _mesh()
+  rows, cols = NamedSharding(mesh, P("x", None)), NamedSharding(mesh, P(None, "x"))
+  rep = NamedSharding(mesh, P())
+  rng = np.random.default_rng(0)
+  params = {f"a{i}": jax.device_put(rng.normal(size=(16, 8)), rows)
+            for i in range(3)}
+  params.update({f"b{i}": jax.device_put(rng.normal(size=(16, 8)), cols)
+                 for i in range(2)})
+  params["r"] = jax.device_put(rng.normal(size=(16, 8)), rep)
+  tx = optzoo.group_leaves(optzoo.adam(1e-2))
+  state = tx.init(params)
+  sizes = sorted(len(v) for v in state.groups.values())
+  assert sizes == [1, 2, 3], state.groups.keys()
+  leaves = jax.tree.leaves(params)
+  for name, idx in state.groups.items():
+    spec = leaves[int(idx[0])].sharding.spec
+    want = NamedSharding(mesh, P(None, *spec)) if name[0] == "s" else \
+        leaves[int(idx[0])].sharding
+    mu = state.inner_state[0].mu[name]
+    assert _equiv(mu.sharding, want, mu.ndim), (name, mu.sharding, want)
+
+  grads = jax.tree.map(lambda x: 0.5 * x, params)
+  step = jax.jit(lambda p, s, g: tx.update(g, s, p))
+  hlo = step.lower(params, state, grads).compile().as_text()
+  assert not _collectives(hlo), _collectives(hlo)
+  updates, new_state = step(params, state, grads)
+  for k in params:
+    assert _equiv(updates[k].sharding, params[k].sharding, 2), k
+  for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(state)):
+    assert _equiv(a.sharding, b.sharding, a.ndim)
+  ref_u, _ = optzoo.adam(1e-2).update(grads, optzoo.adam(1e-2).init(params),
+                                      params)
+  for k in params:
+    np.testing.assert_array_equal(np.asarray(updates[k]), np.asarray(ref_u[k]))
