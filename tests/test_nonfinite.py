@@ -74,6 +74,12 @@ def _check_skip(records, inner_state_of):
                          "inner state changed on a skipped step")
 
 
+def test_check_skip_can_fail():
+  """Negative control: without a wrapper a NaN gradient does corrupt Adam."""
+  info = optzoo.get_info("adam")
+  (records, _, _), _ = _runs(info, lambda tx: tx, [_G, (np.nan, 0, 0), _G])
+  with pytest.raises(AssertionError):
+    _check_skip(records, lambda s: s)
 
 
 @pytest.mark.parametrize("info", _TRANSFORMS, ids=ids(_TRANSFORMS))
@@ -269,6 +275,7 @@ def test_lr_range_test_survives_a_diverging_loss():
   losses = np.asarray(res.losses, np.float64)
   lrs = np.asarray(res.lrs, np.float64)
   assert lrs.shape == losses.shape and lrs.size >= 1
+  assert lrs.size < 60, "the diverging run was not stopped"
   # The huge learning rates blow the loss up; the tool must stop or record
   # it, and still suggest a finite, positive learning rate below the blow-up.
   sug = float(res.suggestion)

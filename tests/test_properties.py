@@ -29,7 +29,7 @@ from __future__ import annotations
 import inspect
 
 import hypothesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 import jax
 import jax.numpy as jnp
@@ -94,8 +94,11 @@ def _check_like(u, params, name):
 
 
 def _assert_close(a_tree, b_tree, name):
+  # The lowest precision in the tree sets the tolerance: methods that couple
+  # leaves (global norms, KOALA's scalars) carry its round-off everywhere.
+  tols = [_tol(a.dtype) for a in jax.tree.leaves(a_tree)] or [(0, 0)]
+  rtol, atol = max(tols)
   for a, b in zip(jax.tree.leaves(a_tree), jax.tree.leaves(b_tree)):
-    rtol, atol = _tol(a.dtype)
     np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64),
                                rtol=rtol, atol=atol, err_msg=f"{name}: jit vs eager")
 
@@ -199,7 +202,11 @@ def pytrees(draw):
   return tree
 
 
-@settings(max_examples=15, deadline=None,
+# No shrinking: every example compiles, shrinking would cost minutes; the
+# failing example is printed as generated. derandomize: the same examples on
+# every CI run (explore more locally: derandomize=False, more max_examples).
+@settings(max_examples=12, deadline=None, derandomize=True,
+          phases=[Phase.explicit, Phase.reuse, Phase.generate],
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(info=st.sampled_from(_TRANSFORMS), params=pytrees())
 def test_random_pytrees(info, params):
@@ -255,7 +262,8 @@ _RUNNERS = {}
 
 
 @pytest.mark.parametrize("info", _SCALE_CASES, ids=ids(_SCALE_CASES))
-@settings(max_examples=10, deadline=None,
+@settings(max_examples=10, deadline=None, derandomize=True,
+          phases=[Phase.explicit, Phase.reuse, Phase.generate],
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**16), k=st.integers(-30, 30),
        c=st.floats(1e-3, 1e3), dtype=st.sampled_from(["float32", "float64"]))
@@ -277,14 +285,15 @@ def test_scale_invariance(info, seed, k, c, dtype):
     assert_trees_equal(scaled[t], ref[t], f"{info.name} step {t + 1} c=2**{k}")
   # Any scaling: round-off.
   scaled = run(gs, jnp.asarray(c, dtype))
-  # (Norm-wise: an entry whose momentum nearly cancels is small and carries
-  # the absolute round-off of the larger ones.)
+  # (Relative to the largest entry: an entry whose momentum nearly cancels is
+  # small and carries the absolute round-off of the larger ones.)
   rtol = 1e-5 if dtype == "float32" else 1e-12
   for t in range(skip, N_SCALE_STEPS):
+    scale = max(float(np.max(np.abs(np.asarray(b, np.float64))))
+                for b in jax.tree.leaves(ref[t]))
     for a, b in zip(jax.tree.leaves(scaled[t]), jax.tree.leaves(ref[t])):
-      b = np.asarray(b, np.float64)
-      np.testing.assert_allclose(np.asarray(a, np.float64), b, rtol=rtol,
-                                 atol=rtol * np.max(np.abs(b)),
+      np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64),
+                                 rtol=rtol, atol=rtol * scale,
                                  err_msg=f"{info.name} step {t + 1} c={c}")
   # The property can fail: without eps = 0 the updates do move (except for
   # c = 1); guards against a runner that ignores c.

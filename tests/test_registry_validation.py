@@ -13,8 +13,11 @@ Generated cases, one pytest id per ``method x bad value``:
   cryptic AttributeError), unknown extra arguments are ignored.
 
 This file also holds the small generic harness that the other reliability
-tests import (``build``, ``problem``, ``extra_args``...). It delegates to the
-issue-7 harness ``tests/registry_harness.py`` where that exists.
+tests import (``build``, ``problem``, ``losses_for``, ``make_step``...): any
+params pytree (``None`` leaves, mixed dtypes), per-example losses with
+gradients bounded away from 0, NaN/Inf injection into gradients / ``value``
+/ ``value_sq`` inside one compiled step. Extra arguments come from the
+issue-7 harness ``tests/registry_harness.py`` (``extra_args_for``).
 """
 from __future__ import annotations
 
@@ -30,6 +33,11 @@ import optax
 import pytest
 
 import optzoo
+
+try:  # The issue-7 generic harness (tests/registry_harness.py).
+  import registry_harness as _RH
+except ImportError:  # pragma: no cover
+  _RH = None
 
 # ---------------------------------------------------------------------------
 # Generic harness (shared with the other reliability test files).
@@ -122,8 +130,19 @@ def grads_like(params, g):
 
 
 def extra_args(info, params, per_example_loss, targets, step: int = 0) -> dict:
-  """The extra arguments ``info.extra_args`` asks for, computed on ``params``."""
+  """The extra arguments ``info.extra_args`` asks for, computed on ``params``.
+
+  Delegates to the issue-7 harness (``registry_harness.extra_args_for``, one
+  recipe per extra-argument name for the whole test suite) on an adapter of
+  this file's problem; falls back to the local recipes if it is missing.
+  """
   f = loss_fn(per_example_loss, targets)
+  if _RH is not None:
+    prob = _RH.Problem(
+        params=params, batch=(targets, jnp.zeros((BATCH,))), loss_fn=f,
+        per_example_loss=lambda p, t, _: per_example_loss(p, t),
+        grad_fn=lambda p: grads_like(p, jax.grad(f)(p)))
+    return _RH.extra_args_for(info, params, prob, step=step)
   out: dict[str, Any] = {}
   for name in info.extra_args:
     if name == "value":

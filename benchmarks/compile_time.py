@@ -1,0 +1,101 @@
+"""Compile time of an Adam step with many parameter leaves.
+
+    python -m benchmarks.compile_time                    # 1000 and 3000 leaves
+    python -m benchmarks.compile_time --leaves 300,1000  # quicker
+
+The parameters mimic a deep Flax model: ``leaves / 3`` blocks, each with a
+kernel (64, 64), a bias (64,) and a scale (64,) (so a handful of distinct
+shapes). For each variant it prints trace+lower time, XLA compile time and
+the median step time (params and state donated):
+
+* ``optax.adam``;
+* ``optzoo.adam``;
+* ``optzoo.group_leaves(optzoo.adam)``: same-shape leaves stacked;
+* ``optax.flatten(optax.adam)``: one raveled vector (breaks sharding).
+
+The issue-7 target is: group_leaves compile time <= 0.5 x optax's at 3000
+leaves with no worse step time. See benchmarks/RESULTS.md for what XLA:CPU
+actually does with each variant.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+
+import optzoo  # noqa: E402
+from benchmarks import _common as C  # noqa: E402
+
+VARIANTS = {
+    "optax.adam": lambda: optax.adam(1e-3),
+    "optzoo.adam": lambda: optzoo.adam(1e-3),
+    "group_leaves(optzoo.adam)": lambda: optzoo.group_leaves(optzoo.adam(1e-3)),
+    "optax.flatten(optax.adam)": lambda: optax.flatten(optax.adam(1e-3)),
+}
+
+
+def model_params(n_leaves: int, width: int = 64):
+  shapes = [(width, width), (width,), (width,)]
+  key = jax.random.key(0)
+  params = {f"l{i:05d}": jax.random.normal(jax.random.fold_in(key, i),
+                                           shapes[i % 3], jnp.float32)
+            for i in range(n_leaves)}
+  grads = jax.tree.map(lambda x: 1e-2 * x, params)
+  return params, grads
+
+
+def measure(tx, params, grads, repeats=5):
+  state = tx.init(C.copy_tree(params))
+  step = C.optimizer_step(tx)
+  p, s = C.copy_tree(params), C.copy_tree(state)
+  t0 = time.perf_counter()
+  lowered = jax.jit(step, donate_argnums=(0, 1)).lower(p, s, grads)
+  t1 = time.perf_counter()
+  compiled = lowered.compile()
+  t2 = time.perf_counter()
+  for _ in range(2):
+    p, s = compiled(p, s, grads)
+  jax.block_until_ready(p)
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    p, s = compiled(p, s, grads)
+    jax.block_until_ready((p, s))
+    times.append(time.perf_counter() - t)
+  return t1 - t0, t2 - t1, statistics.median(times)
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--leaves", default="1000,3000")
+  ap.add_argument("--variants", default=",".join(VARIANTS))
+  ap.add_argument("--repeats", type=int, default=5)
+  args = ap.parse_args(argv)
+  print("  ".join(f"{k}={v}" for k, v in C.machine_info().items()))
+  head = (f"{'variant':<28}{'leaves':>7}{'trace+lower s':>15}{'compile s':>11}"
+          f"{'total s':>9}{'step ms':>9}{'total/optax':>13}")
+  print(head)
+  print("-" * len(head))
+  for n in [int(x) for x in args.leaves.split(",")]:
+    params, grads = model_params(n)
+    base = None
+    for name in args.variants.split(","):
+      lower_s, compile_s, step_s = measure(VARIANTS[name](), params, grads,
+                                           args.repeats)
+      total = lower_s + compile_s
+      if name == "optax.adam":
+        base = total
+      ratio = f"{total / base:.2f}" if base else "-"
+      print(f"{name:<28}{n:>7}{lower_s:>15.2f}{compile_s:>11.2f}{total:>9.2f}"
+            f"{1e3 * step_s:>9.2f}{ratio:>13}", flush=True)
+
+
+if __name__ == "__main__":
+  main()

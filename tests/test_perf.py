@@ -1,0 +1,227 @@
+"""Performance helpers (issue 7): group_leaves, cast_state, low-precision
+state options, and smoke runs of the benchmark scripts."""
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optzoo
+from helpers import TraceCounter
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _layered_params(n_layers=6, dtype=jnp.float64, seed=0):
+  """A deep-model-like tree: repeated shapes, a scalar, a None leaf, and a
+  float32 leaf of a repeated shape (must not be grouped with float64 ones)."""
+  rng = np.random.default_rng(seed)
+  p = {f"layer{i}": {"w": jnp.asarray(rng.normal(size=(5, 3)), dtype),
+                     "b": jnp.asarray(rng.normal(size=(3,)), dtype),
+                     "scale": jnp.asarray(rng.normal(), dtype),
+                     "frozen": None}
+       for i in range(n_layers)}
+  p["head"] = jnp.asarray(rng.normal(size=(3, 2)), dtype)
+  p["b32"] = jnp.asarray(rng.normal(size=(3,)), jnp.float32)
+  return p
+
+
+def _grad_fn(params):
+  """Gradient of sum(sin(x) + x^4/4) per leaf: nonlinear, varies per step."""
+  return jax.tree.map(lambda x: (jnp.cos(x) + x ** 3).astype(x.dtype), params)
+
+
+def _run(tx, params, steps, extra=None):
+  state = tx.init(params)
+
+  def body(carry, _):
+    p, s = carry
+    u, s = tx.update(_grad_fn(p), s, p, **(extra or {}))
+    return (optax.apply_updates(p, u), s), None
+
+  (p, s), _ = jax.jit(lambda c: jax.lax.scan(body, c, None, length=steps))(
+      (params, state))
+  return p, s
+
+
+INNERS = {
+    "adam": lambda: optzoo.adam(1e-2),
+    "adamw": lambda: optzoo.adamw(1e-2, weight_decay=0.1),
+    "sgd_nesterov": lambda: optzoo.nag(1e-2, momentum=0.9),
+    "rmsprop_centered": lambda: optzoo.rmsprop(1e-2, centered=True,
+                                                momentum=0.5),
+    "radam": lambda: optzoo.radam(1e-2),
+    "clip_global_norm+adam": lambda: optax.chain(
+        optax.clip_by_global_norm(0.5), optzoo.adam(1e-2)),
+}
+
+
+@pytest.mark.parametrize("inner", sorted(INNERS))
+def test_group_leaves_equals_inner_leaf_by_leaf(inner):
+  """200 steps: grouped == ungrouped (elementwise and global-norm inners)."""
+  params = _layered_params()
+  p_ref, _ = _run(INNERS[inner](), params, 200)
+  p_grp, _ = _run(optzoo.group_leaves(INNERS[inner]()), params, 200)
+  assert jax.tree.structure(p_ref) == jax.tree.structure(p_grp)
+  for a, b in zip(jax.tree.leaves(p_grp), jax.tree.leaves(p_ref)):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12,
+                               atol=1e-14)
+
+
+def test_group_leaves_changes_per_leaf_reductions():
+  """The equality check above can fail: a per-leaf reduction (documented as
+  unsupported) is *not* preserved by grouping."""
+  params = _layered_params()
+  per_leaf = optax.chain(optax.clip_by_block_rms(0.1), optax.sgd(1e-2))
+  p_ref, _ = _run(per_leaf, params, 5)
+  p_grp, _ = _run(optzoo.group_leaves(per_leaf), params, 5)
+  assert max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+             for a, b in zip(jax.tree.leaves(p_grp), jax.tree.leaves(p_ref))
+             ) > 1e-6
+
+
+def test_group_leaves_plan_and_state_layout():
+  params = _layered_params(n_layers=6)
+  tx = optzoo.group_leaves(optzoo.adam(1e-2))
+  state = tx.init(params)
+  leaves = jax.tree.leaves(params)
+  sizes = sorted(len(v) for v in state.groups.values())
+  # 6 w's, 6 b's, 6 scales stacked; head and the float32 bias alone.
+  assert sizes == [1, 1, 6, 6, 6], state.groups
+  covered = sorted(int(i) for v in state.groups.values() for i in v)
+  assert covered == list(range(len(leaves)))
+  mu = state.inner_state[0].mu  # chain(scale_by_adam, lr): adam state first
+  for name, idx in state.groups.items():
+    first = leaves[int(idx[0])]
+    want = first.shape if name[0] == "l" else (len(idx),) + first.shape
+    assert mu[name].shape == want and mu[name].dtype == first.dtype
+  n_state = len(jax.tree.leaves(state.inner_state))
+  n_plain = len(jax.tree.leaves(optzoo.adam(1e-2).init(params)))
+  assert n_state < n_plain / 3
+
+
+def test_group_leaves_jit_once_dtypes_and_none():
+  params = _layered_params(dtype=jnp.bfloat16)
+  tx = optzoo.group_leaves(optzoo.adam(1e-2))
+  state = tx.init(params)
+  counter = TraceCounter(lambda g, s, p: tx.update(g, s, p))
+  step = jax.jit(counter)
+  for _ in range(3):
+    updates, state = step(_grad_fn(params), state, params)
+    params = optax.apply_updates(params, updates)
+  assert counter.count == 1
+  assert params["layer0"]["frozen"] is None
+  assert updates["layer0"]["frozen"] is None
+  assert updates["layer0"]["w"].dtype == jnp.bfloat16
+  assert updates["b32"].dtype == jnp.float32
+
+
+def test_group_leaves_groups_param_shaped_extra_args():
+  """Extra args shaped like the updates are grouped alongside them."""
+
+  def scale_by_power():
+    def update(u, s, p=None, *, input_power=None, **extra):
+      del p, extra
+      return jax.tree.map(lambda a, b: a / b, u, input_power), s
+    return optax.GradientTransformationExtraArgs(lambda p: optax.EmptyState(),
+                                                 update)
+
+  params = _layered_params()
+  params = jax.tree.map(lambda x: x.astype(jnp.float64), params)
+  power = jax.tree.map(lambda x: 1.0 + x ** 2, params)
+  grads = _grad_fn(params)
+  ref, _ = scale_by_power().update(grads, (), params, input_power=power)
+  tx = optzoo.group_leaves(scale_by_power())
+  out, _ = tx.update(grads, tx.init(params), params, input_power=power,
+                     unknown_extra=3)
+  for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(ref)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-15)
+
+
+def test_group_leaves_errors():
+  with pytest.raises(TypeError, match="inner"):
+    optzoo.group_leaves(3)
+  params = _layered_params()
+  tx = optzoo.group_leaves(optzoo.adam(1e-2))
+  state = tx.init(params)
+  with pytest.raises(ValueError, match="tx.init"):
+    tx.update({"a": jnp.ones(3)}, state)
+
+
+def test_cast_state_keeps_dtype_and_tracks_full_precision():
+  params = _layered_params(dtype=jnp.float32)
+  tx = optzoo.cast_state(optzoo.adam(1e-2), jnp.bfloat16)
+  p_low, s_low = _run(tx, params, 50)
+  for leaf in jax.tree.leaves(s_low):
+    if jnp.issubdtype(leaf.dtype, jnp.floating) and leaf.ndim > 0:
+      assert leaf.dtype == jnp.bfloat16
+  counts = [x for x in jax.tree.leaves(s_low) if x.dtype == jnp.int32]
+  assert counts and all(int(c) == 50 for c in counts)
+  p_full, _ = _run(optzoo.adam(1e-2), params, 50)
+  for a, b in zip(jax.tree.leaves(p_low), jax.tree.leaves(p_full)):
+    assert a.dtype == b.dtype
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0,
+                               atol=5e-2)  # 50 steps of lr 1e-2: bf16-level
+  # Casting to the state's own dtype is the identity.
+  p_same, _ = _run(optzoo.cast_state(optzoo.adam(1e-2), jnp.float32), params,
+                   50)
+  for a, b in zip(jax.tree.leaves(p_same), jax.tree.leaves(p_full)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_cast_state_errors():
+  with pytest.raises(ValueError, match="dtype"):
+    optzoo.cast_state(optzoo.adam(1e-2), jnp.int32)
+  with pytest.raises(TypeError, match="dtype"):
+    optzoo.cast_state(optzoo.adam(1e-2), "not-a-dtype")
+
+
+def test_adam_mu_dtype_bf16_state_stays_bf16():
+  params = _layered_params(dtype=jnp.float32)
+  p, s = _run(optzoo.adam(1e-2, mu_dtype=jnp.bfloat16), params, 20)
+  adam_state = s[0] if isinstance(s, tuple) else s
+  mus = [x for x in jax.tree.leaves(adam_state.mu)]
+  nus = [x for x in jax.tree.leaves(adam_state.nu)]
+  assert mus and all(x.dtype == jnp.bfloat16 for x in mus)
+  assert all(x.dtype == jnp.float32 for x in nus)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(p))
+
+
+def _import_benchmarks():
+  if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+  from benchmarks import compile_time, step_time  # pylint: disable=g-import-not-at-top
+  return step_time, compile_time
+
+
+def test_step_time_benchmark_smoke(capsys, tmp_path):
+  step_time, _ = _import_benchmarks()
+  out = tmp_path / "rows.json"
+  step_time.main(["--sizes", "4000", "--leaves", "1,3", "--repeats", "1",
+                  "--methods", "adam,lookahead,adam+group_leaves",
+                  "--json", str(out), "--torch-json", ""])
+  text = capsys.readouterr().out
+  assert "zoo/optax" in text and "lookahead" in text
+  import json
+  rows = json.load(open(out))["rows"]
+  assert len(rows) == 6
+  for r in rows:
+    assert r["zoo_s"] > 0 and r["roof_s"] > 0 and r["optax_s"] > 0
+    # adam: params 4 B + state 8 B per f32 parameter.
+    if r["method"] == "adam":
+      assert abs(r["state_bytes_per_param"] - 8.0) < 0.01
+      state_bytes = round(r["state_bytes_per_param"] * 4000)
+      assert r["bytes_moved"] == 3 * 4 * 4000 + 2 * state_bytes
+
+
+def test_compile_time_benchmark_smoke(capsys):
+  _, compile_time = _import_benchmarks()
+  compile_time.main(["--leaves", "6", "--repeats", "1"])
+  text = capsys.readouterr().out
+  assert "group_leaves(optzoo.adam)" in text and "optax.adam" in text
