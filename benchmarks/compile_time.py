@@ -6,7 +6,8 @@
 The parameters mimic a deep Flax model: ``leaves / 3`` blocks, each with a
 kernel (64, 64), a bias (64,) and a scale (64,) (so a handful of distinct
 shapes). For each variant it prints trace+lower time, XLA compile time and
-the median step time (params and state donated):
+the median step time (params and state donated). Each measurement runs in a
+fresh interpreter (``--in-process`` to disable):
 
 * ``optax.adam``;
 * ``optzoo.adam``;
@@ -20,8 +21,11 @@ actually does with each variant.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -72,23 +76,45 @@ def measure(tx, params, grads, repeats=5):
   return t1 - t0, t2 - t1, statistics.median(times)
 
 
+def _measure_isolated(name, n, repeats):
+  """Runs one measurement in a fresh interpreter, so that no variant inherits
+  caches, memory pressure or warm-up from another."""
+  out = subprocess.run(
+      [sys.executable, "-m", "benchmarks.compile_time", "--one", name,
+       "--leaves", str(n), "--repeats", str(repeats)],
+      check=True, capture_output=True, text=True,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--leaves", default="1000,3000")
   ap.add_argument("--variants", default=",".join(VARIANTS))
   ap.add_argument("--repeats", type=int, default=5)
+  ap.add_argument("--in-process", action="store_true",
+                  help="measure all variants in this process (faster)")
+  ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
+  if args.one:
+    params, grads = model_params(int(args.leaves))
+    print(json.dumps(measure(VARIANTS[args.one](), params, grads,
+                             args.repeats)))
+    return
   print("  ".join(f"{k}={v}" for k, v in C.machine_info().items()))
   head = (f"{'variant':<28}{'leaves':>7}{'trace+lower s':>15}{'compile s':>11}"
           f"{'total s':>9}{'step ms':>9}{'total/optax':>13}")
   print(head)
   print("-" * len(head))
   for n in [int(x) for x in args.leaves.split(",")]:
-    params, grads = model_params(n)
+    params, grads = model_params(n) if args.in_process else (None, None)
     base = None
     for name in args.variants.split(","):
-      lower_s, compile_s, step_s = measure(VARIANTS[name](), params, grads,
-                                           args.repeats)
+      if args.in_process:
+        lower_s, compile_s, step_s = measure(VARIANTS[name](), params, grads,
+                                             args.repeats)
+      else:
+        lower_s, compile_s, step_s = _measure_isolated(name, n, args.repeats)
       total = lower_s + compile_s
       if name == "optax.adam":
         base = total

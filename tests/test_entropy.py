@@ -16,6 +16,7 @@ import optax
 import pytest
 
 import optzoo
+from optzoo._src.research import entropy as entropy_lib
 from helpers import TraceCounter
 
 SHAPES = {"b": (4,), "s": (), "w": (3, 4)}  # sorted = jax leaf order
@@ -285,6 +286,106 @@ def test_entropy_and_replicated_preserve_sharding():
     s = tx.init(p)
     u, s = jax.jit(lambda p, s: tx.update(p, s, p, grad_fn=lambda q, i: q))(p, s)
     assert u["w"].sharding.is_equivalent_to(sh, 2)
+
+
+# ---------------------------------------------------------------------------
+# Long runs: the scoped gamma never overflows (issue: NaN after ~88k steps).
+# ---------------------------------------------------------------------------
+
+BIG = 2**31 - 2
+
+
+def test_scoped_gamma_is_finite_and_bit_identical_to_the_plain_power():
+  scoped_gamma = entropy_lib.scoped_gamma
+  with jax.enable_x64(False):
+    f = jax.jit(lambda t: scoped_gamma(1e-4, 1e-3, t))
+    plain = jax.jit(lambda t: jnp.float32(1e-4) * jnp.power(jnp.float32(1.001),
+                                                            t.astype(jnp.float32)))
+    for t in [0, 1, 7, 1000, 50_000, 88_000]:
+      want = np.asarray(plain(jnp.int32(t)))
+      assert np.isfinite(want)
+      assert np.asarray(f(jnp.int32(t))) == want, t      # bit-identical
+    assert not np.isfinite(np.asarray(plain(jnp.int32(89_000))))  # the bug
+    for t in [89_000, 10**6, BIG, BIG + 1]:
+      v = np.asarray(f(jnp.int32(t)))
+      assert v.dtype == np.float32 and np.isfinite(v) and v > 1e33, (t, v)
+    # gamma0 = 0 stays 0 (no 0 * inf = nan); a cap applies; a schedule is clamped.
+    assert float(scoped_gamma(0.0, 1e-3, jnp.int32(BIG))) == 0.0
+    assert float(scoped_gamma(1e-4, 1e-3, jnp.int32(BIG), 5.0)) == 5.0
+    assert np.isfinite(float(scoped_gamma(lambda t: jnp.float32(jnp.inf), 0.0, 3)))
+  # float64: overflows much later (t ~ 7.1e5 for 1.001) but is clamped too.
+  v = np.asarray(scoped_gamma(1e-4, 1e-3, jnp.int32(BIG)))
+  assert v.dtype == np.float64 and np.isfinite(v)
+
+
+def _f32_problem():
+  params = {"w": jnp.asarray(np.random.default_rng(0).normal(size=(3, 4)), jnp.float32),
+            "b": jnp.asarray([0.5, -1.0, 2.0], jnp.float32), "s": jnp.float32(0.3),
+            "n": None}
+  grad_fn = lambda p, i: jax.tree.map(lambda x: (x - 0.1 * i).astype(x.dtype), p)
+  return params, grad_fn
+
+
+def _run_from_count(tx, params, grad_fn, count, steps=3):
+  state = tx.init(params)
+  state = jax.tree_util.tree_map_with_path(
+      lambda path, l: jnp.asarray(count, l.dtype)
+      if str(getattr(path[-1], "name", "")) == "count" else l, state)
+  step = jax.jit(lambda p, s: tx.update(grad_fn(p, 0), s, p, grad_fn=grad_fn))
+  us = []
+  for _ in range(steps):
+    u, state = step(params, state)
+    us.append(u)
+    params = optax.apply_updates(params, u)
+  return us, params, state
+
+
+def _all_finite(tree):
+  return all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("which", ["entropy_sgd", "replicated_barycenter",
+                                   "replicated_elastic"])
+def test_scoped_gamma_at_count_2_31_float32_gives_finite_updates(which):
+  with jax.enable_x64(False):
+    params, grad_fn = _f32_problem()
+    if which == "entropy_sgd":
+      make = lambda **kw: optzoo.entropy_sgd(0.1, inner_steps=5, noise=1e-3, **kw)
+    else:
+      center = which.split("_")[1]
+      make = lambda **kw: optzoo.replicated_sgd(0.1, momentum=0.9, center=center, **kw)
+    us, p_end, state = _run_from_count(make(), params, grad_fn, BIG)
+    assert all(_all_finite(u) for u in us) and _all_finite(p_end) and _all_finite(state)
+    assert all(u["w"].dtype == jnp.float32 for u in us)
+    counts = [l for path, l in jax.tree_util.tree_leaves_with_path(state)
+              if str(getattr(path[-1], "name", "")) == "count"]
+    assert counts and all(int(c) == 2**31 - 1 for c in counts)
+    # The default cap is the documented one: same updates as passing it.
+    if which == "entropy_sgd":
+      cap = 1.0 / 0.1
+    else:
+      cap = 1.0 / 0.1 / (1 + 3 if which.endswith("elastic") else 1)
+    us_cap, _, _ = _run_from_count(make(gamma_max=cap), params, grad_fn, BIG)
+    for u, v in zip(us, us_cap):
+      for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(v)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # ... and the cap matters there: without it (a huge explicit cap) the
+    # update is not finite, which is the bug this guards against.
+    us_big, _, _ = _run_from_count(make(gamma_max=3e38), params, grad_fn, BIG)
+    assert not all(_all_finite(u) for u in us_big)
+
+
+def test_default_gamma_cap_does_not_change_normal_runs():
+  """Below the cap the default run equals an explicitly uncapped one."""
+  params, grad_fn = _f32_problem()
+  params = jax.tree.map(lambda x: x.astype(jnp.float64), params)
+  for make in (lambda **kw: optzoo.entropy_sgd(0.1, inner_steps=3, noise=1e-3, **kw),
+               lambda **kw: optzoo.replicated_sgd(0.1, gamma=0.5, center="elastic", **kw)):
+    a, _, _ = _run_from_count(make(), params, grad_fn, 1000)
+    b, _, _ = _run_from_count(make(gamma_max=1e300), params, grad_fn, 1000)
+    for u, v in zip(a, b):
+      for x, y in zip(jax.tree.leaves(u), jax.tree.leaves(v)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 # ---------------------------------------------------------------------------

@@ -332,6 +332,112 @@ def test_inject_hyperparams():
   assert u["w"].shape == (3,)
 
 
+# ---------------------------------------------------------------------------
+# Non-finite loss / loss_sq / gradients: the step is skipped on device.
+# ---------------------------------------------------------------------------
+
+
+def _assert_same_tree(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    assert x.dtype == y.dtype
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _bad_step_runs(variant, bad_at, poison, r=None, steps=6):
+  """Runs ``steps`` jitted good steps with a poisoned step inserted before
+  step ``bad_at``; returns (records of the bad step, final params/state of the
+  run with it, of the run without it)."""
+  x, y, idx, p0 = _data(5)
+  params0 = {"w": jnp.asarray(p0[0]), "b": jnp.asarray(p0[1]),
+             "u": jnp.asarray(p0[2])}
+  tx = optzoo.koala(0.5, variant, r=r)
+  counter = TraceCounter(lambda g, s, p, v, v2: tx.update(g, s, p, value=v,
+                                                          value_sq=v2))
+  step = jax.jit(counter)
+
+  def good_inputs(p, k):
+    xb, yb = jnp.asarray(x[idx[k]]), jnp.asarray(y[idx[k]])
+    g = jax.grad(lambda q: jnp.mean(_jax_losses(q, xb, yb)))(p)
+    st = optzoo.koala_loss_stats(_jax_losses(p, xb, yb))
+    return g, st["value"], st["value_sq"]
+
+  def run(with_bad):
+    p, s, rec = params0, tx.init(params0), None
+    for k in range(steps):
+      if with_bad and k == bad_at:
+        g, v, v2 = poison(*good_inputs(p, k))
+        u, s_new = step(g, s, p, v, v2)
+        rec = (s, u, s_new)
+        p = optax.apply_updates(p, u)
+        s = s_new
+      g, v, v2 = good_inputs(p, k)
+      u, s = step(g, s, p, v, v2)
+      p = optax.apply_updates(p, u)
+    return rec, p, s
+
+  rec, p_bad, s_bad = run(True)
+  _, p_ref, s_ref = run(False)
+  assert counter.count == 1
+  return rec, (p_bad, s_bad), (p_ref, s_ref)
+
+
+def _poison_grad(bad):
+  def f(g, v, v2):
+    return dict(g, w=g["w"].at[1, 0].set(bad)), v, v2
+  return f
+
+
+_POISONS = {
+    "value-nan": lambda g, v, v2: (g, jnp.nan * v, v2),
+    "value-inf": lambda g, v, v2: (g, jnp.inf + v, v2),
+    "value-neginf": lambda g, v, v2: (g, -jnp.inf + v, v2),
+    "value_sq-nan": lambda g, v, v2: (g, v, jnp.nan * v2),
+    "value_sq-inf": lambda g, v, v2: (g, v, jnp.inf + v2),
+    "grad-nan": _poison_grad(jnp.nan),
+    "grad-inf": _poison_grad(jnp.inf),
+}
+
+
+@pytest.mark.parametrize("what", sorted(_POISONS))
+@pytest.mark.parametrize("variant", ["vanilla", "momentum"])
+def test_nonfinite_inputs_skip_the_step_and_training_continues(variant, what):
+  (s_before, u, s_after), (p_bad, s_bad), (p_ref, s_ref) = _bad_step_runs(
+      variant, 3, _POISONS[what])
+  # The bad step: zero update, state bit-identical (count included).
+  for leaf in jax.tree.leaves(u):
+    np.testing.assert_array_equal(np.asarray(leaf), 0.0)
+  _assert_same_tree(s_after, s_before)
+  # Training goes on exactly as if the bad step had never happened.
+  _assert_same_tree(p_bad, p_ref)
+  _assert_same_tree(s_bad, s_ref)
+  # ... and it does move the params (the later steps are not all zero).
+  assert float(jnp.abs(s_ref.r - 1.0)) > 0 and int(s_ref.count) == 6
+  assert not np.allclose(np.asarray(p_ref["w"]), _data(5)[3][0])
+
+
+def test_nonfinite_value_sq_is_ignored_with_a_fixed_r():
+  """With a fixed ``r`` the ``value_sq`` extra arg is not used, so a NaN
+  there must not skip the step."""
+  (s_before, u, s_after), _, _ = _bad_step_runs(
+      "vanilla", 2, _POISONS["value_sq-nan"], r=0.5, steps=3)
+  assert int(s_after.count) == int(s_before.count) + 1
+  assert float(jnp.max(jnp.abs(u["w"]))) > 0
+
+
+@pytest.mark.parametrize("variant", ["vanilla", "momentum"])
+def test_nonfinite_check_can_fail(variant):
+  """Negative control: an extra *finite* step is not skipped, so the checks
+  of the test above (zero update, same state, same run) do fail for it."""
+  (s_before, u, s_after), (p_bad, _), (p_ref, _) = _bad_step_runs(
+      variant, 3, lambda g, v, v2: (g, v, v2))
+  assert float(jnp.max(jnp.abs(u["w"]))) > 0
+  with pytest.raises(AssertionError):
+    _assert_same_tree(s_after, s_before)
+  with pytest.raises(AssertionError):
+    _assert_same_tree(p_bad, p_ref)
+
+
 def test_flax_training_step_passes_the_loss():
   import flax.linen as nn
   from flax.training import train_state

@@ -217,3 +217,52 @@ def test_inject_hyperparams():
   u, _ = jax.jit(lambda s: tx.update(params, s, params,
                                      per_example_grads=peg))(tx.init(params))
   assert u["w"].shape == (2, 3)
+
+
+@pytest.mark.parametrize("dense_block", ["auto", "output", "input"])
+def test_empty_leaves_pass_through(dense_block):
+  """Leaves with a zero in their shape (no parameters) get an empty update and
+  empty state, and do not change the other leaves' updates (they used to
+  raise IndexError in the blockwise inverse)."""
+  rng = np.random.default_rng(0)
+  full = {"w": jnp.asarray(rng.normal(size=(3, 2))),
+          "c": jnp.asarray(rng.normal(size=(2, 2, 1, 2)))}
+  empty = {"e": jnp.zeros((0, 4)), "e4": jnp.zeros((4, 0)), "v": jnp.zeros((0,)),
+           "k0": jnp.zeros((0, 2, 2, 3)), "k1": jnp.zeros((2, 2, 0, 3)),
+           "f": jnp.zeros((0, 4), jnp.float32)}
+  params = dict(full, **empty)
+
+  def peg_of(p, k):
+    return jax.tree.map(lambda x: jnp.stack([jnp.sin(x + k), jnp.cos(2 * x - k),
+                                             0.3 * x + 0.1 * k]).astype(x.dtype), p)
+
+  def run(p, tx):
+    counter = TraceCounter(lambda g, s, e: tx.update(g, s, p, per_example_grads=e))
+    step = jax.jit(counter)
+    s = tx.init(p)
+    out = []
+    for k in range(4):
+      peg = peg_of(p, k)
+      g = jax.tree.map(lambda a: a.mean(0), peg)
+      u, s = step(g, s, peg)
+      out.append(u)
+    assert counter.count == 1
+    return out, s
+
+  for make in (lambda: optzoo.mini_block_fisher(0.1, inverse_every=2,
+                                                dense_block=dense_block),
+               lambda: optzoo.scale_by_mini_block_fisher(inverse_every=2,
+                                                         dense_block=dense_block)):
+    got, state = run(params, make())
+    ref, _ = run(full, make())
+    for u, r in zip(got, ref):
+      for name, x in empty.items():
+        assert u[name].shape == x.shape and u[name].dtype == x.dtype
+      for name in full:
+        np.testing.assert_array_equal(np.asarray(u[name]), np.asarray(r[name]))
+        assert np.all(np.isfinite(np.asarray(u[name])))
+    # Trivial (empty) state for the empty leaves.
+    inner = state[0] if isinstance(state, tuple) and not hasattr(state, "fisher") else state
+    for tree in (inner.fisher, inner.inverse, inner.momentum):
+      for name in empty:
+        assert tree[name].size == 0

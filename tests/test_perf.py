@@ -222,6 +222,6 @@ def test_step_time_benchmark_smoke(capsys, tmp_path):
 
 def test_compile_time_benchmark_smoke(capsys):
   _, compile_time = _import_benchmarks()
-  compile_time.main(["--leaves", "6", "--repeats", "1"])
+  compile_time.main(["--leaves", "6", "--repeats", "1", "--in-process"])
   text = capsys.readouterr().out
   assert "group_leaves(optzoo.adam)" in text and "optax.adam" in text

@@ -154,10 +154,17 @@ def trace(
   def update_fn(updates, state, params=None):
     del params
     first = state.count == 0
+    # With a literal dampening of 0 the zero-initialised buffer already gives
+    # b_1 = g_1 exactly, so the select (a read of the counter and one more
+    # pass per element) is only needed when dampening may be non-zero.
+    static_zero = isinstance(dampening, (int, float)) and dampening == 0
 
     def leaf(g, b):
-      new_b = jnp.where(first, g.astype(b.dtype),
-                        decay * b + (1.0 - dampening) * g).astype(b.dtype)
+      if static_zero:
+        new_b = (decay * b + g).astype(b.dtype)
+      else:
+        new_b = jnp.where(first, g.astype(b.dtype),
+                          decay * b + (1.0 - dampening) * g).astype(b.dtype)
       out = g + decay * new_b if nesterov else new_b
       return out.astype(g.dtype), new_b
 

@@ -47,21 +47,33 @@ def scoped_gamma(
     gamma: Union[float, optax.Schedule],
     gamma_scoping: float,
     count: jax.Array,
-    gamma_max: Optional[float] = None,
+    gamma_max: Optional[Any] = None,
 ) -> jax.Array:
   r"""The scoped coupling :math:`\gamma_t = \min(\gamma_0 (1+\gamma_1)^t, \gamma_{max})`.
 
   ``count`` is the number of outer updates already made (0 for the first
   one). If ``gamma`` is a schedule it is called with ``count`` instead and
   ``gamma_scoping`` is ignored. Returned as a float32/float64 scalar.
+
+  Overflow-safe: :math:`(1+\gamma_1)^t` overflows (to ``inf``) after about
+  88k steps in float32 with :math:`\gamma_1 = 10^{-3}`; both the power and
+  the product are clamped to the dtype's largest finite value, so the result
+  is always finite (never ``inf``, never ``0 * inf = nan`` when
+  :math:`\gamma_0 = 0`) and is bit-identical to the plain formula wherever
+  that one is finite. ``gamma_max`` (a number or a traced scalar) then caps
+  it; ``None`` means no cap beyond the dtype's maximum.
   """
   t = jnp.asarray(count)
   if callable(gamma):
     g = jnp.asarray(gamma(t))
+    if jnp.issubdtype(g.dtype, jnp.floating):
+      g = jnp.minimum(g, jnp.finfo(g.dtype).max)
   else:
     dt = jnp.result_type(float)
-    g = jnp.asarray(gamma, dt) * jnp.power(
-        jnp.asarray(1.0 + gamma_scoping, dt), t.astype(dt))
+    big = jnp.finfo(dt).max
+    power = jnp.minimum(
+        jnp.power(jnp.asarray(1.0 + gamma_scoping, dt), t.astype(dt)), big)
+    g = jnp.minimum(jnp.asarray(gamma, dt) * power, big)
   if gamma_max is not None:
     g = jnp.minimum(g, gamma_max)
   return g
@@ -163,9 +175,21 @@ def entropy_sgd(
   :math:`x \leftarrow x - \eta\,\mathrm{SGD}_{m}(G + \lambda x)`. The ``grads``
   passed to ``update`` are discarded when ``inner_steps > 0`` (as in the
   official code); with ``inner_steps = 0`` this is plain SGD on ``grads``.
-  Scoping: :math:`\gamma_t = \gamma_0 (1 + \gamma_1)^t` with :math:`t` the
-  number of outer updates made so far (0 for the first), optionally capped by
-  ``gamma_max``; ``gamma`` may also be an optax schedule of :math:`t`.
+  Scoping: :math:`\gamma_t = \min(\gamma_0 (1 + \gamma_1)^t, \gamma_{max})`
+  with :math:`t` the number of outer updates made so far (0 for the first);
+  ``gamma`` may also be an optax schedule of :math:`t`. The cap
+  :math:`\gamma_{max}` defaults to :math:`1/\eta'` (``gamma_max=None``): at
+  :math:`\eta'\gamma = 1` the coupling term pulls :math:`x'` exactly back
+  onto :math:`x` every inner step (then :math:`x - \langle x'\rangle \approx
+  \eta' \nabla f(x)`, the :math:`\gamma \to \infty` limit of the local
+  entropy gradient); beyond it the explicit SGLD step overshoots, and beyond
+  :math:`2/\eta'` it diverges. Without a cap :math:`(1+\gamma_1)^t`
+  overflows after about 88k updates in float32 with the defaults and the
+  updates become NaN. The official codes have no cap; the default one only
+  changes runs once :math:`\gamma_t > 1/\eta'` (with the defaults, after
+  about 11.5k outer updates). Pass a larger ``gamma_max`` to follow the
+  uncapped scoping further (γ itself is always kept finite, see
+  :func:`scoped_gamma`).
 
   **Paper vs official code** (methods.md 15.1). Defaults: the paper's μ
   weighting (as issue 4 asks), the official codes' noise and outer-step forms
@@ -217,7 +241,8 @@ def entropy_sgd(
     inner_momentum: momentum of the inner loop (default: ``momentum``).
     mu_weighting: ``"paper"`` or ``"code"`` (see above).
     noise_form: ``"code"`` (std ε√(2η')) or ``"paper"`` (std ε√η').
-    gamma_max: optional cap on the scoped γ.
+    gamma_max: cap on the scoped γ; ``None`` (default) caps it at
+      ``1 / inner_lr`` (see above).
     scale_outer_by_gamma: use the paper's outer step η γ (x - μ).
     seed: seed of the noise key kept in the state.
 
@@ -319,7 +344,8 @@ def entropy_sgd(
       g_outer = updates
     else:
       base.require_extra_arg(grad_fn, "grad_fn", "entropy_sgd", _GRAD_FN_HOW)
-      gamma_t = scoped_gamma(gamma, gamma_scoping, count, gamma_max)
+      cap = (1.0 / inner_lr) if gamma_max is None else gamma_max
+      gamma_t = scoped_gamma(gamma, gamma_scoping, count, cap)
       mu = inner_loop(params, grad_fn, gamma_t, sub)
       if scale_outer_by_gamma:
         g_outer = jax.tree.map(
@@ -355,6 +381,14 @@ class ReplicaCouplingState(NamedTuple):
 def _replica_mean(tree):
   # 0-d leaves carry no replica axis: they are shared and never coupled.
   return jax.tree.map(lambda x: jnp.mean(x, axis=0) if jnp.ndim(x) else x, tree)
+
+
+def _num_replicas(params) -> int:
+  """``y``: the leading axis of the first leaf that has one (1 if none)."""
+  for x in jax.tree.leaves(params):
+    if jnp.ndim(x):
+      return int(jnp.shape(x)[0])
+  return 1
 
 
 def _bcast(c, w):
@@ -396,7 +430,30 @@ def replica_coupling(
   elastic variable kept in the state (``center="elastic"``), updated on
   coupling steps as :math:`\bar w \leftarrow \bar w + \eta_t K\gamma_t
   \sum_a (w^a - \bar w)` with the current (pre-update) replicas.
-  ``learning_rate`` is only used by the elastic centre.
+
+  :math:`\gamma_t = \min(\gamma_0 (1+\gamma_1)^t, \gamma_{max})`
+  (:func:`scoped_gamma`, never ``inf``). With ``gamma_max=None`` the cap is
+  the collapse point of one coupling step with learning rate
+  :math:`\eta_t` (the ``learning_rate`` the coupled gradients are applied
+  with): :math:`\gamma_{max} = 1/(K\eta_t)` for the barycentre and
+  :math:`1/(K\eta_t (1+y))` for the elastic centre (:math:`y` replicas);
+  there a plain SGD step moves every replica (and the centre) exactly onto
+  their common mean, the :math:`\gamma \to \infty` limit, while larger
+  values overshoot and, beyond twice the cap, diverge. Without a cap the scoping
+  :math:`(1+\gamma_1)^t` overflows (about 88k steps in float32 for
+  :math:`\gamma_1 = 10^{-3}`) and the updates become NaN. Runs with
+  :math:`\gamma_t` below the cap are unchanged; a larger explicit
+  ``gamma_max`` replaces the default cap.
+
+  Args:
+    gamma: coupling γ₀ (or a schedule of the step count).
+    gamma_scoping: γ₁ of the exponential scoping.
+    center: ``"barycenter"`` or ``"elastic"``.
+    coupling_period: K.
+    learning_rate: the learning rate the coupled gradients are applied with
+      (:func:`replicated_sgd` passes its own); used by the elastic centre and
+      by the default γ cap.
+    gamma_max: cap on γ_t; ``None`` uses the collapse point above.
   """
   if not callable(gamma):
     base.check_nonneg("gamma", gamma)
@@ -417,7 +474,14 @@ def replica_coupling(
   def update_fn(updates, state, params=None):
     base.require_params(params, "replica_coupling / replicated_sgd")
     count = state.count
-    gamma_t = scoped_gamma(gamma, gamma_scoping, count, gamma_max)
+    lr = learning_rate(count) if callable(learning_rate) else learning_rate
+    if gamma_max is None:
+      cap = 1.0 / (coupling_period * jnp.asarray(lr, jnp.result_type(float)))
+      if center == "elastic":
+        cap = cap / (1.0 + _num_replicas(params))
+    else:
+      cap = gamma_max
+    gamma_t = scoped_gamma(gamma, gamma_scoping, count, cap)
     active = (count % coupling_period) == 0
     k_gamma = jnp.where(active, coupling_period * gamma_t, 0.0)
     c = state.center if center == "elastic" else _replica_mean(params)
@@ -426,7 +490,6 @@ def replica_coupling(
         updates, params, c)
     new_center = state.center
     if center == "elastic":
-      lr = learning_rate(count) if callable(learning_rate) else learning_rate
       new_center = jax.tree.map(
           lambda cc, w: (cc + (lr * k_gamma).astype(cc.dtype)
                          * (jnp.sum(w - cc[None], axis=0) if jnp.ndim(w) else 0.0)
@@ -474,9 +537,13 @@ def replicated_sgd(
        + \lambda w^a + K\gamma_t (w^a - \bar w)[t \bmod K = 0]\big)
 
   i.e. ``chain(replica_coupling, add_l2, trace, scale_by_learning_rate)``.
-  Scoping :math:`\gamma_t = \gamma_0(1+\gamma_1)^t` (t = number of updates
-  made), optionally capped by ``gamma_max``; keep :math:`\eta\gamma_t < 1`
-  or the coupling overshoots. The final model is the centre
+  Scoping :math:`\gamma_t = \min(\gamma_0(1+\gamma_1)^t, \gamma_{max})`
+  (t = number of updates made). By default (``gamma_max=None``) γ is capped
+  where :math:`\eta_t K \gamma_t = 1` (barycentre; :math:`\eta_t K
+  \gamma_t (1+y) = 1` for the elastic centre), the point where one coupling
+  step moves the replicas onto the centre (see :func:`replica_coupling`):
+  larger values overshoot, and the uncapped scoping overflows to ``inf``
+  (NaN updates) after about 88k steps in float32 with γ₁ = 1e-3. The final model is the centre
   (:func:`replicated_center`). With ``gamma = 0`` this is exactly independent
   SGD per replica; as :math:`\eta\gamma \to 1` the replicas collapse onto the
   centre. The coupling enters the momentum buffer (it is part of the
@@ -493,7 +560,7 @@ def replicated_sgd(
     center: ``"barycenter"`` (mean of the replicas) or ``"elastic"`` (its
       own variable, moved by :math:`\eta K\gamma\sum_a (w^a - \bar w)`).
     coupling_period: K, couple every K steps with strength Kγ.
-    gamma_max: optional cap on γ_t.
+    gamma_max: cap on γ_t; ``None`` (default) uses the collapse point above.
 
   References:
     Pittorino et al., `Entropic gradient descent algorithms and wide flat

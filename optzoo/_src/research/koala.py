@@ -92,6 +92,23 @@ def _tree_max(tree: Any, dt: Any) -> chex.Array:
   return jnp.max(jnp.stack(leaves))
 
 
+def _all_finite(*trees: Any) -> chex.Array:
+  """One on-device bool: every entry of every float leaf of ``trees`` is finite."""
+  flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trees)
+           if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  if not flags:
+    return jnp.asarray(True)
+  return jnp.all(jnp.stack(flags))
+
+
+def _skip_if_bad(ok: chex.Array, deltas: Any, new_state: Any, state: Any):
+  """(deltas, new_state) when ``ok``, else (zeros, the old state); no host sync."""
+  deltas = jax.tree.map(lambda d: jnp.where(ok, d, jnp.zeros_like(d)), deltas)
+  new_state = jax.tree.map(lambda n, o: jnp.where(ok, n, o).astype(o.dtype),
+                           new_state, state)
+  return deltas, new_state
+
+
 def koala_loss_stats(per_example_losses: chex.Array) -> dict:
   """KOALA's extra args from the per-example losses of a minibatch.
 
@@ -197,6 +214,16 @@ def koala(
   is below ``eps`` are skipped, as in the code (if every leaf is skipped the
   covariance is not reduced).
 
+  Non-finite inputs. If the loss ``value``, the ``value_sq`` used by the
+  online R estimate (only when ``r is None``) or any gradient entry is NaN or
+  Inf, the step is skipped: the update is exactly 0 and the state (count,
+  covariance, R, and KOALA-M's q_w, velocities and parameter EMA) is returned
+  unchanged, so a single bad minibatch neither corrupts the parameters nor
+  poisons R for good (a NaN ``value_sq`` would otherwise make R NaN forever,
+  an Inf one would make R infinite and every later update 0). The check is
+  done on device (``jnp.where``), without a host sync; the official code has
+  no such guard.
+
   Paper vs official code. The code's learning rate :math:`\eta_k` multiplies
   the correction with a target loss of 0; this equals the paper's
   loss-adaptive target :math:`L^{target}_k = (1-\eta_k) L_k`. The paper does
@@ -290,13 +317,15 @@ def koala(
     return learning_rate(count) if callable(learning_rate) else learning_rate
 
   def measurement(state, value, value_sq, dt):
+    """(loss, R used now, R for the state, inputs-finite flag)."""
     base.require_extra_arg(value, "value", name, _HOW)
     loss = jnp.asarray(value, dt)
     if r is None:
       base.require_extra_arg(value_sq, "value_sq", name, _HOW)
-      r_new = r_decay * state.r + (1.0 - r_decay) * jnp.asarray(value_sq, dt)
-      return loss, r_new, r_new
-    return loss, jnp.asarray(r, dt), state.r
+      loss_sq = jnp.asarray(value_sq, dt)
+      r_new = r_decay * state.r + (1.0 - r_decay) * loss_sq
+      return loss, r_new, r_new, _all_finite(loss, loss_sq)
+    return loss, jnp.asarray(r, dt), state.r, _all_finite(loss)
 
   def leaf_stats(g, p, dt):
     """(active, ||g~||^2, layer regularized loss term, g~ in dt)."""
@@ -320,7 +349,8 @@ def koala(
     del extra_args
     base.require_params(params, name)
     dt = state.sigma.dtype
-    loss, cur_r, r_state = measurement(state, value, value_sq, dt)
+    loss, cur_r, r_state, ok = measurement(state, value, value_sq, dt)
+    ok = ok & _all_finite(updates)
     sig = state.sigma
     eta = jnp.asarray(lr_at(state.count), dt)
 
@@ -344,7 +374,7 @@ def koala(
         sigma=sigma_post + jnp.asarray(q, dt),
         r=r_state,
     )
-    return deltas, new_state
+    return _skip_if_bad(ok, deltas, new_state, state)
 
   # ------------------------------------------------------------------ KOALA-M
   def fmat(dt):
@@ -385,7 +415,8 @@ def koala(
     del extra_args
     base.require_params(params, name)
     dt = state.cov.dtype
-    loss, cur_r, r_state = measurement(state, value, value_sq, dt)
+    loss, cur_r, r_state, ok = measurement(state, value, value_sq, dt)
+    ok = ok & _all_finite(updates)
     pc = state.cov
     eta = jnp.asarray(lr_at(state.count), dt)
     n_total = max(n_params(params), 1.0)
@@ -435,7 +466,7 @@ def koala(
         velocity=vel,
         param_ema=ema,
     )
-    return deltas, new_state
+    return _skip_if_bad(ok, deltas, new_state, state)
 
   if variant == "vanilla":
     return optax.GradientTransformationExtraArgs(init_v, update_v)

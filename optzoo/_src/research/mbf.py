@@ -81,7 +81,8 @@ def _to_blocks(x: chex.Array, layout: str) -> chex.Array:
   spatial = 1
   for s in x.shape[:-2]:
     spatial *= s
-  return jnp.transpose(jnp.reshape(x, (spatial, -1)))
+  # explicit sizes (not -1): a leaf with a zero in its shape must reshape too
+  return jnp.transpose(jnp.reshape(x, (spatial, x.shape[-2] * x.shape[-1])))
 
 
 def _from_blocks(b: chex.Array, layout: str, shape: tuple) -> chex.Array:
@@ -161,8 +162,11 @@ def _spd_inverse(a: chex.Array) -> chex.Array:
 
   Cholesky ``a = L L^T``, then ``X = L^{-1}`` by forward substitution in a
   ``fori_loop`` (XLA:CPU's batched triangular solve is ~100x slower), and
-  ``a^{-1} = X^T X``.
+  ``a^{-1} = X^T X``. An empty batch (``n = 0`` or ``d = 0``, from an empty
+  parameter leaf) is returned as is.
   """
+  if a.size == 0:
+    return jnp.zeros_like(a)
   chol = jnp.linalg.cholesky(a)
   d = a.shape[-1]
   eye = jnp.eye(d, dtype=a.dtype)
@@ -223,7 +227,8 @@ def scale_by_mini_block_fisher(
   (:math:`t` = 1-based step; ``bias_correction=False`` drops the
   :math:`1-\beta^t`.) The refresh uses ``lax.cond``; the inverses of all
   blocks of a leaf are computed together (batched Cholesky, then a
-  forward substitution).
+  forward substitution). Empty leaves (a zero in their shape) pass through:
+  their update is the empty array and their state entries are empty.
 
   Args:
     momentum: :math:`\mu` of the gradient EMA (0 disables momentum).
