@@ -44,12 +44,8 @@ RESHARDING_OK: dict = {
 
 
 # Known bugs (not limitations): strict xfail, so the fix turns them red until
-# the marker is removed.
-KNOWN_BUGS = {
-    "mini_block_fisher": "mbf.py init: momentum = jnp.zeros(jnp.shape(p))"
-                         " lands on one device; use jnp.zeros_like(p, dtype)",
-    "scale_by_mini_block_fisher": "same as mini_block_fisher",
-}
+# the marker is removed. None at present.
+KNOWN_BUGS: dict = {}
 
 
 def _mesh():
@@ -161,10 +157,24 @@ def test_sharded_step(name, layout, request):
   # 2./3. the optimizer step alone, gradients and array extras from outside.
   replicated = NamedSharding(mesh, P())
 
+  def like_params(v):
+    # Params-shaped extras (input_power) take the params' shardings; extras
+    # with a leading batch axis (per_example_grads) take them on the other
+    # axes; anything else is replicated.
+    if jax.tree.structure(v) != jax.tree.structure(params):
+      return jax.device_put(v, replicated)
+
+    def one(a, p, s):
+      if np.shape(a) == np.shape(p):
+        return jax.device_put(a, s)
+      if np.shape(a)[1:] == np.shape(p):
+        return jax.device_put(a, NamedSharding(mesh, P(None, *s.spec)))
+      return jax.device_put(a, replicated)
+
+    return jax.tree.map(one, v, params, shardings)
+
   def place(grads, arrays):
-    arrays = {k: jax.device_put(v, shardings if jax.tree.structure(v) ==
-                                jax.tree.structure(params) else replicated)
-              for k, v in arrays.items()}
+    arrays = {k: like_params(v) for k, v in arrays.items()}
     return jax.device_put(grads, shardings), arrays
 
   # Uncommitted scalars (fresh counters) would move to the mesh at the first

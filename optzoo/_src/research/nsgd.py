@@ -126,7 +126,7 @@ def scale_by_input_power(
     if not accumulate:
       return ScaleByInputPowerState(power=())
     return ScaleByInputPowerState(power=jax.tree.map(
-        lambda p: jnp.zeros(jnp.shape(p), _compute_dtype(p)), params))
+        lambda p: jnp.zeros_like(p, dtype=_compute_dtype(p)), params))
 
   def update_fn(updates, state, params=None, *, input_power=None,
                 **extra_args):
