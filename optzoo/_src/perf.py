@@ -181,7 +181,10 @@ def group_leaves(
     ``granularity='leaf'``): inside a group they would reduce over the whole
     stack. Call ``tx.init`` outside ``jit`` on the (sharded) params so the
     plan sees their shardings; under ``jit`` shardings are not visible and
-    leaves are grouped by shape and dtype only.
+    leaves are grouped by shape and dtype only. The state holds the inner
+    state of the *stacked* groups, not a params-shaped tree, so
+    ``optax.tree_map_params`` does not apply to it (as for ``optax.flatten``);
+    checkpoints round-trip normally.
 
   Args:
     inner: the transformation to run on the grouped tree.
