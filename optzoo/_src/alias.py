@@ -39,11 +39,6 @@ _ADAM_BAD = (_NEG_LR, ({"b1": 1.0}, ValueError), ({"b2": -0.5}, ValueError),
              ({"eps": -1e-8}, ValueError), ({"weight_decay": -1.0}, ValueError))
 
 
-def _is_zero(x: Any) -> bool:
-  """True for a Python/NumPy scalar zero (a schedule or array is never 'zero')."""
-  return isinstance(x, (int, float)) and not isinstance(x, bool) and x == 0
-
-
 def _l2(weight_decay: Any) -> list:
   """The coupled-L2 link, omitted when ``weight_decay`` is a literal 0.
 
@@ -51,7 +46,7 @@ def _l2(weight_decay: Any) -> list:
   weight decay always keeps the link, so the state structure is stable.
   """
   base.check_nonneg("weight_decay", weight_decay)
-  return [] if _is_zero(weight_decay) else [transform.add_l2(weight_decay)]
+  return [] if base.is_literal_zero(weight_decay) else [transform.add_l2(weight_decay)]
 
 
 # ---------------------------------------------------------------------------
@@ -101,10 +96,10 @@ def sgd(
   """
   base.check_lr(learning_rate)
   base.check_beta("momentum", momentum)
-  if nesterov and _is_zero(momentum):
+  if nesterov and base.is_literal_zero(momentum):
     raise ValueError("`nesterov=True` requires `momentum > 0` (as torch.optim.SGD).")
   links = _l2(weight_decay)
-  if not (_is_zero(momentum) and not nesterov):
+  if not (base.is_literal_zero(momentum) and not nesterov):
     links.append(transform.trace(momentum, dampening, nesterov))
   else:
     base.check_unit_interval("dampening", dampening)
@@ -186,10 +181,10 @@ def sgdw(
   base.check_lr(learning_rate)
   base.check_beta("momentum", momentum)
   base.check_nonneg("weight_decay", weight_decay)
-  if nesterov and _is_zero(momentum):
+  if nesterov and base.is_literal_zero(momentum):
     raise ValueError("`nesterov=True` requires `momentum > 0`.")
   links = []
-  if not (_is_zero(momentum) and not nesterov):
+  if not (base.is_literal_zero(momentum) and not nesterov):
     links.append(transform.trace(momentum, dampening, nesterov))
   links.append(transform.add_decayed_weights(weight_decay))
   links.append(transform.scale_by_learning_rate(learning_rate))
@@ -272,7 +267,7 @@ def rmsprop(
   base.check_beta("momentum", momentum)
   links = _l2(weight_decay)
   links.append(transform.scale_by_rms(decay, eps, 0.0, centered))
-  if not _is_zero(momentum):
+  if not base.is_literal_zero(momentum):
     links.append(transform.trace(momentum))
   links.append(transform.scale_by_learning_rate(learning_rate))
   return optax.chain(*links)

@@ -270,6 +270,22 @@ def registry() -> dict[str, MethodInfo]:
   return dict(_REGISTRY)
 
 
+def is_literal_zero(x: Any) -> bool:
+  """True for a Python/NumPy scalar zero; a schedule or an array never is.
+
+  Factories use it to drop links that would be no-ops (e.g. an L2 term with
+  weight decay 0). An injected hyperparameter is an array, so the link stays
+  and the state structure is the same at init and under ``jit``.
+  """
+  return (isinstance(x, (int, float, np.integer, np.floating))
+          and not isinstance(x, (bool, np.bool_)) and x == 0)
+
+
+def compute_dtype(x: Any) -> Any:
+  """At least float32: the dtype optimizer statistics are computed in."""
+  return jnp.promote_types(jnp.asarray(x).dtype, jnp.float32)
+
+
 def tree_zeros_like(tree: Any, dtype: Any = None) -> Any:
   """``zeros_like`` over a pytree, ``None`` leaves kept as ``None``."""
   return jax.tree.map(lambda x: jnp.zeros_like(x, dtype=dtype), tree)

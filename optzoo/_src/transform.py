@@ -157,7 +157,7 @@ def trace(
     # With a literal dampening of 0 the zero-initialised buffer already gives
     # b_1 = g_1 exactly, so the select (a read of the counter and one more
     # pass per element) is only needed when dampening may be non-zero.
-    static_zero = isinstance(dampening, (int, float)) and dampening == 0
+    static_zero = base.is_literal_zero(dampening)
 
     def leaf(g, b):
       if static_zero:

@@ -196,7 +196,7 @@ def swats(
   def update_fn(updates, state, params=None):
     fd = _fdtype()
     grads = updates
-    if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
+    if not base.is_literal_zero(weight_decay):
       base.require_params(params, "swats(weight_decay > 0)")
       grads = jax.tree.map(lambda g, p: g + weight_decay * p.astype(g.dtype),
                            grads, params)

@@ -575,9 +575,9 @@ def replicated_sgd(
   links = [replica_coupling(gamma, gamma_scoping, center=center,
                             coupling_period=coupling_period,
                             learning_rate=learning_rate, gamma_max=gamma_max)]
-  if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
+  if not base.is_literal_zero(weight_decay):
     links.append(transform.add_l2(weight_decay))
-  if nesterov or not (isinstance(momentum, (int, float)) and momentum == 0):
+  if nesterov or not base.is_literal_zero(momentum):
     links.append(transform.trace(momentum, nesterov=nesterov))
   links.append(transform.scale_by_learning_rate(learning_rate))
   return optax.chain(*links)

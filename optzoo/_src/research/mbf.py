@@ -174,9 +174,6 @@ def _spd_inverse(a: chex.Array) -> chex.Array:
   return jnp.einsum("nki,nkj->nij", x, x)
 
 
-def _cdt(x: chex.Array) -> Any:
-  return jnp.promote_types(jnp.asarray(x).dtype, jnp.float32)
-
 
 @base.register(
     family="research",
@@ -247,7 +244,7 @@ def scale_by_mini_block_fisher(
     def fisher0(p):
       layout = _layout(jnp.shape(p), dense_block)
       nb, d = _to_blocks(jnp.zeros(jnp.shape(p)), layout).shape
-      return jnp.zeros((nb, d, d), _cdt(p))
+      return jnp.zeros((nb, d, d), base.compute_dtype(p))
 
     def inverse0(p):
       f = fisher0(p)
@@ -257,7 +254,7 @@ def scale_by_mini_block_fisher(
         count=jnp.zeros([], jnp.int32),
         fisher=jax.tree.map(fisher0, params),
         inverse=jax.tree.map(inverse0, params),
-        momentum=jax.tree.map(lambda p: jnp.zeros_like(p, dtype=_cdt(p)),
+        momentum=jax.tree.map(lambda p: jnp.zeros_like(p, dtype=base.compute_dtype(p)),
                               params),
     )
 

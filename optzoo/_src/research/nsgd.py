@@ -50,9 +50,6 @@ class ScaleByInputPowerState(NamedTuple):
   power: Any
 
 
-def _compute_dtype(x: chex.Array) -> Any:
-  return jnp.promote_types(jnp.asarray(x).dtype, jnp.float32)
-
 
 @base.register(
     family="research",
@@ -126,7 +123,7 @@ def scale_by_input_power(
     if not accumulate:
       return ScaleByInputPowerState(power=())
     return ScaleByInputPowerState(power=jax.tree.map(
-        lambda p: jnp.zeros_like(p, dtype=_compute_dtype(p)), params))
+        lambda p: jnp.zeros_like(p, dtype=base.compute_dtype(p)), params))
 
   def update_fn(updates, state, params=None, *, input_power=None,
                 **extra_args):
@@ -137,7 +134,7 @@ def scale_by_input_power(
     def leaf(u, x, p_old):
       if x is None:
         return u, p_old
-      dt = _compute_dtype(u)
+      dt = base.compute_dtype(u)
       x = jnp.broadcast_to(jnp.asarray(x, dt), jnp.shape(u))
       if power_accum == "leaky_sum":
         p_new = power_decay * p_old + (1.0 - dampening) * x

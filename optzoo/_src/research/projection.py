@@ -51,9 +51,6 @@ def _resolve_mask(mask: MaskOrFn, params: Any) -> Any:
   return mask
 
 
-def _cdt(x: chex.Array) -> Any:
-  return jnp.promote_types(jnp.asarray(x).dtype, jnp.float32)
-
 
 def _reduce_axes(ndim: int, axis: int) -> tuple:
   if ndim == 0:
@@ -112,7 +109,7 @@ def project_to_sphere(
     if u is None or not m:
       news.append(None)
       continue
-    dt = _cdt(u)
+    dt = base.compute_dtype(u)
     news.append(jnp.asarray(p, dt) + jnp.asarray(u, dt))
 
   out = list(us)
@@ -382,7 +379,7 @@ def sphere_sgd(
     m = _resolve_mask(mask, params)
     steps = jax.tree.map(
         lambda g, k: None if g is None else (
-            -(lr if k else nlr) * jnp.asarray(g, _cdt(g))).astype(
+            -(lr if k else nlr) * jnp.asarray(g, base.compute_dtype(g))).astype(
                 jnp.asarray(g).dtype),
         updates, m, is_leaf=lambda z: z is None)
     new = project_to_sphere(params, steps, state.radius, mask=m,
