@@ -286,6 +286,19 @@ def compute_dtype(x: Any) -> Any:
   return jnp.promote_types(jnp.asarray(x).dtype, jnp.float32)
 
 
+def tree_unzip(tree_of_tuples: Any, like: Any, n: int, *,
+               is_leaf: Optional[Callable[[Any], bool]] = None) -> tuple:
+  """Splits ``jax.tree.map(f, like, ...)`` with n-tuple outputs into n trees.
+
+  Each returned tree has ``like``'s structure (``None`` leaves and empty
+  trees included); use it when one per-leaf function computes several
+  results at once (an update and a new buffer, say).
+  """
+  treedef = jax.tree.structure(like, is_leaf=is_leaf)
+  rows = treedef.flatten_up_to(tree_of_tuples)
+  return tuple(treedef.unflatten([r[i] for r in rows]) for i in range(n))
+
+
 def tree_zeros_like(tree: Any, dtype: Any = None) -> Any:
   """``zeros_like`` over a pytree, ``None`` leaves kept as ``None``."""
   return jax.tree.map(lambda x: jnp.zeros_like(x, dtype=dtype), tree)

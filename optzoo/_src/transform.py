@@ -168,9 +168,8 @@ def trace(
       out = g + decay * new_b if nesterov else new_b
       return out.astype(g.dtype), new_b
 
-    pairs = jax.tree.map(leaf, updates, state.trace)
-    new_updates = jax.tree.map(lambda _, p: p[0], updates, pairs)
-    new_trace = jax.tree.map(lambda _, p: p[1], updates, pairs)
+    new_updates, new_trace = base.tree_unzip(
+        jax.tree.map(leaf, updates, state.trace), updates, 2)
     return new_updates, TraceState(optax.safe_increment(state.count), new_trace)
 
   return optax.GradientTransformation(init_fn, update_fn)

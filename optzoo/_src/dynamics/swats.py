@@ -245,10 +245,7 @@ def swats(
     if per_leaf:
       outs = jax.tree.map(switch_logic, pg, pp, state.lam, state.sgd_phase,
                           state.switch_step, state.sgd_lr, state.lr_at_switch)
-      treedef = jax.tree.structure(pg)
-      leaves = treedef.flatten_up_to(outs)
-      lam, new_phase, sw_step, sgd_lr, lr_sw = (
-          treedef.unflatten([l[i] for l in leaves]) for i in range(5))
+      lam, new_phase, sw_step, sgd_lr, lr_sw = base.tree_unzip(outs, pg, 5)
       old_phase = state.sgd_phase
       eff_lr = jax.tree.map(
           lambda lam_, lsw: lam_ * jnp.where(lsw > 0, lr / jnp.where(

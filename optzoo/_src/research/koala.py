@@ -363,11 +363,8 @@ def koala(
       h = jnp.where(active, lgn2 / s, jnp.zeros([], dt))
       return delta.astype(jnp.asarray(g).dtype), h
 
-    out = jax.tree.map(leaf, updates, params)
-    treedef = jax.tree.structure(updates)
-    pairs = treedef.flatten_up_to(out) if treedef.num_leaves else []
-    deltas = treedef.unflatten([d for d, _ in pairs]) if pairs else updates
-    hh = _tree_max([h for _, h in pairs], dt)
+    deltas, hs = base.tree_unzip(jax.tree.map(leaf, updates, params), updates, 2)
+    hh = _tree_max(jax.tree.leaves(hs), dt)
     sigma_post = sig - sig * sig * hh
     new_state = KoalaVState(
         count=optax.safe_increment(state.count),
@@ -439,17 +436,10 @@ def koala(
       return (delta.astype(gdt), (momentum * v1).astype(jnp.asarray(v).dtype),
               e1.astype(jnp.asarray(e).dtype), p1, h)
 
-    out = jax.tree.map(leaf, updates, params, state.velocity, state.param_ema)
-    treedef = jax.tree.structure(updates)
-    tuples = treedef.flatten_up_to(out) if treedef.num_leaves else []
-    if tuples:
-      deltas, vel, ema, p1s, hs = zip(*tuples)
-      deltas = treedef.unflatten(deltas)
-      vel = treedef.unflatten(vel)
-      ema = treedef.unflatten(ema)
-      p1 = treedef.unflatten(p1s)
-    else:
-      deltas, vel, ema, p1, hs = updates, state.velocity, state.param_ema, params, []
+    deltas, vel, ema, p1, hs = base.tree_unzip(
+        jax.tree.map(leaf, updates, params, state.velocity, state.param_ema),
+        updates, 5)
+    hs = jax.tree.leaves(hs)
     hh = _tree_max(list(hs), dt)
     col = pc[:, 0]
     cov_post = pc - hh * jnp.outer(col, col)

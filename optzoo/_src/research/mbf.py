@@ -293,14 +293,8 @@ def scale_by_mini_block_fisher(
       out = _from_blocks(d, layout, jnp.shape(u))
       return out.astype(jnp.asarray(u).dtype), m_new
 
-    pairs = jax.tree.map(direction, updates, state.momentum, inverse)
-    treedef = jax.tree.structure(updates)
-    flat = treedef.flatten_up_to(pairs) if treedef.num_leaves else []
-    if flat:
-      new_updates = treedef.unflatten([a for a, _ in flat])
-      new_m = treedef.unflatten([b for _, b in flat])
-    else:
-      new_updates, new_m = updates, state.momentum
+    new_updates, new_m = base.tree_unzip(
+        jax.tree.map(direction, updates, state.momentum, inverse), updates, 2)
     return new_updates, ScaleByMiniBlockFisherState(
         count=t, fisher=fisher, inverse=inverse, momentum=new_m)
 

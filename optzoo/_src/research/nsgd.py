@@ -149,13 +149,11 @@ def scale_by_input_power(
       out = (jnp.asarray(u, dt) / div).astype(jnp.asarray(u).dtype)
       return out, (p_new.astype(p_old.dtype) if accumulate else None)
 
-    pairs = jax.tree.map(leaf, updates, input_power, acc,
-                         is_leaf=lambda z: z is None)
-    treedef = jax.tree.structure(updates, is_leaf=lambda z: z is None)
-    flat = treedef.flatten_up_to(pairs)
-    new_updates = treedef.unflatten([a for a, _ in flat])
+    is_none = lambda z: z is None
+    new_updates, new_power = base.tree_unzip(
+        jax.tree.map(leaf, updates, input_power, acc, is_leaf=is_none),
+        updates, 2, is_leaf=is_none)
     if accumulate:
-      new_power = treedef.unflatten([b for _, b in flat])
       return new_updates, ScaleByInputPowerState(power=new_power)
     return new_updates, state
 
