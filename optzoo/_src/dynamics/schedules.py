@@ -455,17 +455,9 @@ def one_cycle_momentum(
   base.check_beta("base_momentum", base_momentum)
   base.check_beta("max_momentum", max_momentum)
   _check_one_cycle(total_steps, pct_start, anneal_strategy, three_phase)
-  if three_phase:
-    phases = (
-        (float(pct_start * total_steps) - 1.0, max_momentum, base_momentum),
-        (float(2 * pct_start * total_steps) - 2.0, base_momentum, max_momentum),
-        (float(total_steps) - 1.0, max_momentum, max_momentum),
-    )
-  else:
-    phases = (
-        (float(pct_start * total_steps) - 1.0, max_momentum, base_momentum),
-        (float(total_steps) - 1.0, base_momentum, max_momentum),
-    )
+  # Same phase table as the lr, mirrored: max -> base (-> max) -> max.
+  phases = _one_cycle_phases(total_steps, pct_start, three_phase,
+                             max_momentum, base_momentum, max_momentum)
 
   def schedule(step):
     return _one_cycle_eval(step, phases, anneal_strategy)
