@@ -193,22 +193,28 @@ def SCHED(count):  # float64 schedule (optax's schedules return f32 for int32)
   return 0.7 * 0.995 ** jnp.asarray(count, jnp.float64)
 
 
-@pytest.mark.parametrize("lr", [0.5, SCHED], ids=["const", "schedule"])
-def test_koala_v_matches_oracle(lr):
-  x, y, idx, p0 = _data(0)
-  ours = _run_optzoo(optzoo.koala(lr, "vanilla", sigma=0.1, q=1.0,
-                                  weight_decay=5e-4), x, y, idx, p0)
-  ref = _run_oracle(OracleVanilla(p0, lr=lr, **V_CFG), x, y, idx)
+def _check_matches_oracle(tx, oracle_cls, cfg, lr, seed):
+  """optzoo == oracle to 1e-9; a wrong covariance rule or gain is far off."""
+  x, y, idx, p0 = _data(seed)
+  ours = _run_optzoo(tx, x, y, idx, p0)
+  ref = _run_oracle(oracle_cls(p0, lr=lr, **cfg), x, y, idx)
   assert _err(ours, ref) < 1e-9
   # The problem is noisy and the run moves the params a lot.
   assert np.linalg.norm(ours[0][-1] - p0[0]) > 0.5
   # A wrong covariance rule or a wrong gain gives a clearly different run.
-  bad_cov = _run_oracle(OracleVanilla(p0, lr=lr, cov_rule="wrong", **V_CFG),
+  bad_cov = _run_oracle(oracle_cls(p0, lr=lr, cov_rule="wrong", **cfg),
                         x, y, idx)
-  bad_gain = _run_oracle(OracleVanilla(p0, lr=lr, gain_rule="wrong", **V_CFG),
+  bad_gain = _run_oracle(oracle_cls(p0, lr=lr, gain_rule="wrong", **cfg),
                          x, y, idx)
   assert _err(ours, bad_cov) > 1e-3
   assert _err(ours, bad_gain) > 1e-3
+
+
+@pytest.mark.parametrize("lr", [0.5, SCHED], ids=["const", "schedule"])
+def test_koala_v_matches_oracle(lr):
+  _check_matches_oracle(optzoo.koala(lr, "vanilla", sigma=0.1, q=1.0,
+                                     weight_decay=5e-4),
+                        OracleVanilla, V_CFG, lr, seed=0)
 
 
 def test_koala_v_fixed_r_needs_no_value_sq():
@@ -226,17 +232,8 @@ M_CFG = dict(sw=0.1, sc=0.0, sv=0.1, a=0.9, qw=1e-2, qv=1e-2, r=None,
 
 @pytest.mark.parametrize("lr", [0.3, SCHED], ids=["const", "schedule"])
 def test_koala_m_matches_oracle(lr):
-  x, y, idx, p0 = _data(2)
-  ours = _run_optzoo(optzoo.koala(lr, "momentum"), x, y, idx, p0)
-  ref = _run_oracle(OracleMomentum(p0, lr=lr, **M_CFG), x, y, idx)
-  assert _err(ours, ref) < 1e-9
-  assert np.linalg.norm(ours[0][-1] - p0[0]) > 0.5
-  bad_cov = _run_oracle(OracleMomentum(p0, lr=lr, cov_rule="wrong", **M_CFG),
-                        x, y, idx)
-  bad_gain = _run_oracle(OracleMomentum(p0, lr=lr, gain_rule="wrong", **M_CFG),
-                         x, y, idx)
-  assert _err(ours, bad_cov) > 1e-3
-  assert _err(ours, bad_gain) > 1e-3
+  _check_matches_oracle(optzoo.koala(lr, "momentum"), OracleMomentum, M_CFG,
+                        lr, seed=2)
 
 
 def test_koala_m_nondefault_matrix():
