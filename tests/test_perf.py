@@ -144,6 +144,56 @@ def test_group_leaves_groups_param_shaped_extra_args():
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-15)
 
 
+def test_group_leaves_large_groups_use_runtime_digits():
+  """1,100 same-shape leaves: rows need three base-32 digits. The updates
+  equal the inner transformation's (to float64 rounding: XLA fuses the two
+  programs differently), the step compiles once, and the
+  lowered program has no per-leaf static slice and no concatenate with more
+  than 32 operands (what keeps XLA from compiling one kernel per leaf)."""
+  rng = np.random.default_rng(1)
+  params = {f"p{i:04d}": jnp.asarray(rng.normal(size=(2,))) for i in range(1100)}
+  params["big"] = jnp.asarray(rng.normal(size=(70, 70)))  # > max_leaf_size
+  tx = optzoo.group_leaves(optzoo.adam(1e-2))
+  state = tx.init(params)
+  assert len(state.digits) == 32
+  assert [int(d) for d in state.digits] == list(range(32))
+  assert sorted(len(v) for v in state.groups.values()) == [1, 1100]
+  ref = optzoo.adam(1e-2)
+  ref_state = ref.init(params)
+  ref_step = jax.jit(ref.update)
+  counter = TraceCounter(lambda g, s, p: tx.update(g, s, p))
+  step = jax.jit(counter)
+  p_grp, p_ref = params, params
+  for _ in range(3):
+    u, state = step(_grad_fn(p_grp), state, p_grp)
+    p_grp = optax.apply_updates(p_grp, u)
+    u_ref, ref_state = ref_step(_grad_fn(p_ref), ref_state, p_ref)
+    p_ref = optax.apply_updates(p_ref, u_ref)
+  assert counter.count == 1
+  for k in params:
+    np.testing.assert_allclose(np.asarray(p_grp[k]), np.asarray(p_ref[k]),
+                               rtol=1e-13, atol=1e-16, err_msg=k)
+  text = jax.jit(lambda g, s, p: tx.update(g, s, p)).lower(
+      params, state, params).as_text()
+  assert "stablehlo.slice" not in text
+  assert text.count("call @dynamic_index_in_dim") >= 1100
+  for line in text.splitlines():
+    if "stablehlo.concatenate" in line:
+      assert line.split("(")[0].count("%") <= 33, line[:200]
+
+
+def test_group_leaves_max_leaf_size():
+  params = {"small": [jnp.ones(4)] * 3, "big": [jnp.ones((80, 80))] * 3}
+  names = lambda tx: sorted(len(v) for v in tx.init(params).groups.values())
+  assert names(optzoo.group_leaves(optzoo.adam(1e-2))) == [1, 1, 1, 3]
+  assert names(optzoo.group_leaves(optzoo.adam(1e-2),
+                                   max_leaf_size=None)) == [3, 3]
+  assert names(optzoo.group_leaves(optzoo.adam(1e-2),
+                                   max_leaf_size=2)) == [1] * 6
+  assert optzoo.group_leaves(optzoo.adam(1e-2),
+                             max_leaf_size=2).init(params).digits == ()
+
+
 def test_group_leaves_errors():
   with pytest.raises(TypeError, match="inner"):
     optzoo.group_leaves(3)
