@@ -96,15 +96,28 @@ def make_roofline():
   return step
 
 
-def timed_rounds(steppers: dict, repeats: int) -> dict:
-  """Interleaved medians: {name: seconds per step}."""
+def timed_samples(steppers: dict, repeats: int) -> dict:
+  """Interleaved rounds: {name: [seconds per step, one per round]}. In each
+  round every stepper runs once, in turn, so slow drifts of the machine hit
+  all of them alike."""
   for s in steppers.values():
     s.calibrate()
   samples = {k: [] for k in steppers}
   for _ in range(repeats):
     for k, s in steppers.items():
       samples[k].append(s.run(s.calls))
-  return {k: statistics.median(v) for k, v in samples.items()}
+  return samples
+
+
+def timed_rounds(steppers: dict, repeats: int) -> dict:
+  """Interleaved medians: {name: seconds per step}."""
+  return {k: statistics.median(v)
+          for k, v in timed_samples(steppers, repeats).items()}
+
+
+def paired_ratio(samples: dict, a: str, b: str) -> float:
+  """Median over rounds of ``a``'s time / ``b``'s time in the same round."""
+  return statistics.median(x / y for x, y in zip(samples[a], samples[b]))
 
 
 def machine_info() -> dict:

@@ -8,7 +8,9 @@
 For every method and configuration it prints:
 
 * ``zoo ms`` / ``optax ms``: median step time (update + apply, params and
-  state donated, float32), and ``zoo/optax`` (target <= 1.05);
+  state donated, float32), and ``zoo/optax`` (target <= 1.05), the median
+  of the per-round ratios (optzoo, optax and the roofline run in turn in
+  every round);
 * ``roof``: roofline ratio = (bytes the step must move / bandwidth of a
   donated elementwise kernel moving the same bytes, measured in the same
   run) / zoo step time, i.e. the fraction of the measured memory bandwidth
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -51,8 +54,11 @@ def _methods():
                        lambda: optax.sgd(LR, momentum=0.9)),
       "nesterov": (lambda: optzoo.nag(LR, momentum=0.9),
                    lambda: optax.sgd(LR, momentum=0.9, nesterov=True)),
+      # optax's default puts eps inside the square root (g * rsqrt(v + eps));
+      # the equivalent of torch's RMSprop (optzoo's default) is eps outside.
       "rmsprop": (lambda: optzoo.rmsprop(LR),
-                  lambda: optax.rmsprop(LR, decay=0.99, eps=1e-8)),
+                  lambda: optax.rmsprop(LR, decay=0.99, eps=1e-8,
+                                        eps_in_sqrt=False)),
       "adagrad": (lambda: optzoo.adagrad(LR), lambda: optax.adagrad(LR)),
       "radam": (lambda: optzoo.radam(LR), lambda: optax.radam(LR)),
       "lookahead": (lambda: optzoo.lookahead(optzoo.adam(LR), 5, 0.5),
@@ -103,7 +109,8 @@ def bench_one(name, zoo_factory, optax_factory, n_params, n_leaves, repeats):
   steppers["roof"] = C.Stepper(C.make_roofline(), p,
                                C.copy_tree(zoo.init(p)), grads)
   del params
-  times = C.timed_rounds(steppers, repeats)
+  samples = C.timed_samples(steppers, repeats)
+  times = {k: statistics.median(v) for k, v in samples.items()}
   pbytes = 4 * n_params
   moved = 2 * pbytes + pbytes + 2 * state_bytes
   row = {
@@ -117,7 +124,8 @@ def bench_one(name, zoo_factory, optax_factory, n_params, n_leaves, repeats):
       "optax_compile_s": (steppers["optax"].compile_s
                           if "optax" in steppers else None),
   }
-  row["zoo_over_optax"] = (times["zoo"] / times["optax"]
+  # Paired: the median of per-round ratios (robust to machine drift).
+  row["zoo_over_optax"] = (C.paired_ratio(samples, "zoo", "optax")
                            if "optax" in times else None)
   for s in steppers.values():  # free the buffers before the next config
     s.params = s.state = s.grads = s.compiled = None
@@ -174,7 +182,7 @@ def main(argv=None):
   ap.add_argument("--sizes", default="1M,10M,50M")
   ap.add_argument("--leaves", default="1,500")
   ap.add_argument("--methods", default=",".join(_methods()))
-  ap.add_argument("--repeats", type=int, default=7)
+  ap.add_argument("--repeats", type=int, default=15)
   ap.add_argument("--quick", action="store_true",
                   help="sizes 1M,10M and 5 repeats")
   ap.add_argument("--json", default=None, help="write the rows here")

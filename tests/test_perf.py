@@ -31,6 +31,11 @@ def _layered_params(n_layers=6, dtype=jnp.float64, seed=0):
   return p
 
 
+def _plan(state):
+  """{group name: flattened leaf indices}, read from the names."""
+  return {name: [int(i) for i in name[1:].split(".")] for name in state.groups}
+
+
 def _grad_fn(params):
   """Gradient of sum(sin(x) + x^4/4) per leaf: nonlinear, varies per step."""
   return jax.tree.map(lambda x: (jnp.cos(x) + x ** 3).astype(x.dtype), params)
@@ -91,13 +96,19 @@ def test_group_leaves_plan_and_state_layout():
   tx = optzoo.group_leaves(optzoo.adam(1e-2))
   state = tx.init(params)
   leaves = jax.tree.leaves(params)
-  sizes = sorted(len(v) for v in state.groups.values())
+  plan = _plan(state)
+  sizes = sorted(len(v) for v in plan.values())
   # 6 w's, 6 b's, 6 scales stacked; head and the float32 bias alone.
   assert sizes == [1, 1, 6, 6, 6], state.groups
-  covered = sorted(int(i) for v in state.groups.values() for i in v)
+  covered = sorted(int(i) for v in plan.values() for i in v)
   assert covered == list(range(len(leaves)))
+  for name, idx in plan.items():  # arrays for stacks, None for loners
+    if name[0] == "s":
+      assert [int(i) for i in state.groups[name]] == idx
+    else:
+      assert state.groups[name] is None
   mu = state.inner_state[0].mu  # chain(scale_by_adam, lr): adam state first
-  for name, idx in state.groups.items():
+  for name, idx in plan.items():
     first = leaves[int(idx[0])]
     want = first.shape if name[0] == "l" else (len(idx),) + first.shape
     assert mu[name].shape == want and mu[name].dtype == first.dtype
@@ -157,7 +168,7 @@ def test_group_leaves_large_groups_use_runtime_digits():
   state = tx.init(params)
   assert len(state.digits) == 32
   assert [int(d) for d in state.digits] == list(range(32))
-  assert sorted(len(v) for v in state.groups.values()) == [1, 1100]
+  assert sorted(len(v) for v in _plan(state).values()) == [1, 1100]
   ref = optzoo.adam(1e-2)
   ref_state = ref.init(params)
   ref_step = jax.jit(ref.update)
@@ -184,7 +195,7 @@ def test_group_leaves_large_groups_use_runtime_digits():
 
 def test_group_leaves_max_leaf_size():
   params = {"small": [jnp.ones(4)] * 3, "big": [jnp.ones((80, 80))] * 3}
-  names = lambda tx: sorted(len(v) for v in tx.init(params).groups.values())
+  names = lambda tx: sorted(len(v) for v in _plan(tx.init(params)).values())
   assert names(optzoo.group_leaves(optzoo.adam(1e-2))) == [1, 1, 1, 3]
   assert names(optzoo.group_leaves(optzoo.adam(1e-2),
                                    max_leaf_size=None)) == [3, 3]

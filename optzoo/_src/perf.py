@@ -37,10 +37,11 @@ class GroupLeavesState(NamedTuple):
   """State of :func:`group_leaves`.
 
   Attributes:
-    groups: ``{name: int32 indices}``: which flattened leaves (in
+    groups: ``{name: int32 indices or None}``: which flattened leaves (in
       ``jax.tree.leaves`` order) form each group. The *names* are the static
       grouping plan (``"s3.7.12"``: leaves 3, 7 and 12 stacked; ``"l5"``: leaf
-      5 alone); the arrays repeat the indices for inspection.
+      5 alone); a stacked group's array repeats its indices for inspection,
+      a leaf left alone has ``None`` (no buffer to carry through each step).
     digits: the int32 scalars ``0, 1, ..., R-1`` (``R = min(32, largest
       group)``; empty when nothing is stacked). A leaf's row in its stack is
       addressed as ``digits[a] * R + digits[b]`` (base-``R`` digits), so the
@@ -282,7 +283,8 @@ def group_leaves(
   def init_fn(params):
     leaves = jax.tree.leaves(params)
     plan = _make_plan(leaves, max_leaf_size)
-    groups = {name: jnp.asarray(idx, jnp.int32) for name, idx in plan.items()}
+    groups = {name: jnp.asarray(idx, jnp.int32) if len(idx) > 1 else None
+              for name, idx in plan.items()}
     largest = max((len(idx) for idx in plan.values() if len(idx) > 1),
                   default=0)
     digits = tuple(jnp.asarray(d, jnp.int32)

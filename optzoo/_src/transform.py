@@ -184,7 +184,7 @@ class ScaleByRmsState(NamedTuple):
   """State of :func:`scale_by_rms`."""
 
   nu: optax.Updates  # EMA of g^2
-  mu: optax.Updates  # EMA of g (centered only; zeros otherwise, kept for a fixed structure)
+  mu: Optional[optax.Updates]  # EMA of g (centered only; None otherwise: no memory)
 
 
 @base.register(
@@ -235,7 +235,7 @@ def scale_by_rms(
 
   def init_fn(params):
     nu = jax.tree.map(lambda p: jnp.full_like(p, initial_scale), params)
-    return ScaleByRmsState(nu=nu, mu=_zeros(params))
+    return ScaleByRmsState(nu=nu, mu=_zeros(params) if centered else None)
 
   def update_fn(updates, state, params=None):
     del params
@@ -597,10 +597,14 @@ def rectify(
     r = jnp.sqrt((safe_rho - 4.0) * (safe_rho - 2.0) * rho_inf
                  / ((rho_inf - 4.0) * (rho_inf - 2.0) * safe_rho))
     fb = 1.0 if fallback == "sgdm" else 0.0
+    # Scalar coefficients first: one division per element, as in torch's
+    # ``(m / bc1) * lr * (sqrt(bc2) / (sqrt(v) + eps)) * r`` up to rounding.
+    adapted_coef = r * jnp.sqrt(bc2) / bc1
+    fallback_coef = fb / bc1
 
     def leaf(g, m, v):
-      adapted = r * (m / bc1) * jnp.sqrt(bc2) / (jnp.sqrt(v) + eps)
-      return jnp.where(tractable, adapted, fb * m / bc1).astype(g.dtype)
+      adapted = m * adapted_coef / (jnp.sqrt(v) + eps)
+      return jnp.where(tractable, adapted, m * fallback_coef).astype(g.dtype)
 
     new = jax.tree.map(leaf, updates, mu, nu)
     return new, ScaleByAdamState(count=count, mu=mu, nu=nu, nu_max=state.nu_max)
