@@ -286,3 +286,20 @@ def test_compile_time_benchmark_smoke(capsys):
   compile_time.main(["--leaves", "6", "--repeats", "1", "--in-process"])
   text = capsys.readouterr().out
   assert "group_leaves(optzoo.adam)" in text and "optax.adam" in text
+
+
+@pytest.mark.parametrize("name,make,want", [
+    ("rmsprop", lambda: optzoo.rmsprop(1e-2), 4.0),
+    ("rmsprop_centered", lambda: optzoo.rmsprop(1e-2, centered=True), 8.0),
+    ("adam", lambda: optzoo.adam(1e-2), 8.0),
+    ("adam_mu_bf16", lambda: optzoo.adam(1e-2, mu_dtype=jnp.bfloat16), 6.0),
+    ("sgd_momentum", lambda: optzoo.sgd(1e-2, momentum=0.9), 4.0),
+    ("adagrad", lambda: optzoo.adagrad(1e-2), 4.0),
+])
+def test_state_bytes_per_param(name, make, want):
+  """No method carries unused param-sized buffers (e.g. a non-centered
+  RMSProp's mean): state bytes per float32 parameter, scalars excluded."""
+  params = {"w": jnp.ones((100, 10), jnp.float32), "b": jnp.ones(10, jnp.float32)}
+  state = make().init(params)
+  nbytes = sum(x.nbytes for x in jax.tree.leaves(state) if np.ndim(x) > 0)
+  assert nbytes / 1010 == want, name
