@@ -50,6 +50,7 @@ def _methods():
       "adam": (lambda: optzoo.adam(LR), lambda: optax.adam(LR)),
       "adamw": (lambda: optzoo.adamw(LR, weight_decay=1e-2),
                 lambda: optax.adamw(LR, weight_decay=1e-2)),
+      "sgd": (lambda: optzoo.sgd(LR), lambda: optax.sgd(LR)),
       "sgd_momentum": (lambda: optzoo.sgd(LR, momentum=0.9),
                        lambda: optax.sgd(LR, momentum=0.9)),
       "nesterov": (lambda: optzoo.nag(LR, momentum=0.9),
@@ -61,6 +62,12 @@ def _methods():
                                         eps_in_sqrt=False)),
       "adagrad": (lambda: optzoo.adagrad(LR), lambda: optax.adagrad(LR)),
       "radam": (lambda: optzoo.radam(LR), lambda: optax.radam(LR)),
+      # Same cost class, different math: optax.amsgrad keeps the max of the
+      # *bias-corrected* v and optax.nadam uses Dozat's constant-momentum
+      # form, while optzoo follows torch (max of raw v; NAdam's momentum
+      # schedule with its running product).
+      "amsgrad": (lambda: optzoo.amsgrad(LR), lambda: optax.amsgrad(LR)),
+      "nadam": (lambda: optzoo.nadam(LR), lambda: optax.nadam(LR)),
       "lookahead": (lambda: optzoo.lookahead(optzoo.adam(LR), 5, 0.5),
                     "lookahead"),
       # optzoo-only variants, compared with optax's adam:
@@ -73,9 +80,9 @@ def _methods():
 
 TORCH_NAMES = {"adam", "adamw", "sgd_momentum", "nesterov", "rmsprop",
                "adagrad", "radam", "lookahead"}
-ELEMENTWISE = {"adam", "adamw", "sgd_momentum", "nesterov", "rmsprop",
-               "adagrad", "radam", "lookahead", "adam+group_leaves",
-               "adam(mu bf16)"}
+ELEMENTWISE = {"adam", "adamw", "sgd", "sgd_momentum", "nesterov", "rmsprop",
+               "adagrad", "radam", "amsgrad", "nadam", "lookahead",
+               "adam+group_leaves", "adam(mu bf16)"}
 
 
 def _parse_size(s: str) -> int:

@@ -509,9 +509,13 @@ def scale_by_nadam(
     c_g = (1.0 - mu_t) / (1.0 - mu_product)
     c_m = mu_next / (1.0 - mu_product * mu_next)
 
+    inv_sqrt_bc2 = 1.0 / sqrt_bc2
+
     def leaf(g, m, v):
-      denom = jnp.sqrt(v) / sqrt_bc2 + eps
-      return (c_g * g / denom + c_m * m / denom).astype(g.dtype)
+      # torch: addcdiv(g, denom, c_g) then addcdiv(m, denom, c_m); one shared
+      # division per element here (equal up to rounding).
+      denom = jnp.sqrt(v) * inv_sqrt_bc2 + eps
+      return ((c_g * g + c_m * m) / denom).astype(g.dtype)
 
     new = jax.tree.map(leaf, updates, mu, nu)
     return new, ScaleByNadamState(count, mu_product.astype(state.mu_product.dtype),
