@@ -103,9 +103,12 @@ def timed_samples(steppers: dict, repeats: int) -> dict:
   for s in steppers.values():
     s.calibrate()
   samples = {k: [] for k in steppers}
-  for _ in range(repeats):
-    for k, s in steppers.items():
-      samples[k].append(s.run(s.calls))
+  order = list(steppers)
+  for r in range(repeats):
+    # Alternate the order (ABC, CBA, ...) so that drift within a round does
+    # not always favour the same stepper.
+    for k in (order if r % 2 == 0 else order[::-1]):
+      samples[k].append(steppers[k].run(steppers[k].calls))
   return samples
 
 
@@ -118,6 +121,13 @@ def timed_rounds(steppers: dict, repeats: int) -> dict:
 def paired_ratio(samples: dict, a: str, b: str) -> float:
   """Median over rounds of ``a``'s time / ``b``'s time in the same round."""
   return statistics.median(x / y for x, y in zip(samples[a], samples[b]))
+
+
+def min_ratio(samples: dict, a: str, b: str) -> float:
+  """``a``'s fastest round / ``b``'s fastest round. Interference from other
+  processes only ever slows a sample down, so the minimum is the least noisy
+  estimate of what the code itself costs (the advice of Python's timeit)."""
+  return min(samples[a]) / min(samples[b])
 
 
 def machine_info() -> dict:

@@ -49,6 +49,9 @@ def optimizers(lr=1e-3):
       "rmsprop": lambda ps: torch.optim.RMSprop(ps, lr, alpha=0.99, eps=1e-8),
       "adagrad": lambda ps: torch.optim.Adagrad(ps, lr),
       "radam": lambda ps: torch.optim.RAdam(ps, lr),
+      "sgd": lambda ps: torch.optim.SGD(ps, lr),
+      "amsgrad": lambda ps: torch.optim.Adam(ps, lr, amsgrad=True),
+      "nadam": lambda ps: torch.optim.NAdam(ps, lr),
   }
   try:
     import pytorch_optimizer  # pylint: disable=g-import-not-at-top
