@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -160,6 +161,14 @@ def _row(j: int, digits: tuple, n: int) -> jax.Array:
   return row
 
 
+# Rows are never negative: skip the index normalisation (a compare and a
+# select per leaf) where this jax supports saying so (jax >= 0.5).
+_NONNEGATIVE = (
+    {"allow_negative_indices": False}
+    if "allow_negative_indices" in inspect.signature(
+        jax.lax.dynamic_index_in_dim).parameters else {})
+
+
 def _ungroup(grouped: dict, plan: dict, num_leaves: int,
              digits: tuple) -> list:
   leaves = [None] * num_leaves
@@ -171,8 +180,7 @@ def _ungroup(grouped: dict, plan: dict, num_leaves: int,
     n = _num_digits(len(idx), len(digits))
     for j, i in enumerate(idx):
       leaves[i] = jax.lax.dynamic_index_in_dim(
-          value, _row(j, digits, n), 0, keepdims=False,
-          allow_negative_indices=False)
+          value, _row(j, digits, n), 0, keepdims=False, **_NONNEGATIVE)
   return leaves
 
 
