@@ -16,7 +16,6 @@ from flax import nnx
 
 import optzoo
 from optzoo import nn as zn
-from optzoo._src import data as zdata
 
 
 @pytest.fixture(scope="module")

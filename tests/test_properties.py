@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import inspect
 
-import hypothesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 import jax
@@ -37,8 +36,7 @@ import numpy as np
 import optax
 import pytest
 
-import optzoo
-from test_registry_validation import (BATCH, assert_trees_equal, build,
+from test_registry_validation import (assert_trees_equal, build,
                                       extra_args, ids, losses_for,
                                       transformation_infos)
 

@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

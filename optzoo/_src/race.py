@@ -20,7 +20,6 @@ import json
 import math
 import os
 import tempfile
-import time
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
