@@ -17,7 +17,6 @@ import argparse
 import os
 import time
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402

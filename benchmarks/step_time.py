@@ -33,13 +33,12 @@ import os
 import statistics
 import sys
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+import jax
+import jax.numpy as jnp
+import optax
 
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
-
-import optzoo  # noqa: E402
-from benchmarks import _common as C  # noqa: E402
+import optzoo
+from benchmarks import _common as C
 
 LR = 1e-3
 
@@ -214,7 +213,9 @@ def main(argv=None):
     if n not in methods:
       sys.exit(f"unknown method {n!r}; choose from {sorted(methods)}")
   torch_times = None
-  if args.torch_json and os.path.exists(args.torch_json):
+  # The torch times are CPU times: compare only when this run is on the CPU.
+  if (args.torch_json and os.path.exists(args.torch_json)
+      and jax.default_backend() == "cpu"):
     with open(args.torch_json) as f:
       torch_times = json.load(f).get("times")
   info = C.machine_info()
