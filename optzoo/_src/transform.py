@@ -342,7 +342,7 @@ class ScaleByAdamState(NamedTuple):
   count: chex.Array
   mu: optax.Updates
   nu: optax.Updates
-  nu_max: optax.Updates  # AMSGrad running max of the raw nu (zeros-shaped () when unused)
+  nu_max: Optional[optax.Updates]  # AMSGrad running max of the raw nu (None when unused)
 
 
 def _moments(updates, mu, nu, b1, b2):
@@ -415,7 +415,7 @@ def scale_by_adam(
     nu = _zeros(params, nu_dtype)
     return ScaleByAdamState(
         count=_zero_count(), mu=_zeros(params, mu_dtype), nu=nu,
-        nu_max=_zeros(params, nu_dtype) if amsgrad else jnp.zeros([], jnp.float32))
+        nu_max=_zeros(params, nu_dtype) if amsgrad else None)
 
   def update_fn(updates, state, params=None):
     del params
@@ -584,7 +584,7 @@ def rectify(
 
   def init_fn(params):
     return ScaleByAdamState(count=_zero_count(), mu=_zeros(params), nu=_zeros(params),
-                            nu_max=jnp.zeros([], jnp.float32))
+                            nu_max=None)
 
   def update_fn(updates, state, params=None):
     del params
@@ -682,7 +682,7 @@ def scale_by_bounds(
   def init_fn(params):
     return ScaleByAdamState(
         count=_zero_count(), mu=_zeros(params), nu=_zeros(params),
-        nu_max=_zeros(params) if amsbound else jnp.zeros([], jnp.float32))
+        nu_max=_zeros(params) if amsbound else None)
 
   def update_fn(updates, state, params=None):
     del params
