@@ -98,7 +98,7 @@ def _zero_count() -> chex.Array:
 class TraceState(NamedTuple):
   """State of :func:`trace`."""
 
-  count: chex.Array  # int32 number of updates seen
+  count: Optional[chex.Array]  # int32 updates seen (None: not needed, dampening 0)
   trace: optax.Updates
 
 
@@ -148,29 +148,31 @@ def trace(
   if nesterov and not isinstance(dampening, jax.core.Tracer) and dampening != 0:
     raise ValueError("`nesterov=True` requires `dampening=0` (as torch.optim.SGD).")
 
+  # With a literal dampening of 0 the zero-initialised buffer already gives
+  # b_1 = g_1 exactly, so neither the counter nor the select (one more pass
+  # per element) is needed; an injected (array) dampening keeps both.
+  static_zero = base.is_literal_zero(dampening)
+
   def init_fn(params):
-    return TraceState(count=_zero_count(), trace=_zeros(params, accumulator_dtype))
+    return TraceState(count=None if static_zero else _zero_count(),
+                      trace=_zeros(params, accumulator_dtype))
 
   def update_fn(updates, state, params=None):
     del params
-    first = state.count == 0
-    # With a literal dampening of 0 the zero-initialised buffer already gives
-    # b_1 = g_1 exactly, so the select (a read of the counter and one more
-    # pass per element) is only needed when dampening may be non-zero.
-    static_zero = base.is_literal_zero(dampening)
 
     def leaf(g, b):
       if static_zero:
         new_b = (decay * b + g).astype(b.dtype)
       else:
-        new_b = jnp.where(first, g.astype(b.dtype),
+        new_b = jnp.where(state.count == 0, g.astype(b.dtype),
                           decay * b + (1.0 - dampening) * g).astype(b.dtype)
       out = g + decay * new_b if nesterov else new_b
       return out.astype(g.dtype), new_b
 
     new_updates, new_trace = base.tree_unzip(
         jax.tree.map(leaf, updates, state.trace), updates, 2)
-    return new_updates, TraceState(optax.safe_increment(state.count), new_trace)
+    count = None if static_zero else optax.safe_increment(state.count)
+    return new_updates, TraceState(count, new_trace)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
