@@ -432,8 +432,13 @@ def scale_by_adam(
     else:
       nu_max = state.nu_max
       second = nu
+    # torch: (m / bc1) / (sqrt(v) / sqrt(bc2) + eps). The scalar reciprocals
+    # are taken once, so each element costs one division (equal up to
+    # rounding; optax's form costs three).
+    inv_bc1, inv_sqrt_bc2 = 1.0 / bc1, 1.0 / sqrt_bc2
     new = jax.tree.map(
-        lambda g, m, v: ((m / bc1) / (jnp.sqrt(v + eps_root) / sqrt_bc2 + eps)
+        lambda g, m, v: ((m * inv_bc1)
+                         / (jnp.sqrt(v + eps_root) * inv_sqrt_bc2 + eps)
                          ).astype(g.dtype),
         updates, mu, second)
     return new, ScaleByAdamState(count=count, mu=mu, nu=nu, nu_max=nu_max)
