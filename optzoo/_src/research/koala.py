@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from optzoo._src import base
+from optzoo._src.reliability import tree_all_finite
 
 __all__ = ["koala", "koala_loss_stats", "KoalaVState", "KoalaMState"]
 
@@ -90,15 +91,6 @@ def _tree_max(tree: Any, dt: Any) -> chex.Array:
   if not leaves:
     return jnp.zeros([], dt)
   return jnp.max(jnp.stack(leaves))
-
-
-def _all_finite(*trees: Any) -> chex.Array:
-  """One on-device bool: every entry of every float leaf of ``trees`` is finite."""
-  flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trees)
-           if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
-  if not flags:
-    return jnp.asarray(True)
-  return jnp.all(jnp.stack(flags))
 
 
 def _skip_if_bad(ok: chex.Array, deltas: Any, new_state: Any, state: Any):
@@ -324,8 +316,8 @@ def koala(
       base.require_extra_arg(value_sq, "value_sq", name, _HOW)
       loss_sq = jnp.asarray(value_sq, dt)
       r_new = r_decay * state.r + (1.0 - r_decay) * loss_sq
-      return loss, r_new, r_new, _all_finite(loss, loss_sq)
-    return loss, jnp.asarray(r, dt), state.r, _all_finite(loss)
+      return loss, r_new, r_new, tree_all_finite((loss, loss_sq))
+    return loss, jnp.asarray(r, dt), state.r, tree_all_finite(loss)
 
   def leaf_stats(g, p, dt):
     """(active, ||g~||^2, layer regularized loss term, g~ in dt)."""
@@ -350,7 +342,7 @@ def koala(
     base.require_params(params, name)
     dt = state.sigma.dtype
     loss, cur_r, r_state, ok = measurement(state, value, value_sq, dt)
-    ok = ok & _all_finite(updates)
+    ok = ok & tree_all_finite(updates)
     sig = state.sigma
     eta = jnp.asarray(lr_at(state.count), dt)
 
@@ -413,7 +405,7 @@ def koala(
     base.require_params(params, name)
     dt = state.cov.dtype
     loss, cur_r, r_state, ok = measurement(state, value, value_sq, dt)
-    ok = ok & _all_finite(updates)
+    ok = ok & tree_all_finite(updates)
     pc = state.cov
     eta = jnp.asarray(lr_at(state.count), dt)
     n_total = max(n_params(params), 1.0)
