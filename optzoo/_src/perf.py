@@ -144,6 +144,12 @@ def _group(leaves: list, plan: dict) -> dict:
   return out
 
 
+def _radix(plan: dict) -> int:
+  """How many runtime digits the plan needs: min(_RADIX, largest stack)."""
+  return min(_RADIX, max((len(idx) for idx in plan.values() if len(idx) > 1),
+                         default=0))
+
+
 def _num_digits(size: int, radix: int) -> int:
   n = 1
   while radix ** n < size:
@@ -293,10 +299,7 @@ def group_leaves(
     plan = _make_plan(leaves, max_leaf_size)
     groups = {name: jnp.asarray(idx, jnp.int32) if len(idx) > 1 else None
               for name, idx in plan.items()}
-    largest = max((len(idx) for idx in plan.values() if len(idx) > 1),
-                  default=0)
-    digits = tuple(jnp.asarray(d, jnp.int32)
-                   for d in range(min(_RADIX, largest)))
+    digits = tuple(jnp.asarray(d, jnp.int32) for d in range(_radix(plan)))
     first = leaves[0] if leaves else None
     sharding = getattr(first, "sharding", None)
     if isinstance(sharding, jax.sharding.NamedSharding) and not isinstance(
@@ -316,12 +319,10 @@ def group_leaves(
       raise ValueError(
           f"group_leaves: the updates have {len(leaves)} leaves but the state"
           f" was initialised for {num}; call tx.init on the same tree.")
-    largest = max((len(idx) for idx in plan.values() if len(idx) > 1),
-                  default=0)
-    if len(state.digits) != min(_RADIX, largest):
+    if len(state.digits) != _radix(plan):
       raise ValueError(
           f"group_leaves: the state holds {len(state.digits)} digits but its"
-          f" plan needs {min(_RADIX, largest)}; call tx.init again.")
+          f" plan needs {_radix(plan)}; call tx.init again.")
     for name, idx in plan.items():
       shapes = {(tuple(np.shape(leaves[i])), jnp.result_type(leaves[i]))
                 for i in idx}
