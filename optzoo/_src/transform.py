@@ -159,12 +159,13 @@ def trace(
 
   def update_fn(updates, state, params=None):
     del params
+    first = None if static_zero else state.count == 0
 
     def leaf(g, b):
       if static_zero:
         new_b = (decay * b + g).astype(b.dtype)
       else:
-        new_b = jnp.where(state.count == 0, g.astype(b.dtype),
+        new_b = jnp.where(first, g.astype(b.dtype),
                           decay * b + (1.0 - dampening) * g).astype(b.dtype)
       out = g + decay * new_b if nesterov else new_b
       return out.astype(g.dtype), new_b
