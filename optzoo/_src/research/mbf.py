@@ -217,8 +217,8 @@ def scale_by_mini_block_fisher(
 
   (:math:`t` = 1-based step; ``bias_correction=False`` drops the
   :math:`1-\beta^t`.) The refresh uses ``lax.cond``; the inverses of all
-  blocks of a leaf are computed together (batched Cholesky, then a
-  forward substitution). Empty leaves (a zero in their shape) pass through:
+  blocks of a leaf are computed together (batched Cholesky, then one
+  batched triangular solve). Empty leaves (a zero in their shape) pass through:
   their update is the empty array and their state entries are empty.
 
   Args:
