@@ -112,12 +112,6 @@ def timed_samples(steppers: dict, repeats: int) -> dict:
   return samples
 
 
-def timed_rounds(steppers: dict, repeats: int) -> dict:
-  """Interleaved medians: {name: seconds per step}."""
-  return {k: statistics.median(v)
-          for k, v in timed_samples(steppers, repeats).items()}
-
-
 def paired_ratio(samples: dict, a: str, b: str) -> float:
   """Median over rounds of ``a``'s time / ``b``'s time in the same round."""
   return statistics.median(x / y for x, y in zip(samples[a], samples[b]))

@@ -77,8 +77,6 @@ def _methods():
   }
 
 
-TORCH_NAMES = {"adam", "adamw", "sgd", "sgd_momentum", "nesterov", "rmsprop",
-               "adagrad", "radam", "amsgrad", "nadam", "lookahead"}
 ELEMENTWISE = {"adam", "adamw", "sgd", "sgd_momentum", "nesterov", "rmsprop",
                "adagrad", "radam", "amsgrad", "nadam", "lookahead",
                "adam+group_leaves", "adam(mu bf16)"}
@@ -136,7 +134,6 @@ def bench_one(name, zoo_factory, optax_factory, n_params, n_leaves, repeats):
                            if "optax" in times else None)
   row["zoo_over_optax_min"] = (C.min_ratio(samples, "zoo", "optax")
                                if "optax" in times else None)
-  row["roof_ratio_min"] = min(samples["roof"]) / min(samples["zoo"])
   for s in steppers.values():  # free the buffers before the next config
     s.params = s.state = s.grads = s.compiled = None
   return row
@@ -146,17 +143,21 @@ def _fmt(x, f):
   return "-" if x is None else format(x, f)
 
 
+def _torch_ratio(row, torch_times):
+  """optzoo's step time over torch's for the same configuration, or None."""
+  key = f"{row['method']}|{row['params']}|{row['leaves']}"
+  if not torch_times or key not in torch_times:
+    return None
+  return row["zoo_s"] / torch_times[key]
+
+
 def format_table(rows, torch_times=None):
   head = (f"{'method':<18}{'params':>7}{'leaves':>7}{'zoo ms':>9}"
           f"{'optax ms':>9}{'zoo/optax':>10}{'min':>7}{'roof':>6}{'GB/s':>6}"
           f"{'B/param':>8}{'compile zoo/optax s':>21}{'zoo/torch':>10}")
   lines = [head, "-" * len(head)]
   for r in rows:
-    tt = None
-    if torch_times:
-      key = f"{r['method']}|{r['params']}|{r['leaves']}"
-      if key in torch_times:
-        tt = r["zoo_s"] / torch_times[key]
+    tt = _torch_ratio(r, torch_times)
     comp = (f"{r['zoo_compile_s']:.2f}/"
             f"{_fmt(r['optax_compile_s'], '.2f')}")
     lines.append(
@@ -174,10 +175,7 @@ def format_markdown(rows, torch_times=None):
          " zoo/optax (min) | roofline ratio | GB/s | state B/param |"
          " compile zoo s | compile optax s | zoo/torch |", "|" + "---|" * 13]
   for r in rows:
-    tt = None
-    if torch_times:
-      key = f"{r['method']}|{r['params']}|{r['leaves']}"
-      tt = r["zoo_s"] / torch_times[key] if key in torch_times else None
+    tt = _torch_ratio(r, torch_times)
     out.append(
         f"| {r['method']} | {_label(r['params'])} | {r['leaves']} |"
         f" {1e3 * r['zoo_s']:.2f} | {_fmt(r['optax_s'] and 1e3 * r['optax_s'], '.2f')} |"
