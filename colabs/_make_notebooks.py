@@ -925,6 +925,13 @@ def nb_research():
       def accuracy(model, params, **kw):
           logits = model.apply({"params": params}, sub.x_test, **kw)
           return jnp.mean(jnp.argmax(logits, -1) == sub.y_test)
+      def run_steps(step, p, s):
+          # EPOCHS of minibatches through a custom step(p, s, x, y) -> (p, s, loss)
+          curve = []
+          for e in range(EPOCHS):
+              for x, y in zn.batches(sub.x_train, sub.y_train, 64, seed=0, epoch=e):
+                  p, s, l = step(p, s, x, y); curve.append(float(l))
+          return p, curve
       def loss_fn(p, batch, model=mlp):
           x, y = batch
           return jnp.mean(zn.cross_entropy(model.apply({"params": p}, x), y))
@@ -954,10 +961,7 @@ def nb_research():
           (l, power), g = jax.value_and_grad(objective, has_aux=True)(p)
           u, s = tx.update(g, s, p, input_power=power)
           return optax.apply_updates(p, u), s, l
-      p, s, curve = params0, tx.init(params0), []
-      for e in range(EPOCHS):
-          for x, y in zn.batches(sub.x_train, sub.y_train, 64, seed=0, epoch=e):
-              p, s, l = nsgd_step(p, s, x, y); curve.append(float(l))
+      p, curve = run_steps(nsgd_step, params0, tx.init(params0))
       report("NSGD", accuracy(mlp, p), curve)
       """),
       md("""
@@ -1032,10 +1036,7 @@ def nb_research():
           g = jax.tree.map(lambda a: a.mean(0), peg)
           u, s = tx.update(g, s, p, per_example_grads=peg)
           return optax.apply_updates(p, u), s, loss_fn(p, (x, y), model=mbf_mlp)
-      p, s, curve = mbf_params, tx.init(mbf_params), []
-      for e in range(EPOCHS):
-          for x, y in zn.batches(sub.x_train, sub.y_train, 64, seed=0, epoch=e):
-              p, s, l = mbf_step(p, s, x, y); curve.append(float(l))
+      p, curve = run_steps(mbf_step, mbf_params, tx.init(mbf_params))
       report("Mini-Block Fisher (32 units)", accuracy(mbf_mlp, p), curve)
       """),
       md("""
@@ -1066,10 +1067,7 @@ def nb_research():
           l, F = optzoo.svi_gradients(svi.apply, p, (x.reshape(len(x), -1), y))
           u, s = tx.update(F, s, p)
           return optax.apply_updates(p, u), s, l
-      s, curve = tx.init(sp), []
-      for e in range(EPOCHS):
-          for x, y in zn.batches(sub.x_train, sub.y_train, 64, seed=0, epoch=e):
-              sp, s, l = svi_step(sp, s, x, y); curve.append(float(l))
+      sp, curve = run_steps(svi_step, sp, tx.init(sp))
       report("SVI (pseudo-gradient + SGD)", jnp.mean(jnp.argmax(svi.apply(sp, sub.x_test.reshape(len(sub.x_test), -1)), -1) == sub.y_test), curve)
       """),
       md("""
