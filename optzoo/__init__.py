@@ -46,6 +46,17 @@ from optzoo._src.perf import __all__ as _perf_all
 from optzoo._src.reliability import *  # noqa: F401,F403
 from optzoo._src.reliability import __all__ as _reliability_all
 
+# Large-batch and memory-light methods.
+from optzoo._src.large_batch import exclude_bias_and_norm
+from optzoo._src.large_batch import lamb
+from optzoo._src.large_batch import lars
+from optzoo._src.large_batch import scale_by_lamb_trust_ratio
+from optzoo._src.large_batch import scale_by_lars_trust_ratio
+from optzoo._src.factorized import adafactor
+from optzoo._src.factorized import scale_by_factored_rms
+from optzoo._src.factorized import scale_by_sm3
+from optzoo._src.factorized import sm3
+
 # Registry.
 from optzoo._src.base import MethodInfo
 from optzoo._src.registry import list_optimizers
@@ -60,13 +71,17 @@ __all__ = [
     "diagnostics",
     "monitor_norms",
     "adabound",
+    "adafactor",
     "adagrad",
     "adam",
     "adamw",
     "add_decayed_weights",
     "add_l2",
     "amsgrad",
+    "exclude_bias_and_norm",
     "get_info",
+    "lamb",
+    "lars",
     "list_optimizers",
     "nadam",
     "nag",
@@ -76,13 +91,18 @@ __all__ = [
     "scale_by_adagrad",
     "scale_by_adam",
     "scale_by_bounds",
+    "scale_by_factored_rms",
+    "scale_by_lamb_trust_ratio",
+    "scale_by_lars_trust_ratio",
     "scale_by_learning_rate",
     "scale_by_nadam",
     "scale_by_radam",
     "scale_by_rms",
+    "scale_by_sm3",
     "schedules",
     "sgd",
     "sgdw",
+    "sm3",
     "trace",
 ] + list(_dynamics_all) + list(_research_all) + list(_perf_all) + list(
     _reliability_all)
