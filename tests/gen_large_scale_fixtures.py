@@ -22,8 +22,8 @@ Outputs (``tests/fixtures/``):
   (entry i is the params after step ``steps[i]``, counted from 1: every step
   up to 20, then every 5th, and the last, 300).
   Settings listed in ``OPEN_LOOP`` (a closed loop amplifies last-bit
-  differences chaotically there: LAMB's normalised steps never settle) also
-  store ``s<k>_full_<leaf>``, the params before step 1 and after every step
+  differences there: LAMB's normalised steps never settle, SM3's min/max
+  covers switch) also store ``s<k>_full_<leaf>``, the params before step 1 and after every step
   (301 entries), for an open-loop comparison; ``open_loop`` lists them.
 """
 from __future__ import annotations
@@ -156,7 +156,7 @@ SETTINGS = {
 }
 
 
-OPEN_LOOP = {"lamb": (0, 3, 6)}
+OPEN_LOOP = {"lamb": (0, 3, 6), "sm3": (2,)}
 
 
 def _lamb_clamp(params, lr):

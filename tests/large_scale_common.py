@@ -126,3 +126,11 @@ def open_loop_error(tx, method, k):
   return helpers.max_rel_err({leaf: np.asarray(nxt[leaf]) for leaf in LEAVES},
                              {leaf: np.asarray(v[1:]) for leaf, v in full.items()},
                              floor=FLOOR)
+
+
+def reference_error(tx, method, k):
+  """Open-loop error for the settings stored for it, closed-loop otherwise."""
+  s = settings(method)[1][k]
+  if s["full"] is not None:
+    return open_loop_error(tx, method, k)
+  return error(tx, method, k)

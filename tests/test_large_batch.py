@@ -23,9 +23,7 @@ def _build(method, k, **over):
   return getattr(optzoo, method)(**kw)
 
 
-def _err(tx, method, k):
-  s = C.settings(method)[1][k]
-  return C.open_loop_error(tx, method, k) if s["full"] is not None else C.error(tx, method, k)
+_err = C.reference_error
 
 
 # ---------------------------------------------------------------------------
