@@ -81,19 +81,19 @@ def _factored(p) -> bool:
     paper="Shazeer & Stern, ICML 2018, arXiv:1804.04235",
     reference="torch.optim.Adafactor (eps_mode='clamp'); pytorch_optimizer.AdaFactor ('add')",
     example={},
-    invalid=(({"decay_rate": 0.5}, ValueError), ({"b2": 0.0}, ValueError),
+    invalid=(({"decay_rate": 0.5}, ValueError), ({"b2": 1.0}, ValueError),
              ({"eps": -1.0}, ValueError), ({"eps_mode": "max"}, ValueError)),
 )
 def scale_by_factored_rms(
     decay_rate: float = -0.8,
-    b2: float = 1.0,
+    b2: Optional[float] = None,
     eps: Optional[float] = None,
     eps_mode: str = "clamp",
 ) -> optax.GradientTransformation:
   r"""Divide by the root of Adafactor's (factored) second-moment estimate.
 
   With :math:`1-\hat\beta_{2,t} = \max(1-\beta_2,\ t^{c})` (:math:`c` =
-  ``decay_rate`` <= 0; :math:`\beta_2 = 1`: no cap, torch), for a leaf
+  ``decay_rate`` <= 0; ``b2=None``: :math:`t^c`, no cap, torch), for a leaf
   :math:`G` of shape ``(..., n, m)``:
 
   .. math::
@@ -114,7 +114,8 @@ def scale_by_factored_rms(
 
   Args:
     decay_rate: :math:`c \le 0` (torch ``beta2_decay``, default -0.8).
-    b2: cap :math:`\beta_2` in (0, 1] of the second-moment decay (1: none).
+    b2: cap :math:`\beta_2` in [0, 1) of the second-moment decay, or
+      ``None`` for none (torch).
     eps: :math:`\epsilon \ge 0` or ``None`` (see above).
     eps_mode: ``"clamp"`` or ``"add"``.
 
@@ -125,7 +126,8 @@ def scale_by_factored_rms(
   arr = base.check_number("decay_rate", decay_rate)
   if arr is not None and np.any(arr > 0):
     raise ValueError(f"`decay_rate` must be <= 0, got {decay_rate!r}.")
-  base.check_unit_interval("b2", b2, low_open=True)
+  if b2 is not None:
+    base.check_beta("b2", b2)
   if eps is not None:
     base.check_nonneg("eps", eps)
   base.check_choice("eps_mode", eps_mode, ("clamp", "add"))
@@ -149,10 +151,12 @@ def scale_by_factored_rms(
     count = optax.safe_increment(state.count)
     t = jnp.asarray(count, _float_dtype())
     w = t ** jnp.asarray(decay_rate, _float_dtype())
-    if not (isinstance(b2, (int, float)) and b2 == 1.0):
+    if b2 is not None:
       w = jnp.maximum(1.0 - b2, w)
 
     def leaf(g, r, c, v):
+      if g.size == 0:   # nothing to average (and no NaN means in the state)
+        return g, r, c, v
       cd = base.compute_dtype(g)
       g32 = g.astype(cd)
       if eps is None:
@@ -283,7 +287,7 @@ _PAPER_ONLY = ("weight_decouple", "fixed_decay", "relative_step",
              ({"eps_scale": -1.0}, ValueError), ({"clip_threshold": 0.5}, ValueError),
              ({"weight_decay": -1.0}, ValueError), ({"variant": "t2t"}, ValueError),
              ({"b1": 1.0}, ValueError), ({"relative_step": False}, ValueError),
-             ({"variant": "paper", "b2": 0.0}, ValueError),
+             ({"variant": "paper", "b2": 1.0}, ValueError),
              ({"variant": "paper", "warmup_init": 1}, TypeError)),
 )
 def adafactor(
@@ -372,7 +376,8 @@ def adafactor(
     clip_threshold: :math:`d` (torch requires >= 1; paper > 0), default 1.
     weight_decay: :math:`\lambda \ge 0`.
     b1: momentum of the update in [0, 1) (torch 0, paper 0.9).
-    b2: second-moment decay cap in (0, 1] (torch 1 = none, paper 0.999).
+    b2: second-moment decay cap in [0, 1) (torch: ``None``, no cap; paper
+      0.999).
     variant: ``"torch"`` or ``"paper"``.
     weight_decouple, fixed_decay, relative_step, scale_parameter, warmup_init:
       paper-variant flags (defaults True, False, True, True, False).
@@ -393,8 +398,8 @@ def adafactor(
     learning_rate = 1e-3 if paper else 1e-2
   if b1 is None:
     b1 = 0.9 if paper else 0.0
-  if b2 is None:
-    b2 = 0.999 if paper else 1.0
+  if b2 is None and paper:
+    b2 = 0.999
   if eps is None and paper:
     eps = 1e-30
   weight_decouple = True if weight_decouple is None else weight_decouple
@@ -453,7 +458,7 @@ def _expand(acc, i, rank):
     paper="Anil, Gupta, Koren & Singer, NeurIPS 2019, arXiv:1901.11150",
     reference="pytorch_optimizer.SM3 (without momentum)",
     example={},
-    invalid=(({"b2": 1.5}, ValueError), ({"eps": -1.0}, ValueError)),
+    invalid=(({"b2": 1.0}, ValueError), ({"eps": -1.0}, ValueError)),
 )
 def scale_by_sm3(b2: float = 0.0, eps: float = 1e-30) -> optax.GradientTransformation:
   r"""SM3-II preconditioning, exactly ``pytorch_optimizer.SM3``.
@@ -470,18 +475,20 @@ def scale_by_sm3(b2: float = 0.0, eps: float = 1e-30) -> optax.GradientTransform
       \ (\beta_2 = 0: \ a^{(i)} \leftarrow \max_{\neg i}\nu), \qquad
     u = g / \sqrt{\nu + \epsilon}.
 
-  ``b2`` is the reference's ``beta`` in [0, 1] (0: SM3's sum form; > 0: an
-  exponential moving average).
+  ``b2`` is the reference's ``beta`` in [0, 1) (0: SM3's sum form; > 0: an
+  exponential moving average). The reference also accepts 1, which freezes
+  the accumulators at 0 (steps of :math:`g/\sqrt{\epsilon}`); it is
+  rejected here.
 
   Args:
-    b2: :math:`\beta_2` in [0, 1].
+    b2: :math:`\beta_2` in [0, 1).
     eps: :math:`\epsilon \ge 0` inside the square root (1e-30).
 
   References:
     Anil et al., `Memory-Efficient Adaptive Optimization
     <https://arxiv.org/abs/1901.11150>`_, NeurIPS 2019.
   """
-  base.check_unit_interval("b2", b2)
+  base.check_beta("b2", b2)
   base.check_nonneg("eps", eps)
   literal_zero = base.is_literal_zero(b2)
 
@@ -518,7 +525,8 @@ def scale_by_sm3(b2: float = 0.0, eps: float = 1e-30) -> optax.GradientTransform
         new_accs = []
         for i in range(rank):
           others = tuple(d for d in range(rank) if d != i)
-          m = jnp.max(nu, axis=others) if others else nu
+          # nu >= 0, so an initial 0 changes nothing but allows empty leaves.
+          m = jnp.max(nu, axis=others, initial=0.0) if others else nu
           if not literal_zero:
             m = jnp.where(jnp.asarray(b2) > 0, jnp.maximum(accs[i].astype(cd), m), m)
           new_accs.append(m.astype(accs[i].dtype))
@@ -572,7 +580,7 @@ def _ema(momentum: Any) -> optax.GradientTransformation:
     reference="pytorch_optimizer.SM3 4.1",
     example={"learning_rate": 0.05},
     invalid=(_NEG_LR, ({"momentum": 1.0}, ValueError), ({"momentum": -0.1}, ValueError),
-             ({"b2": 1.5}, ValueError), ({"eps": -1.0}, ValueError)),
+             ({"b2": 1.0}, ValueError), ({"eps": -1.0}, ValueError)),
 )
 def sm3(
     learning_rate: optax.ScalarOrSchedule = 1e-1,
@@ -601,7 +609,7 @@ def sm3(
   Args:
     learning_rate: :math:`\eta` (float >= 0 or schedule; default 0.1).
     momentum: :math:`\mu` in [0, 1) (default 0).
-    b2: the reference's ``beta`` in [0, 1] (default 0: accumulate sums).
+    b2: the reference's ``beta`` in [0, 1) (default 0: accumulate sums).
     eps: >= 0 inside the square root (default 1e-30).
 
   References:
