@@ -21,7 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optzoo._src import base
+from optzoo._src import registry
+from optzoo._src import tree
+from optzoo._src import validation
 from optzoo._src import transform
 
 __all__ = [
@@ -48,7 +50,7 @@ def _lerp(a, b, w):
 
 
 def _rms(x):
-  x = x.astype(base.compute_dtype(x))
+  x = x.astype(tree.compute_dtype(x))
   return jnp.sqrt(jnp.mean(x * x)) if x.size else jnp.zeros([], x.dtype)
 
 
@@ -75,7 +77,7 @@ def _factored(p) -> bool:
   return np.ndim(p) >= 2
 
 
-@base.register(
+@registry.register(
     family="primitive",
     summary="Adafactor's factored second moment: g / sqrt(row x col / mean(row)).",
     paper="Shazeer & Stern, ICML 2018, arXiv:1804.04235",
@@ -123,14 +125,14 @@ def scale_by_factored_rms(
     Shazeer & Stern, `Adafactor: Adaptive Learning Rates with Sublinear
     Memory Cost <https://arxiv.org/abs/1804.04235>`_, ICML 2018.
   """
-  arr = base.check_number("decay_rate", decay_rate)
+  arr = validation.check_number("decay_rate", decay_rate)
   if arr is not None and np.any(arr > 0):
     raise ValueError(f"`decay_rate` must be <= 0, got {decay_rate!r}.")
   if b2 is not None:
-    base.check_beta("b2", b2)
+    validation.check_beta("b2", b2)
   if eps is not None:
-    base.check_nonneg("eps", eps)
-  base.check_choice("eps_mode", eps_mode, ("clamp", "add"))
+    validation.check_nonneg("eps", eps)
+  validation.check_choice("eps_mode", eps_mode, ("clamp", "add"))
 
   def init_fn(params):
     def row(p):
@@ -157,7 +159,7 @@ def scale_by_factored_rms(
     def leaf(g, r, c, v):
       if g.size == 0:   # nothing to average (and no NaN means in the state)
         return g, r, c, v
-      cd = base.compute_dtype(g)
+      cd = tree.compute_dtype(g)
       g32 = g.astype(cd)
       if eps is None:
         e = float(jnp.finfo(g.dtype).eps) if eps_mode == "clamp" else 1e-30
@@ -203,8 +205,8 @@ def _adafactor_step(learning_rate, variant, eps_scale, clip_threshold,
                     relative_step, warmup_init, scale_parameter, b1,
                     weight_decay, weight_decouple, fixed_decay, mu_dtype):
   """RMS clip, relative step size, parameter scale, momentum, decay, sign."""
-  use_mu = not base.is_literal_zero(b1)
-  decoupled = weight_decouple and not base.is_literal_zero(weight_decay)
+  use_mu = not tree.is_literal_zero(b1)
+  decoupled = weight_decouple and not tree.is_literal_zero(weight_decay)
 
   def init_fn(params):
     mu = (jax.tree.map(lambda p: jnp.zeros_like(p, mu_dtype), params)
@@ -212,7 +214,7 @@ def _adafactor_step(learning_rate, variant, eps_scale, clip_threshold,
     return AdafactorStepState(count=_zero_count(), mu=mu)
 
   def update_fn(updates, state, params=None):
-    base.require_params(params, "adafactor")
+    validation.require_params(params, "adafactor")
     fd = _float_dtype()
     count = optax.safe_increment(state.count)
     t = jnp.asarray(count, fd)
@@ -227,7 +229,7 @@ def _adafactor_step(learning_rate, variant, eps_scale, clip_threshold,
       rho = lr
 
     def scaled(u, p):
-      cd = base.compute_dtype(u)
+      cd = tree.compute_dtype(u)
       u32 = u.astype(cd)
       if variant == "torch" or scale_parameter:
         alpha = jnp.maximum(eps_scale, _rms(p)) * rho
@@ -276,7 +278,7 @@ _PAPER_ONLY = ("weight_decouple", "fixed_decay", "relative_step",
                "scale_parameter", "warmup_init")
 
 
-@base.register(
+@registry.register(
     family="Team Adam",
     summary="Adafactor: factored second moments (row/column statistics), relative step sizes.",
     paper="Shazeer & Stern, ICML 2018, arXiv:1804.04235",
@@ -387,7 +389,7 @@ def adafactor(
     Shazeer & Stern, `Adafactor: Adaptive Learning Rates with Sublinear
     Memory Cost <https://arxiv.org/abs/1804.04235>`_, ICML 2018.
   """
-  base.check_choice("variant", variant, ("torch", "paper"))
+  validation.check_choice("variant", variant, ("torch", "paper"))
   paper = variant == "paper"
   if not paper:
     for name in _PAPER_ONLY:
@@ -410,17 +412,17 @@ def adafactor(
   for name, v in (("weight_decouple", weight_decouple), ("fixed_decay", fixed_decay),
                   ("relative_step", relative_step),
                   ("scale_parameter", scale_parameter), ("warmup_init", warmup_init)):
-    base.check_bool(name, v)
-  base.check_lr(learning_rate)
-  base.check_nonneg("eps_scale", eps_scale)
-  base.check_positive("clip_threshold", clip_threshold)
-  arr = base.check_number("clip_threshold", clip_threshold)
+    validation.check_bool(name, v)
+  validation.check_lr(learning_rate)
+  validation.check_nonneg("eps_scale", eps_scale)
+  validation.check_positive("clip_threshold", clip_threshold)
+  arr = validation.check_number("clip_threshold", clip_threshold)
   if not paper and arr is not None and np.any(arr < 1):
     raise ValueError(f"`clip_threshold` must be >= 1 (torch's d), got {clip_threshold!r}.")
-  base.check_nonneg("weight_decay", weight_decay)
-  base.check_beta("b1", b1)
+  validation.check_nonneg("weight_decay", weight_decay)
+  validation.check_beta("b1", b1)
   links = []
-  if paper and not weight_decouple and not base.is_literal_zero(weight_decay):
+  if paper and not weight_decouple and not tree.is_literal_zero(weight_decay):
     links.append(transform.add_l2(weight_decay))
   links.append(scale_by_factored_rms(decay_rate, b2, eps,
                                      "add" if paper else "clamp"))
@@ -452,7 +454,7 @@ def _expand(acc, i, rank):
   return acc.reshape(shape)
 
 
-@base.register(
+@registry.register(
     family="primitive",
     summary="SM3 cover-set second moments: one accumulator per tensor dimension.",
     paper="Anil, Gupta, Koren & Singer, NeurIPS 2019, arXiv:1901.11150",
@@ -488,9 +490,9 @@ def scale_by_sm3(b2: float = 0.0, eps: float = 1e-30) -> optax.GradientTransform
     Anil et al., `Memory-Efficient Adaptive Optimization
     <https://arxiv.org/abs/1901.11150>`_, NeurIPS 2019.
   """
-  base.check_beta("b2", b2)
-  base.check_nonneg("eps", eps)
-  literal_zero = base.is_literal_zero(b2)
+  validation.check_beta("b2", b2)
+  validation.check_nonneg("eps", eps)
+  literal_zero = tree.is_literal_zero(b2)
 
   def init_fn(params):
     def accs(p):
@@ -505,7 +507,7 @@ def scale_by_sm3(b2: float = 0.0, eps: float = 1e-30) -> optax.GradientTransform
 
     def leaf(g, accs):
       rank = g.ndim
-      cd = base.compute_dtype(g)
+      cd = tree.compute_dtype(g)
       g32 = g.astype(cd)
       if rank == 0:
         nu_hat = accs[0].astype(cd)
@@ -573,7 +575,7 @@ def _ema(momentum: Any) -> optax.GradientTransformation:
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-@base.register(
+@registry.register(
     family="Team Adam",
     summary="SM3: Adagrad-type steps with one accumulator per tensor dimension.",
     paper="Anil, Gupta, Koren & Singer, NeurIPS 2019, arXiv:1901.11150",
@@ -616,10 +618,10 @@ def sm3(
     Anil et al., `Memory-Efficient Adaptive Optimization
     <https://arxiv.org/abs/1901.11150>`_, NeurIPS 2019.
   """
-  base.check_lr(learning_rate)
-  base.check_beta("momentum", momentum)
+  validation.check_lr(learning_rate)
+  validation.check_beta("momentum", momentum)
   links = [scale_by_sm3(b2, eps)]
-  if not base.is_literal_zero(momentum):
+  if not tree.is_literal_zero(momentum):
     links.append(_ema(momentum))
   links.append(transform.scale_by_learning_rate(learning_rate))
   return optax.chain(*links)

@@ -28,7 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optzoo._src import base
+from optzoo._src import registry
+from optzoo._src import tree
+from optzoo._src import validation
 from optzoo._src import transform
 
 __all__ = [
@@ -55,7 +57,7 @@ def _float_dtype():
 
 def _norm(x: chex.Array) -> chex.Array:
   """The Frobenius norm of a leaf, computed in at least float32."""
-  x = x.astype(base.compute_dtype(x))
+  x = x.astype(tree.compute_dtype(x))
   return jnp.sqrt(jnp.sum(x * x))
 
 
@@ -143,7 +145,7 @@ def _ndim_gt_1(x: Any) -> bool:
   return np.ndim(x) > 1
 
 
-@base.register(
+@registry.register(
     family="primitive",
     summary="LARS layer-wise trust ratio tc*||w||/(||g|| + wd*||w|| + eps), with its L2 term.",
     paper="You, Gitman & Ginsburg, arXiv:1708.03888, 2017",
@@ -188,9 +190,9 @@ def scale_by_lars_trust_ratio(
       (scalars and vectors get no adaptation).
     weight_decay_mask: leaves to decay; same default.
   """
-  base.check_nonneg("trust_coefficient", trust_coefficient)
-  base.check_nonneg("weight_decay", weight_decay)
-  base.check_nonneg("eps", eps)
+  validation.check_nonneg("trust_coefficient", trust_coefficient)
+  validation.check_nonneg("weight_decay", weight_decay)
+  validation.check_nonneg("eps", eps)
   _check_mask("trust_ratio_mask", trust_ratio_mask)
   _check_mask("weight_decay_mask", weight_decay_mask)
 
@@ -199,7 +201,7 @@ def scale_by_lars_trust_ratio(
     return optax.EmptyState()
 
   def update_fn(updates, state, params=None):
-    base.require_params(params, "scale_by_lars_trust_ratio")
+    validation.require_params(params, "scale_by_lars_trust_ratio")
     treedef = jax.tree.structure(updates)
     gs = treedef.flatten_up_to(updates)
     ps = treedef.flatten_up_to(params)
@@ -210,7 +212,7 @@ def scale_by_lars_trust_ratio(
       if g is None:
         out.append(None)
         continue
-      cd = base.compute_dtype(g)
+      cd = tree.compute_dtype(g)
       g32 = g.astype(cd)
       p32 = p.astype(cd)
       new = g32 + weight_decay * p32 if d else g32
@@ -253,14 +255,14 @@ def _lars_momentum(momentum: Any, dampening: Any, nesterov: bool
       out = u + momentum * new_b if nesterov else new_b
       return out.astype(u.dtype), new_b
 
-    new_u, new_b = base.tree_unzip(jax.tree.map(leaf, updates, state.trace),
+    new_u, new_b = tree.tree_unzip(jax.tree.map(leaf, updates, state.trace),
                                    updates, 2)
     return new_u, LarsMomentumState(trace=new_b)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-@base.register(
+@registry.register(
     family="Team SGD",
     summary="LARS: SGD with momentum and a layer-wise trust ratio (large-batch training).",
     paper="You, Gitman & Ginsburg, arXiv:1708.03888, 2017",
@@ -332,16 +334,16 @@ def lars(
     You, Gitman & Ginsburg, `Large Batch Training of Convolutional Networks
     <https://arxiv.org/abs/1708.03888>`_, 2017.
   """
-  base.check_lr(learning_rate)
-  base.check_beta("momentum", momentum)
-  base.check_unit_interval("dampening", dampening)
-  base.check_bool("nesterov", nesterov)
-  if nesterov and base.is_literal_zero(momentum):
+  validation.check_lr(learning_rate)
+  validation.check_beta("momentum", momentum)
+  validation.check_unit_interval("dampening", dampening)
+  validation.check_bool("nesterov", nesterov)
+  if nesterov and tree.is_literal_zero(momentum):
     raise ValueError("`nesterov=True` requires `momentum > 0`.")
   links = [scale_by_lars_trust_ratio(
       trust_coefficient, weight_decay, eps, trust_ratio_mask=trust_ratio_mask,
       weight_decay_mask=weight_decay_mask)]
-  if not base.is_literal_zero(momentum):
+  if not tree.is_literal_zero(momentum):
     links.append(_lars_momentum(momentum, dampening, nesterov))
   links.append(transform.scale_by_learning_rate(learning_rate))
   return optax.chain(*links)
@@ -365,7 +367,7 @@ def _all_true(x: Any) -> bool:
   return True
 
 
-@base.register(
+@registry.register(
     family="primitive",
     summary="LAMB layer-wise trust ratio min(||w||, c)/(||u|| + eps).",
     paper="You et al., ICLR 2020, arXiv:1904.00962",
@@ -398,9 +400,9 @@ def scale_by_lamb_trust_ratio(
     max_weight_norm: :math:`c > 0` or ``None``.
     mask: leaves to adapt (pytree of bools or callable); default all.
   """
-  base.check_nonneg("eps", eps)
+  validation.check_nonneg("eps", eps)
   if max_weight_norm is not None:
-    base.check_positive("max_weight_norm", max_weight_norm)
+    validation.check_positive("max_weight_norm", max_weight_norm)
   _check_mask("mask", mask)
 
   def init_fn(params):
@@ -408,7 +410,7 @@ def scale_by_lamb_trust_ratio(
     return optax.EmptyState()
 
   def update_fn(updates, state, params=None):
-    base.require_params(params, "scale_by_lamb_trust_ratio")
+    validation.require_params(params, "scale_by_lamb_trust_ratio")
     treedef = jax.tree.structure(updates)
     us, ps = treedef.flatten_up_to(updates), treedef.flatten_up_to(params)
     flags = _leaf_flags(mask, params, updates, _all_true)
@@ -418,7 +420,7 @@ def scale_by_lamb_trust_ratio(
         out.append(u)
         continue
       r = _lamb_ratio(_norm(p), _norm(u), eps, max_weight_norm)
-      out.append((u.astype(base.compute_dtype(u)) * r).astype(u.dtype))
+      out.append((u.astype(tree.compute_dtype(u)) * r).astype(u.dtype))
     return treedef.unflatten(out), state
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -436,7 +438,7 @@ def _lamb_pre_norm(max_grad_norm: Any, eps: Any) -> optax.GradientTransformation
     leaves = [u for u in jax.tree.leaves(updates)]
     if not leaves:
       return updates, state
-    cd = jnp.result_type(*[base.compute_dtype(u) for u in leaves])
+    cd = jnp.result_type(*[tree.compute_dtype(u) for u in leaves])
     sq = sum(jnp.sum(jnp.square(u.astype(cd))) for u in leaves)
     factor = jnp.minimum(max_grad_norm / (jnp.sqrt(sq) + eps), 1.0)
     factor = jnp.where(jnp.asarray(max_grad_norm) == 0, 1.0, factor)
@@ -469,7 +471,7 @@ def _lamb_moments(b1: Any, b2: Any, eps: Any, grad_averaging: bool,
       v = (b2 * v + (1.0 - b2) * g * g).astype(v.dtype)
       return (m / (jnp.sqrt(v) + eps)).astype(g.dtype), m, v
 
-    u, mu, nu = base.tree_unzip(jax.tree.map(leaf, updates, state.mu, state.nu),
+    u, mu, nu = tree.tree_unzip(jax.tree.map(leaf, updates, state.mu, state.nu),
                                 updates, 3)
     return u, LambMomentsState(mu=mu, nu=nu)
 
@@ -486,14 +488,14 @@ def _lamb_step(learning_rate, b1, weight_decay, weight_decouple, fixed_decay,
                adam, adam_debias, eps, max_weight_norm, trust_ratio_mask,
                weight_decay_mask) -> optax.GradientTransformation:
   """Trust ratio (on the decoupled-decayed weights), -step size, decoupled decay."""
-  decoupled = weight_decouple and not base.is_literal_zero(weight_decay)
+  decoupled = weight_decouple and not tree.is_literal_zero(weight_decay)
 
   def init_fn(params):
     del params
     return LambStepState(count=jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None):
-    base.require_params(params, "lamb")
+    validation.require_params(params, "lamb")
     lr = _lr_at(learning_rate, state.count)
     count = optax.safe_increment(state.count)
     t = jnp.asarray(count, _float_dtype())
@@ -508,7 +510,7 @@ def _lamb_step(learning_rate, b1, weight_decay, weight_decouple, fixed_decay,
       if u is None:
         out.append(None)
         continue
-      cd = base.compute_dtype(u)
+      cd = tree.compute_dtype(u)
       u32, p32 = u.astype(cd), p.astype(cd)
       dec = decoupled and d
       # The reference decays the weights first and takes the norm after.
@@ -525,7 +527,7 @@ def _lamb_step(learning_rate, b1, weight_decay, weight_decouple, fixed_decay,
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-@base.register(
+@registry.register(
     family="Team Adam",
     summary="LAMB: Adam-type moments with a layer-wise trust ratio (large-batch training).",
     paper="You et al., ICLR 2020, arXiv:1904.00962",
@@ -618,25 +620,25 @@ def lamb(
     You et al., `Large Batch Optimization for Deep Learning: Training BERT in
     76 minutes <https://arxiv.org/abs/1904.00962>`_, ICLR 2020.
   """
-  base.check_lr(learning_rate)
-  base.check_beta("b1", b1)
-  base.check_beta("b2", b2)
-  base.check_nonneg("eps", eps)
-  base.check_nonneg("weight_decay", weight_decay)
-  base.check_nonneg("max_grad_norm", max_grad_norm)
+  validation.check_lr(learning_rate)
+  validation.check_beta("b1", b1)
+  validation.check_beta("b2", b2)
+  validation.check_nonneg("eps", eps)
+  validation.check_nonneg("weight_decay", weight_decay)
+  validation.check_nonneg("max_grad_norm", max_grad_norm)
   if max_weight_norm is not None:
-    base.check_positive("max_weight_norm", max_weight_norm)
+    validation.check_positive("max_weight_norm", max_weight_norm)
   for name, v in (("weight_decouple", weight_decouple), ("fixed_decay", fixed_decay),
                   ("grad_averaging", grad_averaging), ("pre_norm", pre_norm),
                   ("adam", adam), ("adam_debias", adam_debias)):
-    base.check_bool(name, v)
+    validation.check_bool(name, v)
   _check_mask("trust_ratio_mask", trust_ratio_mask)
   _check_mask("weight_decay_mask", weight_decay_mask)
   links = []
   if pre_norm:
     links.append(_lamb_pre_norm(max_grad_norm, eps))
   links.append(_lamb_moments(b1, b2, eps, grad_averaging, mu_dtype))
-  if not weight_decouple and not base.is_literal_zero(weight_decay):
+  if not weight_decouple and not tree.is_literal_zero(weight_decay):
     links.append(optax.masked(transform.add_decayed_weights(weight_decay),
                               weight_decay_mask)
                  if weight_decay_mask is not None
