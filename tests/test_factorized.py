@@ -119,6 +119,22 @@ def test_factored_memory_4096_square():
   assert _state_numbers(optzoo.scale_by_sm3(), shapes) == 2 + 8 + 16 + 16
 
 
+def test_factored_state_is_under_5_percent_of_adam_on_a_transformer_tree():
+  shapes = {}
+  for i in range(4):
+    shapes[f"layer_{i}/kernel"] = (1024, 4096)
+    shapes[f"layer_{i}/bias"] = (4096,)
+
+  def nbytes(tx):
+    params = {k: jax.ShapeDtypeStruct(s, jnp.float32) for k, s in shapes.items()}
+    return sum(x.dtype.itemsize * int(np.prod(x.shape))
+               for x in jax.tree.leaves(jax.eval_shape(tx.init, params)))
+
+  adam = nbytes(optzoo.adam())
+  for tx in (optzoo.adafactor(), optzoo.sm3()):
+    assert nbytes(tx) <= 0.05 * adam
+
+
 def test_factored_rms_shapes_and_formula():
   g = jnp.asarray(np.random.default_rng(0).normal(size=(3, 4)))
   tx = optzoo.scale_by_factored_rms()
