@@ -358,11 +358,13 @@ def adafactor(
   numbers (plus the full-size momentum only when ``b1 > 0``).
 
   Differences from ``optax.adafactor``: optax factors only dimensions of size
-  >= 128 (``min_dim_size_to_factor``), uses ``decay_rate = 0.8`` as
-  :math:`1 - t^{-0.8}` with its own eps placement (1e-30 added to
-  :math:`G^2`), clips before the parameter scale, multiplies the learning rate
-  as an external schedule (default 0.01, no :math:`1/\sqrt t` cap), and
-  applies decay ``weight_decay_rate`` differently.
+  >= 128 (``min_dim_size_to_factor``), has its own step-dependent decay
+  (``decay_rate = 0.8``, ``decay_offset``) with 1e-30 added to :math:`G^2`
+  (no clamping, no cap), uses the learning rate as given
+  (no :math:`\min(\gamma, 1/\sqrt t)` relative step), has no momentum by
+  default, and its ``weight_decay_rate`` is added after the learning-rate
+  scaling (not multiplied by the learning rate, unlike torch's
+  :math:`\gamma\lambda`).
 
   Left out from ``pytorch_optimizer.AdaFactor``: ``ams_bound``, ``cautious``,
   ``maximize``, and the bf16 default of its ``momentum_dtype`` (here

@@ -14,7 +14,10 @@ comparable relative amount however large the batch (and the learning rate).
 
 Masks (``trust_ratio_mask``, ``weight_decay_mask``) are a pytree of Python
 bools with the params' structure, or a callable ``params -> such a pytree``;
-``True`` marks the leaves that are adapted (decayed).
+``True`` marks the leaves that are adapted (decayed). Under
+``optax.inject_hyperparams`` a callable would be taken for a schedule: pass
+the pytree (``exclude_bias_and_norm(params)``) or name the mask in
+``static_args``.
 """
 
 from __future__ import annotations
