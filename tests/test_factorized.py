@@ -166,3 +166,15 @@ def test_adafactor_paper_only_flags_rejected_for_torch_variant():
   with pytest.raises(ValueError, match="clip_threshold"):
     optzoo.adafactor(clip_threshold=0.5)
   optzoo.adafactor(variant="paper", clip_threshold=0.5)
+
+
+def test_mu_dtype():
+  p = {"w": jnp.ones((4, 3), jnp.float32), "b": jnp.ones(3, jnp.float32)}
+  g = jax.tree.map(lambda x: 0.1 * x, p)
+  for tx in (optzoo.adafactor(variant="paper", mu_dtype=jnp.bfloat16),
+             optzoo.lamb(mu_dtype=jnp.bfloat16)):
+    s = tx.init(p)
+    u, s2 = tx.update(g, s, p)
+    bf = [x for x in jax.tree.leaves(s2) if x.dtype == jnp.bfloat16]
+    assert len(bf) == 2          # one first moment per leaf
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(u))

@@ -101,6 +101,15 @@ def _key_name(k: Any) -> str:
   return str(k)
 
 
+@registry.register(
+    family="tool",
+    summary="Mask: True for weight matrices, False for biases, norm scales, vectors, scalars.",
+    paper="You, Gitman & Ginsburg, arXiv:1708.03888, 2017 (no adaptation of biases, BN)",
+    reference="definition (ndim and key-name rules; on leaves without such names it is"
+              " pytorch_optimizer.LARS's ndim > 1 rule)",
+    kind="utility",
+    example={"params": {"kernel": np.ones((2, 3)), "bias": np.ones(3)}},
+)
 def exclude_bias_and_norm(params: Any) -> Any:
   """A bool pytree: ``True`` for weight matrices/kernels, ``False`` otherwise.
 
