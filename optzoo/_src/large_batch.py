@@ -219,6 +219,8 @@ def scale_by_lars_trust_ratio(
     ps = treedef.flatten_up_to(params)
     adapt = _leaf_flags(trust_ratio_mask, params, updates, _ndim_gt_1)
     decay = _leaf_flags(weight_decay_mask, params, updates, _ndim_gt_1)
+    if tree.is_literal_zero(weight_decay):   # saves a pass over the params
+      decay = [False] * len(decay)
     out = []
     for g, p, a, d in zip(gs, ps, adapt, decay):
       if g is None:
