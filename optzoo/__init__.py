@@ -46,6 +46,16 @@ from optzoo._src.perf import __all__ as _perf_all
 from optzoo._src.reliability import *  # noqa: F401,F403
 from optzoo._src.reliability import __all__ as _reliability_all
 
+# Memory-light optimizer state (8-bit moments, ZeRO-1 sharding).
+from optzoo._src.quantized import QuantizedArray
+from optzoo._src.quantized import adam_8bit
+from optzoo._src.quantized import adamw_8bit
+from optzoo._src.quantized import dequantize_blockwise
+from optzoo._src.quantized import dynamic_quantization_map
+from optzoo._src.quantized import quantize_blockwise
+from optzoo._src.quantized import quantize_state
+from optzoo._src.quantized import state_nbytes
+
 # Registry.
 from optzoo._src.base import MethodInfo
 from optzoo._src.registry import list_optimizers
@@ -57,6 +67,14 @@ from optzoo.diagnostics import monitor_norms
 
 __all__ = [
     "MethodInfo",
+    "QuantizedArray",
+    "adam_8bit",
+    "adamw_8bit",
+    "dequantize_blockwise",
+    "dynamic_quantization_map",
+    "quantize_blockwise",
+    "quantize_state",
+    "state_nbytes",
     "diagnostics",
     "monitor_norms",
     "adabound",
