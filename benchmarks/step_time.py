@@ -74,6 +74,11 @@ def _methods():
                             lambda: optax.adam(LR)),
       "adam(mu bf16)": (lambda: optzoo.adam(LR, mu_dtype=jnp.bfloat16),
                         lambda: optax.adam(LR, mu_dtype=jnp.bfloat16)),
+      # 8-bit moments (every leaf quantized, block 2048), vs float32 optax
+      # adam: the state is ~4x smaller, the step does more arithmetic
+      # (absmax, searchsorted over the 256-value map, gather).
+      "adam_8bit": (lambda: optzoo.adam_8bit(LR, min_size=1),
+                    lambda: optax.adam(LR)),
   }
 
 

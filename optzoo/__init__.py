@@ -55,6 +55,8 @@ from optzoo._src.quantized import dynamic_quantization_map
 from optzoo._src.quantized import quantize_blockwise
 from optzoo._src.quantized import quantize_state
 from optzoo._src.quantized import state_nbytes
+from optzoo._src.sharded_state import shard_spec
+from optzoo._src.sharded_state import shard_state
 
 # Registry.
 from optzoo._src.base import MethodInfo
@@ -74,6 +76,8 @@ __all__ = [
     "dynamic_quantization_map",
     "quantize_blockwise",
     "quantize_state",
+    "shard_spec",
+    "shard_state",
     "state_nbytes",
     "diagnostics",
     "monitor_norms",
