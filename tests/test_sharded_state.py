@@ -172,3 +172,26 @@ def test_bad_arguments():
     optzoo.shard_state(optzoo.adam(), mesh, axis="model")
   with pytest.raises(TypeError, match="mesh"):
     optzoo.shard_state(optzoo.adam(), "data")
+
+
+def test_composes_with_8bit_state():
+  """shard_state(adam_8bit): the uint8 codes and the absmax scales are split
+  over the devices too; same numbers as unsharded adam_8bit."""
+  mesh = _mesh()
+  rng = np.random.default_rng(3)
+  params = jax.device_put(
+      {"w": jnp.asarray(rng.normal(size=(64, 256)), jnp.float32),
+       "b": jnp.asarray(rng.normal(size=(256,)), jnp.float32)},
+      NamedSharding(mesh, P()))
+  p_ref, _, _, _ = _run(optzoo.adam_8bit(1e-2, min_size=1), params, steps=3)
+  tx = optzoo.shard_state(optzoo.adam_8bit(1e-2, min_size=1), mesh)
+  p_sh, s_sh, step, counter = _run(tx, params, steps=3)
+  assert counter.count == 1
+  codes = s_sh[0].mu["w"].codes          # (8 blocks, 2048)
+  assert codes.dtype == jnp.uint8 and codes.shape == (8, 2048)
+  assert {s.data.nbytes for s in codes.addressable_shards} == {2048}
+  for k in params:
+    np.testing.assert_allclose(np.asarray(p_sh[k]), np.asarray(p_ref[k]),
+                               rtol=1e-6, atol=1e-7, err_msg=k)
+  found = _collectives(step.lower(p_sh, s_sh, jnp.asarray(1.0)).compile().as_text())
+  assert found["collective-permute"] == 0 and found["all-to-all"] == 0, found

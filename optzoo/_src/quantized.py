@@ -123,8 +123,11 @@ def quantize_blockwise(x: jax.Array, block_size: int = 2048,
   absmax = jnp.max(jnp.abs(blocks), axis=1)
   scale = jnp.where(absmax > 0, absmax, jnp.ones_like(absmax))
   y = blocks / scale[:, None]
-  codes = jnp.searchsorted(jnp.asarray(_boundaries(signed)), y,
-                           method="scan_unrolled")
+  # (A binary search gathers from the table; on a mesh with Explicit axes
+  # that gather has no resolvable sharding, so compare against all 255
+  # boundaries there, a fused compare-and-count.)
+  method = "compare_all" if _explicit(y) is not None else "scan_unrolled"
+  codes = jnp.searchsorted(jnp.asarray(_boundaries(signed)), y, method=method)
   return QuantizedArray(codes=codes.astype(jnp.uint8), absmax=absmax)
 
 
@@ -132,9 +135,23 @@ def dequantize_blockwise(q: QuantizedArray, shape: Sequence[int], dtype: Any,
                          signed: bool = True) -> jax.Array:
   """Inverse of :func:`quantize_blockwise`: ``map[code] * absmax``."""
   qmap = jnp.asarray(dynamic_quantization_map(signed))
-  vals = qmap[q.codes.astype(jnp.int32)] * q.absmax[:, None]
+  idx = q.codes.astype(jnp.int32)
+  vals = qmap.at[idx].get(out_sharding=_explicit(idx)) * q.absmax[:, None]
   size = int(np.prod(shape))
   return vals.reshape(-1)[:size].reshape(tuple(shape)).astype(dtype)
+
+
+def _explicit(x):
+  """``x``'s sharding when it lives on a mesh with Explicit axes, else None."""
+  try:
+    sharding = jax.typeof(x).sharding
+  except Exception:  # pylint: disable=broad-except
+    return None
+  mesh = getattr(sharding, "mesh", None)
+  types = getattr(mesh, "axis_types", None) or ()
+  if any(t == jax.sharding.AxisType.Explicit for t in types):
+    return sharding
+  return None
 
 
 def _last_field(path) -> Optional[str]:
