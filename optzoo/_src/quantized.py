@@ -21,7 +21,8 @@ import numpy as np
 import optax
 
 from optzoo._src import alias
-from optzoo._src import base
+from optzoo._src import registry
+from optzoo._src import validation
 
 __all__ = [
     "QuantizedArray",
@@ -165,7 +166,7 @@ def _is_q(x) -> bool:
   return isinstance(x, QuantizedArray)
 
 
-@base.register(
+@registry.register(
     family="wrapper",
     summary="Stores the inner optimizer's large state buffers block-wise"
     " quantized to 8 bits (dynamic tree quantization, one absmax per block).",
@@ -245,15 +246,15 @@ def quantize_state(
   References:
     Dettmers et al., 8-bit Optimizers via Block-wise Quantization, ICLR 2022.
   """
-  base.check_transformation("inner", inner)
+  validation.check_transformation("inner", inner)
   for name, v in (("block_size", block_size), ("min_size", min_size)):
     if isinstance(v, jax.core.Tracer):
       raise TypeError(
           f"`{name}` sets array shapes and must be a static Python int; under"
           f" optax.inject_hyperparams pass static_args=('block_size',"
           f" 'min_size').")
-  base.check_int("block_size", block_size, minimum=1)
-  base.check_int("min_size", min_size, minimum=0)
+  validation.check_int("block_size", block_size, minimum=1)
+  validation.check_int("min_size", min_size, minimum=0)
   if isinstance(second_moment_fields, str) or not all(
       isinstance(s, str) for s in second_moment_fields):
     raise TypeError("`second_moment_fields` must be a sequence of field names,"
@@ -309,7 +310,7 @@ def _sizes(block_size, min_size) -> dict:
               min_size=4096 if min_size is None else min_size)
 
 
-@base.register(
+@registry.register(
     family="Team Adam",
     summary="Adam with 8-bit block-wise quantized moments (Adam8bit).",
     paper="Dettmers et al., 8-bit Optimizers via Block-wise Quantization,"
@@ -349,7 +350,7 @@ def adam_8bit(
       **_sizes(block_size, min_size))
 
 
-@base.register(
+@registry.register(
     family="Team Adam",
     summary="AdamW with 8-bit block-wise quantized moments (AdamW8bit).",
     paper="Dettmers et al., 8-bit Optimizers via Block-wise Quantization,"

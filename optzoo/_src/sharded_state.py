@@ -20,7 +20,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from optzoo._src import base
+from optzoo._src import registry
+from optzoo._src import validation
 
 __all__ = ["shard_state", "shard_spec"]
 
@@ -42,7 +43,7 @@ def shard_spec(shape, axis_size: int, axis: str) -> P:
   return P()
 
 
-@base.register(
+@registry.register(
     family="wrapper",
     summary="ZeRO stage 1: the inner optimizer's state is sharded over the"
     " data-parallel mesh axis; params and gradients stay replicated and only"
@@ -114,7 +115,7 @@ def shard_state(
     Rajbhandari et al., ZeRO: Memory Optimizations Toward Training Trillion
     Parameter Models, SC 2020.
   """
-  base.check_transformation("inner", inner)
+  validation.check_transformation("inner", inner)
   if not isinstance(axis, str):
     raise TypeError(f"`axis` must be a mesh axis name (str), got {axis!r}.")
   if mesh is not None and not isinstance(mesh, Mesh):
