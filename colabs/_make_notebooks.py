@@ -1124,8 +1124,8 @@ with a warm-up (Goyal et al. 2017), (c) LARS (You et al. 2017) and (d) LAMB
 (You et al. 2020). For each: test accuracy, steps to a target accuracy and the
 generalization gap (train minus test accuracy; Keskar et al. 2017). Gradient
 accumulation with `optax.MultiSteps` gives the same step as one big batch when
-the big batch does not fit in memory. LARS and LAMB here are **optax's**
-(`optax.lars`, `optax.lamb`).
+the big batch does not fit in memory. LARS and LAMB are optzoo's
+(`optzoo.lars`, `optzoo.lamb`: `pytorch_optimizer`'s numerics).
 """)
 def nb_large_batch():
   return [
@@ -1212,11 +1212,12 @@ def nb_large_batch():
       For a batch $B$: (a) the same optimizer and learning rate; (b) learning
       rate $0.02 \\cdot B/32$ reached by a linear warm-up over the first 15 % of
       the steps (Goyal et al. warm up over 5 of 90 epochs; with only a few
-      dozen steps we warm up over a larger share); (c) `optax.lars` (layer-wise
-      trust ratio $\\eta\\,\\|w\\|/\\|g + \\lambda w\\|$, $\\eta = 0.001$, momentum 0.9,
-      weight decay $10^{-4}$); (d) `optax.lamb` (Adam moments with the same
-      layer-wise trust ratio, weight decay $10^{-4}$); both with the same
-      warm-up. LARS and LAMB need their own learning rate: in the full setting
+      dozen steps we warm up over a larger share); (c) `optzoo.lars` (layer-wise
+      trust ratio $\\eta\\,\\|w\\|/(\\|g\\| + \\lambda \\|w\\|)$, $\\eta = 0.001$,
+      momentum 0.9, weight decay $10^{-4}$, here on every leaf, biases
+      included); (d) `optzoo.lamb` (Adam-type moments, layer-wise trust ratio
+      $\\min(\\|w\\|, 10)/\\|u\\|$, decoupled weight decay $10^{-4}$); both with
+      the same warm-up. LARS and LAMB need their own learning rate: in the full setting
       we try three or four each and keep the one with the lowest **training** loss (not
       the test accuracy, which would tune on the test set). Same epochs for all.
       """),
@@ -1232,14 +1233,17 @@ def nb_large_batch():
           return optax.join_schedules([optax.linear_schedule(lr / 10, lr, w),
                                        optax.constant_schedule(lr)], [w])
 
+      ALL = lambda p: jax.tree.map(lambda _: True, p)   # LARS: adapt and decay every leaf
+
       def recipes(B, steps):
           return {
               "(a) no change": {BASE_LR: optax.sgd(BASE_LR, momentum=MOM)},
               "(b) linear scaling + warm-up": {
                   BASE_LR * B / BASE_B: optax.sgd(warmup(BASE_LR * B / BASE_B, steps), momentum=MOM)},
-              "(c) LARS": {lr: optax.lars(warmup(lr, steps), weight_decay=1e-4, momentum=MOM)
+              "(c) LARS": {lr: optzoo.lars(warmup(lr, steps), momentum=MOM, weight_decay=1e-4,
+                                           trust_ratio_mask=ALL, weight_decay_mask=ALL)
                            for lr in LARS_LRS},
-              "(d) LAMB": {lr: optax.lamb(warmup(lr, steps), weight_decay=1e-4) for lr in LAMB_LRS},
+              "(d) LAMB": {lr: optzoo.lamb(warmup(lr, steps), weight_decay=1e-4) for lr in LAMB_LRS},
           }
 
       t0 = time.time()

@@ -124,6 +124,27 @@ def test_quantizer_matches_numpy_and_error_bounds(signed, shape, block_size):
 
 
 @pytest.mark.parametrize("signed", [True, False])
+def test_nearest_code_equals_a_search_everywhere(signed):
+  """The direct (search-free) code computation equals np.searchsorted over
+  the midpoints on every map value, every midpoint and its float32
+  neighbours, and 200k log-uniform values over all decades."""
+  qmap = optzoo.dynamic_quantization_map(signed)
+  mids = ((qmap[1:].astype(np.float64) + qmap[:-1]) / 2).astype(np.float32)
+  rng = np.random.default_rng(4)
+  mags = (10.0 ** rng.uniform(-9, 0, 200_000)).astype(np.float32)
+  ys = np.concatenate([
+      qmap, mids, np.nextafter(mids, np.float32(2)), np.nextafter(mids, np.float32(-2)),
+      mags, -mags, np.float32([0.0, 1.0, -1.0, 1e-38, -1e-38])]).astype(np.float32)
+  ys = np.clip(ys, -1, 1)
+  x = np.concatenate([np.float32([1.0]), ys])   # absmax 1: y = x exactly
+  q = jax.jit(optzoo.quantize_blockwise, static_argnums=(1, 2))(
+      jnp.asarray(x), x.size, signed)
+  got = np.asarray(q.codes).reshape(-1)
+  want = np.searchsorted(mids, np.maximum(x, 0) if not signed else x, side="left")
+  np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("signed", [True, False])
 def test_values_on_the_map_round_trip_exactly(signed):
   qmap = optzoo.dynamic_quantization_map(signed)
   rng = np.random.default_rng(1)
@@ -296,8 +317,8 @@ def _digits_run(tx, steps=300, batch=64, seed=0):
 
 def test_digits_mlp_8bit_adam_matches_float32_adam():
   """300 steps of batch 64, lr 3e-3, one scan. Measured (x64 on, f32 params):
-  float32 Adam full-train loss 0.0578 / test acc 0.9666; adam_8bit (block
-  2048, every matrix quantized) 0.0567 / 0.9666. Tolerance: train loss
+  float32 Adam full-train loss 0.0800 / test acc 0.9666; adam_8bit (block
+  2048, every matrix quantized) 0.0774 / 0.9666. Tolerance: train loss
   within 25 % + 0.005, test accuracy within 1.5 points."""
   loss32, acc32, _ = _digits_run(optzoo.adam(3e-3))
   loss8, acc8, _ = _digits_run(optzoo.adam_8bit(3e-3, min_size=1))
