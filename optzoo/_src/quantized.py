@@ -249,6 +249,12 @@ def quantize_state(
   tensors (biases, norms) keep full-precision state, where 8 bits save
   little and hurt most. Use ``min_size=1`` to quantize everything.
 
+  Sharding: the blocks are runs of the *flattened* buffer (the paper's
+  layout), so a parameter sharded over a mesh axis (FSDP) has blocks that
+  cross device boundaries and the step gathers its state. For data-parallel
+  training wrap it as ``optzoo.shard_state(adam_8bit(...), mesh)`` (ZeRO-1):
+  the codes and scales are then split over the devices themselves.
+
   Not included: the paper's *stable embedding layer* (a model change, not an
   optimizer one) and percentile clipping.
 

@@ -87,6 +87,11 @@ def shard_state(
   trust ratios, global-norm clipping) add one small all-reduce per
   reduction over the sharded buffers.
 
+  With :func:`optzoo.quantize_state` / :func:`optzoo.adam_8bit` inside,
+  the ``uint8`` codes ``(num_blocks, block)`` and the per-block scales are
+  split the same way (same numbers as unsharded; a leaf whose blocks are
+  split along the block dimension adds one small all-reduce for its absmax).
+
   Params already sharded over ``axis`` (FSDP) do not need this wrapper:
   their state follows their sharding anyway.
 
