@@ -87,6 +87,11 @@ def _methods():
                lambda: optax.lamb(LR, weight_decay=1e-2)),
       "adafactor": (lambda: optzoo.adafactor(LR), lambda: optax.adafactor(LR)),
       "sm3": (lambda: optzoo.sm3(LR), lambda: optax.sm3(LR, momentum=0.0)),
+      # 8-bit moments (every leaf quantized, block 2048), vs float32 optax
+      # adam: the state is ~4x smaller, the step does more arithmetic
+      # (absmax, the code's position in the 256-value map, a gather).
+      "adam_8bit": (lambda: optzoo.adam_8bit(LR, min_size=1),
+                    lambda: optax.adam(LR)),
   }
 
 # Methods whose state is not params-sized: on --tree transformer their state

@@ -137,6 +137,18 @@ from optzoo._src.lr_finder import lr_range_test
 from optzoo._src.lr_finder import LRRangeTestResult
 from optzoo._src.tree import tree_all_finite
 
+# Memory-light optimizer state (8-bit moments, ZeRO-1 sharding).
+from optzoo._src.quantized import QuantizedArray
+from optzoo._src.quantized import adam_8bit
+from optzoo._src.quantized import adamw_8bit
+from optzoo._src.quantized import dequantize_blockwise
+from optzoo._src.quantized import dynamic_quantization_map
+from optzoo._src.quantized import quantize_blockwise
+from optzoo._src.quantized import quantize_state
+from optzoo._src.quantized import state_nbytes
+from optzoo._src.sharded_state import shard_spec
+from optzoo._src.sharded_state import shard_state
+
 # Registry.
 from optzoo._src.registry import get_info
 from optzoo._src.registry import list_optimizers
@@ -153,7 +165,9 @@ __all__ = [
     "adafactor",
     "adagrad",
     "adam",
+    "adam_8bit",
     "adamw",
+    "adamw_8bit",
     "add_count_penalty",
     "add_decayed_weights",
     "add_gradient_noise",
@@ -166,7 +180,9 @@ __all__ = [
     "collect_input_power",
     "connection_count",
     "cyclical",
+    "dequantize_blockwise",
     "diagnostics",
+    "dynamic_quantization_map",
     "ema_params",
     "entropy_sgd",
     "EntropySGDState",
@@ -218,6 +234,9 @@ __all__ = [
     "ParamEmaState",
     "per_example_grads",
     "project_to_sphere",
+    "quantize_blockwise",
+    "quantize_state",
+    "QuantizedArray",
     "radam",
     "radam_warmup",
     "rectify",
@@ -250,12 +269,15 @@ __all__ = [
     "sgd",
     "sgdr",
     "sgdw",
+    "shard_spec",
+    "shard_state",
     "skip_nonfinite",
     "SkipNonfiniteState",
     "sm3",
     "sparse_connectivity",
     "sphere_sgd",
     "SphereSgdState",
+    "state_nbytes",
     "step_ste",
     "svi_gradients",
     "svi_mse_loss",

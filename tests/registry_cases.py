@@ -108,6 +108,10 @@ EXAMPLES: dict[str, dict] = {
     'weight_rescaling': {},
     'weightnorm_data_init': {"apply_fn": lambda v, x: x @ v["params"]["w"],
              "variables": {"params": {"w": np.ones((2, 2))}}, "x": np.ones((3, 2))},
+    'adam_8bit': dict(learning_rate=1e-2, block_size=4, min_size=1),
+    'adamw_8bit': dict(learning_rate=1e-2, block_size=4, min_size=1),
+    'quantize_state': dict(inner="adam", block_size=4, min_size=1),
+    'shard_state': dict(inner="adam"),
 # --- examples: end
 }
 
@@ -389,6 +393,23 @@ INVALID: dict[str, tuple] = {
         ({"every": 1.5}, TypeError),
     ),
     'weightnorm_data_init': (({"eps": -1.0}, ValueError), ({"init_scale": 0.0}, ValueError)),
+    'adam_8bit': ((dict(learning_rate=-1.0), ValueError),
+             (dict(b1=1.0), ValueError), (dict(block_size=0), ValueError)),
+    'adamw_8bit': ((dict(learning_rate=-1.0), ValueError),
+             (dict(weight_decay=-1.0), ValueError),
+             (dict(min_size=-2), ValueError)),
+    'quantize_state': (
+        (dict(block_size=0), ValueError),
+        (dict(block_size=2.5), TypeError),
+        (dict(min_size=-1), ValueError),
+        (dict(inner=3), TypeError),
+    ),
+    'shard_state': (
+        (dict(inner=3), TypeError),
+        (dict(mesh="data"), TypeError),
+        (dict(axis="model", mesh=None), ValueError),
+        (dict(axis=3), TypeError),
+    ),
 # --- invalid: end
 }
 
