@@ -18,6 +18,7 @@ from optzoo._src import registry
 from optzoo._src import tree
 from optzoo._src import validation
 from optzoo._src import transform
+from optzoo._src.research.entropy_sgd import _leaf_normals
 from optzoo._src.research.entropy_sgd import scoped_gamma
 
 __all__ = [
