@@ -347,7 +347,7 @@ def nb_schedules():
       batches = list(zn.batches(data.x_train, data.y_train, 64, seed=0))
       res = optzoo.lr_range_test(loss_fn, params, batches,
                                  optimizer=functools.partial(optzoo.sgd, momentum=0.9),
-                                 min_lr=1e-4, max_lr=10.0, num_steps=60 if FAST else 150)
+                                 min_learning_rate=1e-4, max_learning_rate=10.0, num_steps=60 if FAST else 150)
       print(f"suggestion {res.suggestion:.3g}; loss minimum at lr {res.min_loss_lr:.3g};"
             f" diverged: {res.diverged}")
       res.plot(); plt.show()
@@ -362,7 +362,7 @@ def nb_schedules():
       total = EPOCHS * (len(data.x_train) // 64)
       max_lr = res.min_loss_lr / 3
       runs = {
-          f"one_cycle(max_lr={max_lr:.2g})": optzoo.sgd(optzoo.one_cycle(max_lr, total), momentum=0.9),
+          f"one_cycle(max_learning_rate={max_lr:.2g})": optzoo.sgd(optzoo.one_cycle(max_lr, total), momentum=0.9),
           f"constant {res.suggestion:.2g} (suggestion)": optzoo.sgd(res.suggestion, momentum=0.9),
           "constant 1e-3 (too small)": optzoo.sgd(1e-3, momentum=0.9),
       }
@@ -979,7 +979,7 @@ def nb_research():
           lambda path, x: x.ndim >= 2 and path[0].key != "Dense_2", p)
       fit("WRS (sgd + weight_rescaling)", optax.chain(optzoo.sgd(0.05, momentum=0.9),
                                                       optzoo.weight_rescaling(mask=si_mask)), model=bn_mlp)
-      fit("sphere SGD (fixed ELR)", optzoo.sphere_sgd(elr=0.05, mask=si_mask, noninv_learning_rate=0.05),
+      fit("sphere SGD (fixed ELR)", optzoo.sphere_sgd(learning_rate=0.05, mask=si_mask, noninv_learning_rate=0.05),
           model=bn_mlp);
       """),
       md("""
@@ -990,7 +990,7 @@ def nb_research():
       minibatch, held along a leading axis of every parameter.
       """),
       code("""
-      fit("Entropy-SGD", optzoo.entropy_sgd(learning_rate=0.1, inner_steps=3 if FAST else 10))
+      fit("Entropy-SGD", optzoo.entropy_sgd(learning_rate=0.1, num_inner_steps=3 if FAST else 10))
       R = 3
       rep = optzoo.replicate_params(params0, R, key=jax.random.PRNGKey(1), noise=0.01)
       tx = optzoo.replicated_sgd(0.05, gamma=0.01, momentum=0.9)
@@ -1015,7 +1015,8 @@ def nb_research():
       """),
       code("""
       gb = list(zn.batches(sub.x_train, sub.y_train, 32, seed=3))
-      gi = optzoo.gradinit(loss_fn, params0, gb, target="sgd", iters=15 if FAST else 100, lr=1e-2)
+      gi = optzoo.gradinit(loss_fn, params0, gb, target="sgd", num_iters=15 if FAST else 100,
+                           learning_rate=1e-2)
       print("learned scales:", {"/".join(str(getattr(k, "key", k)) for k in path): round(float(v), 3)
                                 for path, v in jax.tree_util.tree_leaves_with_path(gi.scales)})
       tx = optzoo.sgd(0.05, momentum=0.9)

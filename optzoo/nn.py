@@ -260,6 +260,7 @@ def _apply(state: TrainState, params, x, train: bool, batch_stats=None):
                         train=False), bs
 
 
+# The extra args train_step can supply (the one list; optzoo.apps.race uses it).
 EXTRA_ARGS = ("value", "value_sq", "batch_size", "grad_fn", "value_fn", "key")
 
 

@@ -251,7 +251,7 @@ def test_readme_starts_with_the_two_setup_commands():
     text = f.read()
   first_block = text.split("```bash", 1)[1].split("```", 1)[0]
   assert text.index("```bash") < text.index("\n## ")  # before any section
-  assert ("python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/optzoo race"
+  assert ('python3 -m venv .venv && .venv/bin/pip install -e ".[apps]" && .venv/bin/optzoo race'
           in first_block)
   assert ('python3 -m venv .venv && .venv/bin/pip install -e ".[test]" &&'
           " .venv/bin/python -m pytest -q -n 2" in first_block)

@@ -127,7 +127,7 @@ def test_sgd_is_l2_trace_lr(problem):
   lr, m, d, wd = LR, 0.8, 0.3, 0.05
   assert_identical(
       problem, optzoo.sgd(lr, momentum=m, dampening=d, weight_decay=wd),
-      optax.chain(optzoo.add_l2(wd), optzoo.trace(m, d),
+      optax.chain(optzoo.add_l2(wd), optzoo.trace(m, dampening=d),
                   optzoo.scale_by_learning_rate(lr)))
 
 

@@ -22,7 +22,7 @@ import registry_cases
 
 def test_gradient_noise_variance_schedule():
   eta, gamma, n = 0.3, 0.55, 40_000
-  tx = optzoo.add_gradient_noise(eta, gamma, seed=3)
+  tx = optzoo.add_gradient_noise(eta, gamma, key=3)
   zeros = {"a": jnp.zeros((n // 2,)), "b": jnp.zeros((n // 4, 2))}
   state = tx.init(zeros)
   step = jax.jit(tx.update)
@@ -42,12 +42,12 @@ def test_gradient_noise_variance_schedule():
 
 def test_gradient_noise_keys_and_reproducibility():
   g = {"w": jnp.ones(5), "none": None}
-  tx = optzoo.add_gradient_noise(1.0, seed=0)
+  tx = optzoo.add_gradient_noise(1.0, key=0)
   s = tx.init(g)
   a, s1 = tx.update(g, s)
   b, _ = tx.update(g, s)
   np.testing.assert_array_equal(np.asarray(a["w"]), np.asarray(b["w"]))
-  c, _ = optzoo.add_gradient_noise(1.0, seed=1).update(g, s._replace(
+  c, _ = optzoo.add_gradient_noise(1.0, key=1).update(g, s._replace(
       key=jax.random.PRNGKey(1)))
   assert not np.allclose(np.asarray(a["w"]), np.asarray(c["w"]))
   # An explicit `key` extra arg overrides the state key (state key unchanged).
@@ -311,7 +311,7 @@ def test_lr_range_test_suggestion_trains_best(name):
          "sgd_momentum": functools.partial(optzoo.sgd, momentum=0.9)}[name]
   _, _, params, loss_fn, batches = _digits_setup()
   res = optzoo.lr_range_test(loss_fn, params, batches(0, 100), optimizer=opt,
-                             min_lr=1e-5, max_lr=10.0, num_steps=100)
+                             min_learning_rate=1e-5, max_learning_rate=10.0, num_steps=100)
   assert 1e-5 < res.suggestion < 10.0
   assert res.losses.shape == res.lrs.shape == res.raw_losses.shape
   assert np.all(np.diff(res.lrs) > 0)
@@ -331,7 +331,7 @@ def test_lr_range_test_stops_on_divergence_one_compile_and_plot():
     return jnp.sum((p - b) ** 2)
 
   res = optzoo.lr_range_test(loss_fn, jnp.zeros(4), [jnp.ones(4)] * 3,
-                             optimizer=optax.sgd, min_lr=1e-4, max_lr=100.0,
+                             optimizer=optax.sgd, min_learning_rate=1e-4, max_learning_rate=100.0,
                              num_steps=200, smoothing=0.5)
   # SGD on sum((p - 1)^2) diverges for lr > 1.
   assert res.diverged and len(res.lrs) < 200 and res.lrs[-1] > 1.0
@@ -353,8 +353,8 @@ def test_lr_range_test_stops_on_divergence_one_compile_and_plot():
 
 
 @pytest.mark.parametrize("kw,exc,name", [
-    (dict(min_lr=0.0), ValueError, "min_lr"),
-    (dict(max_lr=1e-9), ValueError, "max_lr"),
+    (dict(min_learning_rate=0.0), ValueError, "min_learning_rate"),
+    (dict(max_learning_rate=1e-9), ValueError, "max_learning_rate"),
     (dict(num_steps=1), ValueError, "num_steps"),
     (dict(smoothing=1.0), ValueError, "smoothing"),
     (dict(diverge_threshold=1.0), ValueError, "diverge_threshold"),

@@ -151,12 +151,12 @@ def test_entropy_sgd_matches_numpy_oracle_with_noise(name):
   a, c, e, x0 = _problem(outer=outer, inner=inner)
   z = _noise_draws(seed, outer, inner)
   lr = 0.5 if case["outer_gamma"] else 0.05
-  common = dict(inner_lr=0.05, noise=3e-3, mu_decay=0.75, gamma=0.3 if case["outer_gamma"] else 0.03,
+  common = dict(inner_learning_rate=0.05, noise=3e-3, mu_decay=0.75, gamma=0.3 if case["outer_gamma"] else 0.03,
                 gamma_scoping=1e-2, weight_decay=1e-3)
-  tx = optzoo.entropy_sgd(lr, inner_steps=inner, seed=seed, **common, **case["kw"])
+  tx = optzoo.entropy_sgd(lr, num_inner_steps=inner, key=seed, **common, **case["kw"])
   got = _run_entropy(tx, x0, a, c, e)
   want = _oracle_entropy(
-      x0, a, c, e, z, lr=lr, L=inner, inner_lr=common["inner_lr"], noise=common["noise"],
+      x0, a, c, e, z, lr=lr, L=inner, inner_lr=common["inner_learning_rate"], noise=common["noise"],
       alpha=0.75, g0=common["gamma"], g1=common["gamma_scoping"], mom=case["mom"],
       nesterov=case["nesterov"], wd=common["weight_decay"],
       mu_weighting=case["mu_weighting"], noise_form=case["noise_form"],
@@ -165,13 +165,13 @@ def test_entropy_sgd_matches_numpy_oracle_with_noise(name):
   # The test can fail: the other mu weighting, no scoping, or no noise are far.
   other = "code" if case["mu_weighting"] == "paper" else "paper"
   alt = _oracle_entropy(
-      x0, a, c, e, z, lr=lr, L=inner, inner_lr=common["inner_lr"], noise=common["noise"],
+      x0, a, c, e, z, lr=lr, L=inner, inner_lr=common["inner_learning_rate"], noise=common["noise"],
       alpha=0.75, g0=common["gamma"], g1=common["gamma_scoping"], mom=case["mom"],
       nesterov=case["nesterov"], wd=common["weight_decay"], mu_weighting=other,
       noise_form=case["noise_form"], outer_gamma=case["outer_gamma"])
   assert _rel(alt, want) > 1e-3
   unscoped = _oracle_entropy(
-      x0, a, c, e, z, lr=lr, L=inner, inner_lr=common["inner_lr"], noise=common["noise"],
+      x0, a, c, e, z, lr=lr, L=inner, inner_lr=common["inner_learning_rate"], noise=common["noise"],
       alpha=0.75, g0=common["gamma"], g1=0.0, mom=case["mom"],
       nesterov=case["nesterov"], wd=common["weight_decay"],
       mu_weighting=case["mu_weighting"], noise_form=case["noise_form"],
@@ -183,7 +183,7 @@ def test_entropy_sgd_noise_free_and_gamma_cap():
   outer, inner = 200, 4
   a, c, e, x0 = _problem(seed=5, outer=outer, inner=inner)
   z = np.zeros((outer, inner, N))
-  tx = optzoo.entropy_sgd(0.1, inner_steps=inner, inner_lr=0.05, noise=0.0, gamma=0.05,
+  tx = optzoo.entropy_sgd(0.1, num_inner_steps=inner, inner_learning_rate=0.05, noise=0.0, gamma=0.05,
                           gamma_scoping=0.02, gamma_max=0.5, weight_decay=0.0)
   got = _run_entropy(tx, x0, a, c, e)
   want = _oracle_entropy(x0, a, c, e, z, lr=0.1, L=inner, inner_lr=0.05, noise=0.0,
@@ -201,7 +201,7 @@ def test_entropy_sgd_step_is_the_local_entropy_gradient_of_a_quadratic(noise):
   a = jnp.asarray([0.5, 1.0, 4.0])
   x = {"x": jnp.asarray([1.0, -2.0, 0.5])}
   gamma = 1.0
-  tx = optzoo.entropy_sgd(1.0, inner_steps=600, inner_lr=0.05, noise=noise, gamma=gamma,
+  tx = optzoo.entropy_sgd(1.0, num_inner_steps=600, inner_learning_rate=0.05, noise=noise, gamma=gamma,
                           gamma_scoping=0.0, momentum=0.0, nesterov=False,
                           # noise-free: the paper's weighting tracks the chain;
                           # noisy: a long average (code weighting, decay 0.99)
@@ -215,7 +215,7 @@ def test_entropy_sgd_step_is_the_local_entropy_gradient_of_a_quadratic(noise):
 
 def test_entropy_sgd_inner_zero_is_nesterov_sgd():
   params = {"w": jnp.arange(6.0).reshape(2, 3), "b": None}
-  tx = optzoo.entropy_sgd(0.1, inner_steps=0, weight_decay=0.01)
+  tx = optzoo.entropy_sgd(0.1, num_inner_steps=0, weight_decay=0.01)
   ref = optzoo.sgd(0.1, momentum=0.9, nesterov=True, weight_decay=0.01)
   s1, s2 = tx.init(params), ref.init(params)
   p1 = p2 = params
@@ -231,7 +231,7 @@ def test_entropy_sgd_inner_zero_is_nesterov_sgd():
 def test_entropy_sgd_jit_once_dtypes_pytrees_and_key():
   params = {"w": jnp.ones((3, 2), jnp.bfloat16), "v": jnp.ones((2,), jnp.float32),
             "s": jnp.asarray(0.5, jnp.float32), "n": None}
-  tx = optzoo.entropy_sgd(0.1, inner_steps=3, noise=1e-2)
+  tx = optzoo.entropy_sgd(0.1, num_inner_steps=3, noise=1e-2)
   gf = lambda p, i: jax.tree.map(lambda x: (2 * x).astype(x.dtype), p)
   counter = TraceCounter(lambda p, s: tx.update(gf(p, 0), s, p, grad_fn=gf))
   step = jax.jit(counter)
@@ -257,19 +257,20 @@ def test_entropy_sgd_jit_once_dtypes_pytrees_and_key():
 
 def test_entropy_sgd_clear_errors_and_inject():
   params = {"w": jnp.ones(3)}
-  tx = optzoo.entropy_sgd(0.1, inner_steps=2)
+  tx = optzoo.entropy_sgd(0.1, num_inner_steps=2)
   st = tx.init(params)
   with pytest.raises(ValueError, match="grad_fn"):
     tx.update(params, st, params)
   with pytest.raises(ValueError, match="params"):
     tx.update(params, st, None, grad_fn=lambda p, i: p)
-  for bad, exc in [({"inner_steps": -1}, ValueError), ({"inner_lr": -1.0}, ValueError),
+  for bad, exc in [({"num_inner_steps": -1}, ValueError),
+                   ({"inner_learning_rate": -1.0}, ValueError),
                    ({"mu_weighting": "lua"}, ValueError), ({"nesterov": "y"}, TypeError),
                    ({"gamma": float("nan")}, ValueError)]:
     with pytest.raises(exc, match=list(bad)[0]):
       optzoo.entropy_sgd(**bad)
-  inj = optax.inject_hyperparams(optzoo.entropy_sgd, static_args=("inner_steps", "seed"))(
-      learning_rate=0.1, inner_steps=2)
+  inj = optax.inject_hyperparams(optzoo.entropy_sgd, static_args=("num_inner_steps", "key"))(
+      learning_rate=0.1, num_inner_steps=2)
   s = inj.init(params)
   u, s = jax.jit(lambda p, s: inj.update(p, s, p, grad_fn=lambda q, i: q))(params, s)
   assert np.all(np.isfinite(np.asarray(u["w"])))
@@ -281,7 +282,7 @@ def test_entropy_and_replicated_preserve_sharding():
   sh = NamedSharding(mesh, P("d"))
   n = len(jax.devices())
   p = {"w": jax.device_put(jnp.ones((n, 3)), sh)}
-  for tx in (optzoo.entropy_sgd(0.1, inner_steps=2, noise=1e-2),
+  for tx in (optzoo.entropy_sgd(0.1, num_inner_steps=2, noise=1e-2),
              optzoo.replicated_sgd(0.1, gamma=0.5, momentum=0.9)):
     s = tx.init(p)
     u, s = jax.jit(lambda p, s: tx.update(p, s, p, grad_fn=lambda q, i: q))(p, s)
@@ -350,7 +351,7 @@ def test_scoped_gamma_at_count_2_31_float32_gives_finite_updates(which):
   with jax.enable_x64(False):
     params, grad_fn = _f32_problem()
     if which == "entropy_sgd":
-      make = lambda **kw: optzoo.entropy_sgd(0.1, inner_steps=5, noise=1e-3, **kw)
+      make = lambda **kw: optzoo.entropy_sgd(0.1, num_inner_steps=5, noise=1e-3, **kw)
     else:
       center = which.split("_")[1]
       make = lambda **kw: optzoo.replicated_sgd(0.1, momentum=0.9, center=center, **kw)
@@ -379,7 +380,7 @@ def test_default_gamma_cap_does_not_change_normal_runs():
   """Below the cap the default run equals an explicitly uncapped one."""
   params, grad_fn = _f32_problem()
   params = jax.tree.map(lambda x: x.astype(jnp.float64), params)
-  for make in (lambda **kw: optzoo.entropy_sgd(0.1, inner_steps=3, noise=1e-3, **kw),
+  for make in (lambda **kw: optzoo.entropy_sgd(0.1, num_inner_steps=3, noise=1e-3, **kw),
                lambda **kw: optzoo.replicated_sgd(0.1, gamma=0.5, center="elastic", **kw)):
     a, _, _ = _run_from_count(make(), params, grad_fn, 1000)
     b, _, _ = _run_from_count(make(gamma_max=1e300), params, grad_fn, 1000)
@@ -501,9 +502,9 @@ def test_local_energy_quadratic_closed_form_and_flatness_order():
   loss = lambda p, b: 0.5 * jnp.sum(b * p**2)
   w = jnp.asarray([1.0, -0.5, 2.0])
   sig = jnp.asarray([0.5, 1.0, 2.0])   # MC error ~ 2 sigma / sqrt(n) vs sigma^2
-  de = optzoo.local_energy(loss, w, a, sig, n_samples=4000, key=jax.random.PRNGKey(1))
+  de = optzoo.local_energy(loss, w, a, sig, num_samples=4000, key=jax.random.PRNGKey(1))
   want = 0.5 * np.asarray(sig) ** 2 * float(jnp.sum(a * w**2))
   np.testing.assert_allclose(np.asarray(de), want, rtol=0.15)
-  sharper = optzoo.local_energy(loss, w, 10 * a, sig, n_samples=200)
+  sharper = optzoo.local_energy(loss, w, 10 * a, sig, num_samples=200)
   assert np.all(np.asarray(sharper) > np.asarray(
-      optzoo.local_energy(loss, w, a, sig, n_samples=200)))
+      optzoo.local_energy(loss, w, a, sig, num_samples=200)))

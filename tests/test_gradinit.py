@@ -69,10 +69,10 @@ def test_gradinit_matches_numpy_reimplementation_of_official_code():
     x = rng.normal(size=(half, d))
     batches.append((x, x @ w_true + 0.3 + 0.1 * rng.normal(size=half)))
   w0, b0 = 3.0 * rng.normal(size=d), 0.7
-  kw = dict(eta=0.1, gamma=2.0, lr=0.05, m_min=0.01, clip=1.0)
+  kw = dict(eta=0.1, gamma=2.0, m_min=0.01, clip=1.0)
   res = optzoo.gradinit(_lin_loss, {"w": jnp.asarray(w0), "b": jnp.asarray(b0)}, batches,
-                        iters=iters, **kw)
-  mb, mw, flags = _oracle(w0, b0, batches, iters, **kw)
+                        num_iters=iters, learning_rate=0.05, **kw)
+  mb, mw, flags = _oracle(w0, b0, batches, iters, lr=0.05, **kw)
   np.testing.assert_array_equal(res.history["constraint"], flags)
   assert flags.any() and (~flags).any()         # both branches exercised
   np.testing.assert_allclose(float(res.scales["b"]), mb, rtol=1e-10)
@@ -124,9 +124,11 @@ def test_gradinit_lowers_one_step_loss_and_compiles_once():
 
   before = one_step_loss(params)
   calls["n"] = 0
-  res = optzoo.gradinit(loss_fn, params, iter(batches[:3 * 2]), iters=2, lr=0.05, gamma=10.0)
+  res = optzoo.gradinit(loss_fn, params, iter(batches[:3 * 2]), num_iters=2, learning_rate=0.05,
+                        gamma=10.0)
   n_5, calls["n"] = calls["n"], 0
-  res = optzoo.gradinit(loss_fn, params, batches, iters=40, lr=0.05, gamma=10.0)
+  res = optzoo.gradinit(loss_fn, params, batches, num_iters=40, learning_rate=0.05,
+                        gamma=10.0)
   assert calls["n"] == n_5 > 0          # traced once per gradinit call, not per iteration
   after = one_step_loss(res.params)
   assert after < before - 0.05, (before, after)
@@ -143,25 +145,26 @@ def test_gradinit_gradient_norm_constraint_and_options():
     x = rng.normal(size=(8, d))
     batches.append((x, x @ np.ones(d)))
   p0 = {"w": jnp.asarray(10.0 * rng.normal(size=d)), "b": jnp.asarray(0.0)}
-  res = optzoo.gradinit(_lin_loss, p0, batches, iters=40, gamma=1.0, lr=0.1)
+  res = optzoo.gradinit(_lin_loss, p0, batches, num_iters=40, gamma=1.0,
+                        learning_rate=0.1)
   h = res.history
   assert h["constraint"][0] and h["gnorm"][-1] < h["gnorm"][0] / 3
   assert float(res.scales["b"]) == 1.0        # zero tensor: nothing to rescale
-  res_adam = optzoo.gradinit(_lin_loss, p0, batches, iters=5, target="adam", gamma=1e9)
-  res_2nd = optzoo.gradinit(_lin_loss, p0, batches, iters=40, gamma=1e9, second_order=True,
+  res_adam = optzoo.gradinit(_lin_loss, p0, batches, num_iters=5, target="adam", gamma=1e9)
+  res_2nd = optzoo.gradinit(_lin_loss, p0, batches, num_iters=40, gamma=1e9, second_order=True,
                             clip=0.0)
-  res_1st = optzoo.gradinit(_lin_loss, p0, batches, iters=40, gamma=1e9, clip=0.0)
+  res_1st = optzoo.gradinit(_lin_loss, p0, batches, num_iters=40, gamma=1e9, clip=0.0)
   # Differentiating through A[g] changes the path (slightly, on this problem).
   assert abs(float(res_2nd.scales["w"]) - float(res_1st.scales["w"])) > 1e-8
   assert np.isfinite(float(res_adam.scales["w"]))
   with pytest.raises(ValueError, match="ran out"):
-    optzoo.gradinit(_lin_loss, p0, iter(batches[:4]), iters=2)
+    optzoo.gradinit(_lin_loss, p0, iter(batches[:4]), num_iters=2)
 
 
 def test_gradinit_bad_input():
   p = {"w": jnp.ones(2)}
   for bad, exc in [({"target": "rmsprop"}, ValueError), ({"eta": 0.0}, ValueError),
-                   ({"iters": 0}, ValueError), ({"lr": -1.0}, ValueError),
+                   ({"num_iters": 0}, ValueError), ({"learning_rate": -1.0}, ValueError),
                    ({"second_order": "no"}, TypeError)]:
     with pytest.raises(exc, match=list(bad)[0]):
       optzoo.gradinit(_lin_loss, p, [], **bad)

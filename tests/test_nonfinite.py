@@ -268,7 +268,7 @@ def test_lr_range_test_survives_a_diverging_loss():
 
   batches = [(x, y)] * 60
   res = optzoo.lr_range_test(loss_fn, {"a": 0.0, "b": 0.0}, batches,
-                             optimizer=optzoo.sgd, min_lr=1e-4, max_lr=1e6,
+                             optimizer=optzoo.sgd, min_learning_rate=1e-4, max_learning_rate=1e6,
                              num_steps=60)
   losses = np.asarray(res.losses, np.float64)
   lrs = np.asarray(res.lrs, np.float64)

@@ -89,7 +89,8 @@ def _np_sphere(p0, loss_fn, x, y, idx, elr, si=("conv", "head"), per_filter=Fals
 @pytest.mark.parametrize("per_filter", [False, True])
 def test_sphere_sgd_matches_official_loop(per_filter):
   x, y, idx, p0, loss_fn = _si_problem(0)
-  tx = optzoo.sphere_sgd(elr=0.05, per_filter=per_filter,
+  tx = optzoo.sphere_sgd(learning_rate=0.05,
+                         granularity="filter" if per_filter else "joint",
                          noninv_learning_rate=0.1)
   traj, losses, state = _run(tx, p0, loss_fn, x, y, idx)
   ref, rho = _np_sphere(p0, loss_fn, x, y, idx, 0.05, per_filter=per_filter,
@@ -102,7 +103,7 @@ def test_sphere_sgd_matches_official_loop(per_filter):
 def test_sphere_sgd_joint_norm_constant_and_elr_fixed():
   """Joint norm stays rho; theta/rho follows the same path for any rho."""
   x, y, idx, p0, loss_fn = _si_problem(1)
-  tx = optzoo.sphere_sgd(elr=0.05)
+  tx = optzoo.sphere_sgd(learning_rate=0.05)
   traj, losses, state = _run(tx, p0, loss_fn, x, y, idx)
   rho = np.sqrt(np.sum(p0["conv"] ** 2) + np.sum(p0["head"] ** 2))
   joint = np.sqrt((np.asarray(traj["conv"]) ** 2).sum((1, 2))
@@ -129,7 +130,7 @@ def test_sphere_sgd_fixed_radius_and_state():
   s = optzoo.sphere_sgd(0.1).init(params)
   np.testing.assert_allclose(s.radius, 6.0)
   np.testing.assert_allclose(s.lr_scale, 36.0)
-  s = optzoo.sphere_sgd(0.1, per_filter=True).init(params)
+  s = optzoo.sphere_sgd(0.1, granularity="filter").init(params)
   np.testing.assert_allclose(s.radius, np.sqrt(36.0 / 2))
   np.testing.assert_allclose(s.lr_scale, 36.0)
   tx = optzoo.sphere_sgd(0.1, radius=2.0)
@@ -232,10 +233,11 @@ def test_missing_params(make):
     (optzoo.weight_rescaling, {"target_norm": 0.0}, ValueError),
     (optzoo.weight_rescaling, {"every": 0}, ValueError),
     (optzoo.weight_rescaling, {"every": 1.5}, TypeError),
-    (optzoo.sphere_sgd, {"elr": -1.0}, ValueError),
-    (optzoo.sphere_sgd, {"elr": 0.1, "radius": -2.0}, ValueError),
-    (optzoo.sphere_sgd, {"elr": 0.1, "per_filter": 1}, TypeError),
-    (optzoo.sphere_sgd, {"elr": 0.1, "noninv_learning_rate": -1.0}, ValueError),
+    (optzoo.sphere_sgd, {"learning_rate": -1.0}, ValueError),
+    (optzoo.sphere_sgd, {"learning_rate": 0.1, "radius": -2.0}, ValueError),
+    (optzoo.sphere_sgd, {"learning_rate": 0.1, "granularity": "tensor"}, ValueError),
+    (optzoo.sphere_sgd, {"learning_rate": 0.1, "noninv_learning_rate": -1.0},
+     ValueError),
 ])
 def test_bad_hyperparameters(factory, kwargs, exc):
   with pytest.raises(exc, match=list(kwargs)[-1]):
@@ -245,7 +247,7 @@ def test_bad_hyperparameters(factory, kwargs, exc):
 @pytest.mark.parametrize("make", [
     lambda: optax.chain(optzoo.sgd(0.1), optzoo.weight_rescaling(every=2)),
     lambda: optzoo.sphere_sgd(0.1, noninv_learning_rate=0.1),
-    lambda: optzoo.sphere_sgd(0.1, per_filter=True),
+    lambda: optzoo.sphere_sgd(0.1, granularity="filter"),
 ])
 def test_jit_once_dtype_none_leaves(make):
   params = {"k": jnp.ones((3, 2), jnp.bfloat16), "f": jnp.ones((2, 2), jnp.float32),
@@ -267,7 +269,7 @@ def test_jit_once_dtype_none_leaves(make):
 
 
 def test_inject_hyperparams():
-  tx = optax.inject_hyperparams(optzoo.sphere_sgd)(elr=0.1)
+  tx = optax.inject_hyperparams(optzoo.sphere_sgd)(learning_rate=0.1)
   params = {"k": jnp.ones((2, 2))}
   u, _ = jax.jit(lambda s: tx.update(params, s, params))(tx.init(params))
   assert u["k"].shape == (2, 2)

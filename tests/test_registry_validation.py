@@ -299,7 +299,7 @@ def generic_bad_values(info):
     if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.default is p.empty:
       continue
     ann = _annotation(p)
-    if name == "learning_rate" or name in ("base_lr", "max_lr"):
+    if name.endswith("learning_rate") or name in ("base_lr", "max_lr"):
       cases.append(({name: -1.0}, ValueError, "negative"))
       cases.append(({name: "0.1"}, TypeError, "str"))
     if name in ("b1", "b2"):

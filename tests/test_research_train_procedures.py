@@ -80,7 +80,8 @@ def test_entropy_sgd_trains_digits():
   params = model.init(jax.random.PRNGKey(0), xtr[:2])
   inner, outer = 5, 60
   idx = _batches(outer, k=inner)
-  tx = optzoo.entropy_sgd(0.5, inner_steps=inner, inner_lr=0.1, gamma=0.03)
+  tx = optzoo.entropy_sgd(0.5, num_inner_steps=inner, inner_learning_rate=0.1,
+                          gamma=0.03)
   loss = lambda p, i: _xent(model.apply(p, xtr[i]), ytr[i])
 
   def body(carry, ib):
@@ -166,7 +167,7 @@ def test_gradinit_then_sgd_trains_digits():
   batches = [(jnp.asarray(xtr[i]), jnp.asarray(ytr[i]))
              for i in rng.integers(0, len(xtr), size=(90, 64))]
   loss_fn = lambda p, b: _xent(model.apply(p, b[0]), b[1])
-  res = optzoo.gradinit(loss_fn, params, batches, iters=30, lr=0.05)
+  res = optzoo.gradinit(loss_fn, params, batches, num_iters=30, learning_rate=0.05)
   tx = optax.sgd(0.1, momentum=0.9)
   trained = _train(model, tx, steps=300, params=res.params)
   assert _acc(model.apply, trained) > MIN_ACC

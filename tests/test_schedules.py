@@ -225,7 +225,7 @@ BAD = [
     (lambda: S.cyclical(0.01, 0.1, 4, step_size_down=0), ValueError,
      "step_size_down"),
     (lambda: S.cyclical(0.01, 0.1, 4, mode="sine"), ValueError, "mode"),
-    (lambda: S.cyclical(-0.01, 0.1, 4), ValueError, "base_lr"),
+    (lambda: S.cyclical(-0.01, 0.1, 4), ValueError, "base_learning_rate"),
     (lambda: S.sgdr(0.1, 0), ValueError, "t_0"),
     (lambda: S.sgdr(0.1, 10, t_mult=0), ValueError, "t_mult"),
     (lambda: S.sgdr(0.1, 10, t_mult=1.5), TypeError, "t_mult"),
@@ -251,7 +251,7 @@ BAD = [
     (lambda: S.scale_for_batch_size(0.1, 10, 10, rule="log"), ValueError,
      "rule"),
     (lambda: S.byol_tau_schedule(0), ValueError, "total_steps"),
-    (lambda: S.cyclical("0.1", 0.1, 4), TypeError, "base_lr"),
+    (lambda: S.cyclical("0.1", 0.1, 4), TypeError, "base_learning_rate"),
 ]
 
 

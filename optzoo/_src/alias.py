@@ -12,6 +12,7 @@ run time without recompiling.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -77,8 +78,8 @@ def sgd(
     b_1 = g_1,\ b_t = \mu b_{t-1} + (1-d) g_t, \quad
     \theta_t = \theta_{t-1} - \eta_t \,(g_t + \mu b_t \text{ if Nesterov else } b_t).
 
-  Chain: ``add_l2(weight_decay) -> trace(momentum, dampening, nesterov) ->
-  scale_by_learning_rate``. Equal to ``optax.sgd`` when ``dampening = 0`` and
+  Chain: ``add_l2(weight_decay) -> trace(momentum, nesterov,
+  dampening=dampening) -> scale_by_learning_rate``. Equal to ``optax.sgd`` when ``dampening = 0`` and
   ``weight_decay = 0``.
 
   Args:
@@ -98,7 +99,7 @@ def sgd(
     raise ValueError("`nesterov=True` requires `momentum > 0` (as torch.optim.SGD).")
   links = _l2(weight_decay)
   if not (tree.is_literal_zero(momentum) and not nesterov):
-    links.append(transform.trace(momentum, dampening, nesterov))
+    links.append(transform.trace(momentum, nesterov, dampening=dampening))
   else:
     validation.check_unit_interval("dampening", dampening)
   links.append(transform.scale_by_learning_rate(learning_rate))
@@ -143,9 +144,9 @@ def nag(
 def sgdw(
     learning_rate: optax.ScalarOrSchedule = 1e-3,
     momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    nesterov: bool = False,
     dampening: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 5e-4,
 ) -> optax.GradientTransformation:
   r"""SGD with decoupled weight decay, as ``pytorch_optimizer.SGDW``.
 
@@ -166,9 +167,9 @@ def sgdw(
   Args:
     learning_rate: :math:`\eta`.
     momentum: :math:`\mu` in [0, 1).
-    weight_decay: :math:`\lambda \ge 0` (default 5e-4, a usual SGD value).
-    nesterov: Nesterov momentum.
     dampening: torch's dampening.
+    nesterov: Nesterov momentum.
+    weight_decay: :math:`\lambda \ge 0` (default 5e-4, a usual SGD value).
 
   References:
     Loshchilov & Hutter, `Decoupled Weight Decay Regularization
@@ -181,7 +182,7 @@ def sgdw(
     raise ValueError("`nesterov=True` requires `momentum > 0`.")
   links = []
   if not (tree.is_literal_zero(momentum) and not nesterov):
-    links.append(transform.trace(momentum, dampening, nesterov))
+    links.append(transform.trace(momentum, nesterov, dampening=dampening))
   links.append(transform.add_decayed_weights(weight_decay))
   links.append(transform.scale_by_learning_rate(learning_rate))
   return optax.chain(*links)
@@ -257,7 +258,7 @@ def rmsprop(
   validation.check_lr(learning_rate)
   validation.check_beta("momentum", momentum)
   links = _l2(weight_decay)
-  links.append(transform.scale_by_rms(decay, eps, 0.0, centered))
+  links.append(transform.scale_by_rms(decay, eps, 0.0, centered=centered))
   if not tree.is_literal_zero(momentum):
     links.append(transform.trace(momentum))
   links.append(transform.scale_by_learning_rate(learning_rate))
@@ -443,7 +444,8 @@ def radam(
   validation.check_lr(learning_rate)
   return optax.chain(
       *_l2(weight_decay),
-      transform.rectify(b1, b2, eps, threshold, fallback=fallback, strict=strict),
+      transform.rectify(b1, b2, eps, threshold=threshold, fallback=fallback,
+                       strict=strict),
       transform.scale_by_learning_rate(learning_rate),
   )
 
@@ -543,10 +545,6 @@ class SwatsState(NamedTuple):
   switch_step: Any
   sgd_lr: Any
   lr_at_switch: Any
-
-
-def _fdtype():
-  return jnp.result_type(float)
 
 
 @registry.register(
@@ -662,28 +660,10 @@ def swats(
   validation.check_choice("granularity", granularity, ("global", "leaf"))
   per_leaf = granularity == "leaf"
 
-  def _scalars(params, value, dtype):
-    if per_leaf:
-      return jax.tree.map(lambda _: jnp.full([], value, dtype), params)
-    return jnp.full([], value, dtype)
-
-  def init_fn(params):
-    fd = _fdtype()
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    return SwatsState(
-        count=jnp.zeros([], jnp.int32),
-        mu=zeros,
-        nu=jax.tree.map(jnp.zeros_like, params),
-        momentum=jax.tree.map(jnp.zeros_like, params),
-        lam=_scalars(params, 0.0, fd),
-        sgd_phase=_scalars(params, False, jnp.bool_),
-        switch_step=_scalars(params, 0, jnp.int32),
-        sgd_lr=_scalars(params, 0.0, fd),
-        lr_at_switch=_scalars(params, 0.0, fd),
-    )
+  init_fn = functools.partial(_swats_init, per_leaf=per_leaf)
 
   def update_fn(updates, state, params=None):
-    fd = _fdtype()
+    fd = tree.float_dtype()
     grads = updates
     if not tree.is_literal_zero(weight_decay):
       validation.require_params(params, "swats(weight_decay > 0)")
@@ -700,75 +680,125 @@ def swats(
     bc2 = 1.0 - b2_ ** k
 
     # --- Adam phase (always computed) ---------------------------------------
-    mu = jax.tree.map(lambda m, g: b1 * m + (1.0 - b1) * g, state.mu, grads)
-    nu = jax.tree.map(lambda a, g: b2 * a + (1.0 - b2) * g * g, state.nu, grads)
+    mu = tree.tree_moment(grads, state.mu, b1, 1)
+    nu = tree.tree_moment(grads, state.nu, b2, 2)
     step_size = -lr * jnp.sqrt(bc2) / bc1
     adam_p = jax.tree.map(
         lambda m, a: step_size * m / (jnp.sqrt(a) + eps), mu, nu)
 
-    def dot(x, y):
-      return jnp.sum(x.astype(fd) * y.astype(fd))
-
-    pg = jax.tree.map(dot, adam_p, grads)
-    pp = jax.tree.map(dot, adam_p, adam_p)
-    if not per_leaf:
-      pg = sum(jax.tree.leaves(pg), jnp.zeros([], fd))
-      pp = sum(jax.tree.leaves(pp), jnp.zeros([], fd))
-
-    def switch_logic(pg, pp, lam, phase, sw_step, sgd_lr, lr_sw):
-      nonzero = pg != 0
-      gamma = pp / jnp.where(nonzero, -pg, 1.0)
-      lam_new = jnp.where(nonzero, b2_ * lam + (1.0 - b2_) * gamma, lam)
-      big_lam = lam_new / bc2
-      close = jnp.abs(big_lam - gamma) < switch_atol + switch_rtol * jnp.abs(
-          gamma)
-      switch = (~phase) & nonzero & (count > 1) & close & (big_lam > 0)
-      return (
-          jnp.where(phase, lam, lam_new),
-          phase | switch,
-          jnp.where(switch, count, sw_step),
-          jnp.where(switch, big_lam, sgd_lr),
-          jnp.where(switch, lr, lr_sw),
-      )
-
+    # --- projection estimate and switch decision ----------------------------
+    pg, pp = _swats_projections(adam_p, grads, fd, per_leaf)
+    switch = functools.partial(
+        _swats_switch, count=count, lr=lr, b2=b2_, bc2=bc2,
+        switch_atol=switch_atol, switch_rtol=switch_rtol)
+    fields = (state.lam, state.sgd_phase, state.switch_step, state.sgd_lr,
+              state.lr_at_switch)
     if per_leaf:
-      outs = jax.tree.map(switch_logic, pg, pp, state.lam, state.sgd_phase,
-                          state.switch_step, state.sgd_lr, state.lr_at_switch)
+      outs = jax.tree.map(switch, pg, pp, *fields)
       lam, new_phase, sw_step, sgd_lr, lr_sw = tree.tree_unzip(outs, pg, 5)
       old_phase = state.sgd_phase
-      eff_lr = jax.tree.map(
-          lambda lam_, lsw: lam_ * jnp.where(lsw > 0, lr / jnp.where(
-              lsw > 0, lsw, 1.0), 1.0), state.sgd_lr, state.lr_at_switch)
+      eff_lr = jax.tree.map(functools.partial(_swats_effective_lr, lr=lr),
+                            state.sgd_lr, state.lr_at_switch)
     else:
-      lam, new_phase, sw_step, sgd_lr, lr_sw = switch_logic(
-          pg, pp, state.lam, state.sgd_phase, state.switch_step,
-          state.sgd_lr, state.lr_at_switch)
-      lsw = state.lr_at_switch
-      scalar_eff = state.sgd_lr * jnp.where(
-          lsw > 0, lr / jnp.where(lsw > 0, lsw, 1.0), 1.0)
+      lam, new_phase, sw_step, sgd_lr, lr_sw = switch(pg, pp, *fields)
+      scalar_eff = _swats_effective_lr(state.sgd_lr, state.lr_at_switch, lr)
       old_phase = jax.tree.map(lambda _: state.sgd_phase, grads)
       eff_lr = jax.tree.map(lambda _: scalar_eff, grads)
 
-    # --- SGD phase (for leaves already switched before this step) ----------
+    # --- SGD phase (leaves switched before this step), select per phase ----
     buf = jax.tree.map(lambda v, g: b1 * v + g, state.momentum, grads)
     if nesterov:
       direction = jax.tree.map(lambda v, g: g + b1 * v, buf, grads)
     else:
       direction = buf
     sgd_u = jax.tree.map(lambda d, e: -(1.0 - b1_) * e * d, direction, eff_lr)
-
-    new_updates = jax.tree.map(
-        lambda ph, s, a, g: jnp.where(ph, s, a).astype(g.dtype),
-        old_phase, sgd_u, adam_p, updates)
-    keep = lambda ph, old, new: jnp.where(ph, old, new).astype(old.dtype)
-    mu = jax.tree.map(keep, old_phase, state.mu, mu)
-    nu = jax.tree.map(keep, old_phase, state.nu, nu)
-    momentum = jax.tree.map(
-        lambda ph, b, old: jnp.where(ph, b, jnp.zeros_like(b)).astype(
-            old.dtype), old_phase, buf, state.momentum)
+    new_updates, mu, nu, momentum = _swats_select(
+        old_phase, updates, sgd_u, adam_p, (state.mu, mu), (state.nu, nu),
+        buf, state.momentum)
     return new_updates, SwatsState(
         count=count, mu=mu, nu=nu, momentum=momentum, lam=lam,
         sgd_phase=new_phase, switch_step=sw_step, sgd_lr=sgd_lr,
         lr_at_switch=lr_sw)
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _swats_init(params, *, per_leaf):
+  """Adam phase, nothing switched: zero moments and switch fields."""
+  fd = tree.float_dtype()
+
+  def scalars(value, dtype):
+    if per_leaf:
+      return jax.tree.map(lambda _: jnp.full([], value, dtype), params)
+    return jnp.full([], value, dtype)
+
+  zeros = optax.tree_utils.tree_zeros_like(params)
+  return SwatsState(
+      count=jnp.zeros([], jnp.int32),
+      mu=zeros,
+      nu=optax.tree_utils.tree_zeros_like(params),
+      momentum=optax.tree_utils.tree_zeros_like(params),
+      lam=scalars(0.0, fd),
+      sgd_phase=scalars(False, jnp.bool_),
+      switch_step=scalars(0, jnp.int32),
+      sgd_lr=scalars(0.0, fd),
+      lr_at_switch=scalars(0.0, fd),
+  )
+
+
+def _swats_select(old_phase, updates, sgd_u, adam_p, mu, nu, buf, momentum):
+  """Per leaf: the SGD step and buffer where switched, else Adam's step and moments.
+
+  ``mu`` and ``nu`` are ``(old, new)`` pairs: a switched leaf keeps its old
+  Adam moments, an Adam leaf keeps a zero SGD buffer.
+  """
+  new_updates = jax.tree.map(
+      lambda ph, s, a, g: jnp.where(ph, s, a).astype(g.dtype),
+      old_phase, sgd_u, adam_p, updates)
+  keep = lambda ph, old, new: jnp.where(ph, old, new).astype(old.dtype)
+  mu = jax.tree.map(keep, old_phase, *mu)
+  nu = jax.tree.map(keep, old_phase, *nu)
+  momentum = jax.tree.map(
+      lambda ph, b, old: jnp.where(ph, b, jnp.zeros_like(b)).astype(
+          old.dtype), old_phase, buf, momentum)
+  return new_updates, mu, nu, momentum
+
+
+def _swats_projections(adam_p, grads, fd, per_leaf):
+  """:math:`p^\top g` and :math:`p^\top p`, per leaf or summed over leaves."""
+
+  def dot(x, y):
+    return jnp.sum(x.astype(fd) * y.astype(fd))
+
+  pg = jax.tree.map(dot, adam_p, grads)
+  pp = jax.tree.map(dot, adam_p, adam_p)
+  if not per_leaf:
+    pg = sum(jax.tree.leaves(pg), jnp.zeros([], fd))
+    pp = sum(jax.tree.leaves(pp), jnp.zeros([], fd))
+  return pg, pp
+
+
+def _swats_switch(pg, pp, lam, phase, sw_step, sgd_lr, lr_sw, *, count, lr,
+                  b2, bc2, switch_atol, switch_rtol):
+  """One SWATS switch test: the new (lam, phase, switch_step, sgd_lr, lr_at_switch)."""
+  nonzero = pg != 0
+  gamma = pp / jnp.where(nonzero, -pg, 1.0)
+  lam_new = jnp.where(nonzero, b2 * lam + (1.0 - b2) * gamma, lam)
+  big_lam = lam_new / bc2
+  close = jnp.abs(big_lam - gamma) < switch_atol + switch_rtol * jnp.abs(
+      gamma)
+  switch = (~phase) & nonzero & (count > 1) & close & (big_lam > 0)
+  return (
+      jnp.where(phase, lam, lam_new),
+      phase | switch,
+      jnp.where(switch, count, sw_step),
+      jnp.where(switch, big_lam, sgd_lr),
+      jnp.where(switch, lr, lr_sw),
+  )
+
+
+def _swats_effective_lr(sgd_lr, lr_at_switch, lr):
+  """:math:`\Lambda\,\alpha_k/\alpha_{\text{switch}}` (Λ before a switch)."""
+  return sgd_lr * jnp.where(
+      lr_at_switch > 0, lr / jnp.where(lr_at_switch > 0, lr_at_switch, 1.0),
+      1.0)

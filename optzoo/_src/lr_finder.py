@@ -13,6 +13,7 @@ import optax
 
 from optzoo._src import optional
 from optzoo._src import registry
+from optzoo._src import tree
 from optzoo._src import validation
 
 __all__ = ["lr_range_test", "LRRangeTestResult"]
@@ -102,16 +103,15 @@ def _injectable(optimizer: Any, init_lr: float) -> optax.GradientTransformation:
   return optax.inject_hyperparams(optimizer)(learning_rate=init_lr)
 
 
+def _has_lr_hyperparam(state: Any) -> bool:
+  """An ``inject_hyperparams`` state with a ``learning_rate`` hyperparameter."""
+  hp = getattr(state, "hyperparams", None)
+  return isinstance(hp, dict) and "learning_rate" in hp
+
+
 def _find_hyperparams(state: Any) -> Optional[dict]:
-  if hasattr(state, "hyperparams") and isinstance(state.hyperparams, dict):
-    if "learning_rate" in state.hyperparams:
-      return state.hyperparams
-  if isinstance(state, (tuple, list)):
-    for s in state:
-      h = _find_hyperparams(s)
-      if h is not None:
-        return h
-  return None
+  found = tree.find_state(state, _has_lr_hyperparam)
+  return None if found is None else found.hyperparams
 
 
 def _set_lr(state: Any, lr: jax.Array) -> Any:
@@ -138,14 +138,15 @@ def _set_lr(state: Any, lr: jax.Array) -> Any:
     reference="fastai / torch-lr-finder recipe (exponential sweep, EMA"
     " smoothing, divergence stop)",
 )
+@validation.renamed(min_lr="min_learning_rate", max_lr="max_learning_rate")
 def lr_range_test(
     loss_fn: Callable[[Any, Any], Any],
     params: Any,
     batches: Iterable[Any],
     optimizer: Union[Callable[..., optax.GradientTransformation],
                      optax.GradientTransformation, None] = None,
-    min_lr: float = 1e-7,
-    max_lr: float = 10.0,
+    min_learning_rate: float = 1e-7,
+    max_learning_rate: float = 10.0,
     num_steps: int = 100,
     *,
     smoothing: float = 0.98,
@@ -189,8 +190,8 @@ def lr_range_test(
       ``optzoo.adam``, ``functools.partial(optzoo.sgd, momentum=0.9)``,
       ``optax.adamw``), or an ``optax.inject_hyperparams(...)(...)``
       transformation. Default: ``optzoo.sgd``.
-    min_lr: first learning rate (> 0).
-    max_lr: last learning rate (> ``min_lr``).
+    min_learning_rate: first learning rate (> 0).
+    max_learning_rate: last learning rate (> ``min_learning_rate``).
     num_steps: number of sweep steps (>= 2).
     smoothing: EMA coefficient :math:`\beta` in [0, 1).
     diverge_threshold: stop when smoothed loss > threshold x best (> 1).
@@ -207,34 +208,19 @@ def lr_range_test(
     >>> import jax.numpy as jnp, optzoo
     >>> res = optzoo.lr_range_test(lambda p, b: jnp.sum((p - b) ** 2),
     ...                            jnp.zeros(3), [jnp.ones(3)],
-    ...                            optimizer=optzoo.sgd, min_lr=1e-4,
-    ...                            max_lr=10.0, num_steps=50)
+    ...                            optimizer=optzoo.sgd,
+    ...                            min_learning_rate=1e-4,
+    ...                            max_learning_rate=10.0, num_steps=50)
     >>> ax = res.plot()  # doctest: +SKIP
 
   References:
     Smith, `Cyclical Learning Rates for Training Neural Networks
     <https://arxiv.org/abs/1506.01186>`_, WACV 2017.
   """
-  if not callable(loss_fn):
-    raise TypeError("`loss_fn` must be callable as loss_fn(params, batch).")
-  validation.check_positive("min_lr", min_lr)
-  validation.check_positive("max_lr", max_lr)
-  if not max_lr > min_lr:
-    raise ValueError(f"`max_lr` must be > `min_lr`, got max_lr={max_lr!r},"
-                     f" min_lr={min_lr!r}.")
-  validation.check_int("num_steps", num_steps, minimum=2)
-  validation.check_beta("smoothing", smoothing)
-  validation.check_number("diverge_threshold", diverge_threshold)
-  if not diverge_threshold > 1:
-    raise ValueError(f"`diverge_threshold` must be > 1, got"
-                     f" {diverge_threshold!r}.")
-  validation.check_choice("method", method, ("steepest", "minimum"))
-  validation.check_int("skip_start", skip_start, minimum=0)
-  validation.check_bool("has_aux", has_aux)
-  if batches is None:
-    raise TypeError("`batches` must be an iterable of batches.")
-
-  tx = _injectable(optimizer, min_lr)
+  _check_range_test_args(loss_fn, batches, min_learning_rate,
+                         max_learning_rate, num_steps, smoothing,
+                         diverge_threshold, method, skip_start, has_aux)
+  tx = _injectable(optimizer, min_learning_rate)
   params = jax.tree.map(jnp.asarray, params)
   state = tx.init(params)
   if _find_hyperparams(state) is None:
@@ -255,23 +241,67 @@ def lr_range_test(
     u, s = tx.update(g, s, p)
     return optax.apply_updates(p, u), s, loss
 
-  lrs_all = min_lr * (max_lr / min_lr) ** (np.arange(num_steps) / (num_steps - 1))
-  cache, it = [], iter(batches)
-  exhausted = False
+  lrs_all = min_learning_rate * (max_learning_rate / min_learning_rate) ** (
+      np.arange(num_steps) / (num_steps - 1))
+  lrs, raw, smooth, diverged = _sweep(step, params, state, batches, lrs_all,
+                                      smoothing, diverge_threshold)
+  lrs_a = np.asarray(lrs, np.float64)
+  sm_a = np.asarray(smooth, np.float64)
+  raw_a = np.asarray(raw, np.float64)
+  suggestion, min_lr_at = _suggest(lrs_a, sm_a, method, skip_start)
+  return LRRangeTestResult(
+      lrs=lrs_a, losses=sm_a, raw_losses=raw_a, suggestion=suggestion,
+      min_loss_lr=min_lr_at, diverged=diverged, method=method)
+
+
+def _check_range_test_args(loss_fn, batches, min_learning_rate,
+                           max_learning_rate, num_steps, smoothing,
+                           diverge_threshold, method, skip_start,
+                           has_aux) -> None:
+  if not callable(loss_fn):
+    raise TypeError("`loss_fn` must be callable as loss_fn(params, batch).")
+  validation.check_positive("min_learning_rate", min_learning_rate)
+  validation.check_positive("max_learning_rate", max_learning_rate)
+  if not max_learning_rate > min_learning_rate:
+    raise ValueError(
+        f"`max_learning_rate` must be > `min_learning_rate`, got"
+        f" max_learning_rate={max_learning_rate!r},"
+        f" min_learning_rate={min_learning_rate!r}.")
+  validation.check_int("num_steps", num_steps, minimum=2)
+  validation.check_beta("smoothing", smoothing)
+  validation.check_number("diverge_threshold", diverge_threshold)
+  if not diverge_threshold > 1:
+    raise ValueError(f"`diverge_threshold` must be > 1, got"
+                     f" {diverge_threshold!r}.")
+  validation.check_choice("method", method, ("steepest", "minimum"))
+  validation.check_int("skip_start", skip_start, minimum=0)
+  validation.check_bool("has_aux", has_aux)
+  if batches is None:
+    raise TypeError("`batches` must be an iterable of batches.")
+
+
+def _cycled(batches):
+  """Yields the batches, then cycles through those seen (for short iterables)."""
+  cache = []
+  for batch in batches:
+    cache.append(batch)
+    yield batch
+  if not cache:
+    raise ValueError("`batches` is empty.")
+  while True:
+    yield from cache
+
+
+def _sweep(step, params, state, batches, lrs_all, smoothing,
+           diverge_threshold):
+  """The driver loop: one step per lr, smoothed loss, divergence stop.
+
+  Returns ``(lrs, raw losses, smoothed losses, diverged)`` as lists.
+  """
   lrs, raw, smooth = [], [], []
   avg, best = 0.0, math.inf
   diverged = False
-  for i in range(num_steps):
-    if not exhausted:
-      try:
-        batch = next(it)
-        cache.append(batch)
-      except StopIteration:
-        exhausted = True
-        if not cache:
-          raise ValueError("`batches` is empty.") from None
-    if exhausted:
-      batch = cache[i % len(cache)]
+  for i, batch in zip(range(len(lrs_all)), _cycled(batches)):
     lr = float(lrs_all[i])
     params, state, loss = step(params, state, batch, jnp.asarray(lr))
     loss = float(loss)  # host sync is fine here: this is a driver loop
@@ -288,26 +318,21 @@ def lr_range_test(
     if i > 0 and sm > diverge_threshold * best:
       diverged = True
       break
+  return lrs, raw, smooth, diverged
 
-  lrs_a = np.asarray(lrs, np.float64)
-  sm_a = np.asarray(smooth, np.float64)
-  raw_a = np.asarray(raw, np.float64)
+
+def _suggest(lrs_a, sm_a, method, skip_start):
+  """``(suggested lr, lr at the minimum smoothed loss)``; NaNs if none finite."""
   finite = np.isfinite(sm_a)
   if not finite.any():
-    suggestion, min_lr_at = math.nan, math.nan
-  else:
-    i_min = int(np.nanargmin(np.where(finite, sm_a, np.inf)))
-    min_lr_at = float(lrs_a[i_min])
-    if method == "minimum":
-      suggestion = min_lr_at / 10.0
-    else:
-      lo = min(skip_start, max(i_min - 1, 0))
-      seg = sm_a[lo:i_min + 1]
-      if seg.size >= 2:
-        slope = np.gradient(seg, np.log(lrs_a[lo:i_min + 1]))
-        suggestion = float(lrs_a[lo + int(np.argmin(slope))])
-      else:
-        suggestion = min_lr_at / 10.0
-  return LRRangeTestResult(
-      lrs=lrs_a, losses=sm_a, raw_losses=raw_a, suggestion=suggestion,
-      min_loss_lr=min_lr_at, diverged=diverged, method=method)
+    return math.nan, math.nan
+  i_min = int(np.nanargmin(np.where(finite, sm_a, np.inf)))
+  min_lr_at = float(lrs_a[i_min])
+  if method == "minimum":
+    return min_lr_at / 10.0, min_lr_at
+  lo = min(skip_start, max(i_min - 1, 0))
+  seg = sm_a[lo:i_min + 1]
+  if seg.size >= 2:
+    slope = np.gradient(seg, np.log(lrs_a[lo:i_min + 1]))
+    return float(lrs_a[lo + int(np.argmin(slope))]), min_lr_at
+  return min_lr_at / 10.0, min_lr_at

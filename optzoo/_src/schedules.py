@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from optzoo._src import registry
+from optzoo._src import tree
 from optzoo._src import validation
 
 __all__ = [
@@ -39,20 +40,16 @@ __all__ = [
 ScalarOrSchedule = Union[float, jax.typing.ArrayLike, optax.Schedule]
 
 
-def _float_dtype():
-  return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
-
-
 def _as_float(step):
   """The step count as a float array (float64 when x64 is on)."""
-  return jnp.asarray(step).astype(_float_dtype())
+  return jnp.asarray(step).astype(tree.float_dtype())
 
 
 def _value(x: ScalarOrSchedule, step) -> jax.Array:
   """Evaluates a float-or-schedule hyperparameter at ``step``."""
   if callable(x):
-    return jnp.asarray(x(step), _float_dtype())
-  return jnp.asarray(x, _float_dtype())
+    return jnp.asarray(x(step), tree.float_dtype())
+  return jnp.asarray(x, tree.float_dtype())
 
 
 # ---------------------------------------------------------------------------
@@ -69,9 +66,10 @@ def _value(x: ScalarOrSchedule, step) -> jax.Array:
     reference="torch.optim.lr_scheduler.CyclicLR(cycle_momentum=False)",
     verified="torch.optim.lr_scheduler.CyclicLR 2.13 (tests/test_schedules.py)",
 )
+@validation.renamed(base_lr="base_learning_rate", max_lr="max_learning_rate")
 def cyclical(
-    base_lr: float,
-    max_lr: float,
+    base_learning_rate: float,
+    max_learning_rate: float,
     step_size_up: int,
     step_size_down: int | None = None,
     mode: str = "triangular",
@@ -96,12 +94,15 @@ def cyclical(
   ``torch.optim.lr_scheduler.CyclicLR(..., cycle_momentum=False)`` value for
   value (step 0 = the lr at construction). For the momentum cycling of
   ``CyclicLR(cycle_momentum=True)`` build the inverse schedule yourself
-  (``max_m - (max_m - base_m) * (lr - base_lr) / (max_lr - base_lr)``).
+  (``max_m - (max_m - base_m) * (lr - base_learning_rate)
+  / (max_learning_rate - base_learning_rate)``).
 
   Args:
-    base_lr: lower boundary of the cycle (>= 0).
-    max_lr: upper boundary (amplitude ``max_lr - base_lr``; may be below
-      ``base_lr``, as in torch).
+    base_learning_rate: lower boundary of the cycle (>= 0; torch's
+      ``base_lr``).
+    max_learning_rate: upper boundary (torch's ``max_lr``; amplitude
+      ``max_learning_rate - base_learning_rate``; may be below
+      ``base_learning_rate``, as in torch).
     step_size_up: steps in the increasing half (integer >= 1).
     step_size_down: steps in the decreasing half; default ``step_size_up``.
     mode: ``"triangular"``, ``"triangular2"`` or ``"exp_range"``.
@@ -120,8 +121,8 @@ def cyclical(
     Smith, `Cyclical Learning Rates for Training Neural Networks
     <https://arxiv.org/abs/1506.01186>`_, WACV 2017.
   """
-  validation.check_nonneg("base_lr", base_lr)
-  validation.check_nonneg("max_lr", max_lr)
+  validation.check_nonneg("base_learning_rate", base_learning_rate)
+  validation.check_nonneg("max_learning_rate", max_learning_rate)
   validation.check_int("step_size_up", step_size_up, minimum=1)
   if step_size_down is None:
     step_size_down = step_size_up
@@ -136,14 +137,14 @@ def cyclical(
     cycle = jnp.floor(1.0 + i / total)
     x = 1.0 + i / total - cycle
     sf = jnp.where(x <= ratio, x / ratio, (x - 1.0) / (ratio - 1.0))
-    height = (max_lr - base_lr) * sf
+    height = (max_learning_rate - base_learning_rate) * sf
     if mode == "triangular":
       scale = 1.0
     elif mode == "triangular2":
       scale = 1.0 / (2.0 ** (cycle - 1.0))
     else:
       scale = jnp.asarray(gamma, i.dtype) ** i
-    return base_lr + height * scale
+    return base_learning_rate + height * scale
 
   return schedule
 
@@ -163,11 +164,12 @@ def cyclical(
     reference="torch.optim.lr_scheduler.CosineAnnealingWarmRestarts",
     verified="torch.optim.lr_scheduler.CosineAnnealingWarmRestarts 2.13 (tests/test_schedules.py)",
 )
+@validation.renamed(eta_min="min_learning_rate")
 def sgdr(
     learning_rate: ScalarOrSchedule,
     t_0: int,
     t_mult: int = 1,
-    eta_min: float = 0.0,
+    min_learning_rate: float = 0.0,
 ) -> optax.Schedule:
   r"""Cosine annealing with warm restarts (SGDR).
 
@@ -190,7 +192,7 @@ def sgdr(
     t_0: length of the first period in steps (integer >= 1).
     t_mult: period growth factor after each restart (integer >= 1, as in
       torch).
-    eta_min: the minimum learning rate (>= 0).
+    min_learning_rate: the minimum learning rate (>= 0; torch's ``eta_min``).
 
   Returns:
     An ``optax.Schedule``.
@@ -208,7 +210,7 @@ def sgdr(
   validation.check_lr(learning_rate)
   validation.check_int("t_0", t_0, minimum=1)
   validation.check_int("t_mult", t_mult, minimum=1)
-  validation.check_nonneg("eta_min", eta_min)
+  validation.check_nonneg("min_learning_rate", min_learning_rate)
   t_0 = int(t_0)
   t_mult = int(t_mult)
 
@@ -232,7 +234,7 @@ def sgdr(
       t_i = t_0 * m ** n
       t_cur = i - start(n)
     eta_max = _value(learning_rate, step)
-    return eta_min + (eta_max - eta_min) * (
+    return min_learning_rate + (eta_max - min_learning_rate) * (
         1.0 + jnp.cos(math.pi * t_cur / t_i)) / 2.0
 
   return schedule
@@ -309,8 +311,9 @@ def _one_cycle_eval(step, phases, anneal_strategy):
     reference="torch.optim.lr_scheduler.OneCycleLR",
     verified="torch.optim.lr_scheduler.OneCycleLR 2.13 (tests/test_schedules.py)",
 )
+@validation.renamed(max_lr="max_learning_rate")
 def one_cycle(
-    max_lr: float,
+    max_learning_rate: float,
     total_steps: int,
     pct_start: float = 0.3,
     anneal_strategy: str = "cos",
@@ -344,12 +347,12 @@ def one_cycle(
   after step T, and its cos anneal would bounce back up at step T).
 
   Args:
-    max_lr: the peak learning rate (>= 0).
+    max_learning_rate: the peak learning rate (>= 0; torch's ``max_lr``).
     total_steps: the length of the cycle in steps (integer >= 2).
     pct_start: fraction of the cycle spent increasing the lr, in (0, 1)
       (``pct_start * total_steps`` must exceed 1).
     anneal_strategy: ``"cos"`` or ``"linear"``.
-    div_factor: initial lr = ``max_lr / div_factor`` (> 0).
+    div_factor: initial lr = ``max_learning_rate / div_factor`` (> 0).
     final_div_factor: final lr = initial lr / ``final_div_factor`` (> 0).
     three_phase: use the 3-phase schedule of the paper.
 
@@ -370,14 +373,14 @@ def one_cycle(
     2018; Smith, `A disciplined approach to neural network hyper-parameters
     <https://arxiv.org/abs/1803.09820>`_, 2018.
   """
-  validation.check_nonneg("max_lr", max_lr)
+  validation.check_nonneg("max_learning_rate", max_learning_rate)
   validation.check_positive("div_factor", div_factor)
   validation.check_positive("final_div_factor", final_div_factor)
   _check_one_cycle(total_steps, pct_start, anneal_strategy, three_phase)
-  initial = max_lr / div_factor
+  initial = max_learning_rate / div_factor
   final = initial / final_div_factor
   phases = _one_cycle_phases(total_steps, pct_start, three_phase, initial,
-                             max_lr, final)
+                             max_learning_rate, final)
 
   def schedule(step):
     return _one_cycle_eval(step, phases, anneal_strategy)
@@ -643,16 +646,31 @@ def scale_for_batch_size(
     An ``optax.Schedule`` (a constant one for a float ``learning_rate``).
   """
   validation.check_lr(learning_rate)
-  validation.check_int("base_batch_size", base_batch_size, minimum=1)
-  validation.check_int("batch_size", batch_size, minimum=1)
-  validation.check_choice("rule", rule, ("linear", "sqrt", "sgd", "adam"))
-  ratio = float(batch_size) / float(base_batch_size)
-  factor = ratio if rule in ("linear", "sgd") else math.sqrt(ratio)
+  factor = batch_size_factor(base_batch_size, batch_size, rule,
+                             ("linear", "sqrt", "sgd", "adam"))
 
   def schedule(step):
     return factor * _value(learning_rate, step)
 
   return schedule
+
+
+def batch_size_factor(base_batch_size: int, batch_size: int, rule: str,
+                      rules: tuple = ("linear", "sqrt", "sgd", "adam", "none")
+                      ) -> float:
+  """The factor of a batch-size scaling rule: B/B0, sqrt(B/B0) or 1 (``"none"``).
+
+  The one implementation behind :func:`scale_for_batch_size` and
+  ``optzoo.diagnostics.scaled_learning_rate``; ``rules`` are the accepted
+  names (``"sgd"`` = linear, ``"adam"`` = sqrt).
+  """
+  validation.check_int("base_batch_size", base_batch_size, minimum=1)
+  validation.check_int("batch_size", batch_size, minimum=1)
+  validation.check_choice("rule", rule, rules)
+  if rule == "none":
+    return 1.0
+  ratio = float(batch_size) / float(base_batch_size)
+  return ratio if rule in ("linear", "sgd") else math.sqrt(ratio)
 
 
 @registry.register(

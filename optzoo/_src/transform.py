@@ -59,17 +59,12 @@ __all__ = [
     "trace",
 ]
 
-_PAPER_TORCH = "PyTorch 2.13 torch.optim"
-
-
 # ---------------------------------------------------------------------------
 # Small numeric helpers
 # ---------------------------------------------------------------------------
 
 
-def _float_dtype():
-  """float64 when x64 is enabled, else float32 (for step-dependent scalars)."""
-  return jnp.result_type(float)
+_float_dtype = tree.float_dtype
 
 
 def _count_float(count: chex.Array) -> chex.Array:
@@ -84,10 +79,6 @@ def _bias_correction(decay: Any, t: chex.Array) -> chex.Array:
 
 def _zeros(params: Any, dtype: Any = None) -> Any:
   return jax.tree.map(lambda p: jnp.zeros_like(p, dtype=dtype), params)
-
-
-def _cast_like(tree: Any, like: Any) -> Any:
-  return jax.tree.map(lambda x, y: x.astype(y.dtype), tree, like)
 
 
 def _zero_count() -> chex.Array:
@@ -115,10 +106,10 @@ class TraceState(NamedTuple):
 )
 def trace(
     decay: float = 0.9,
-    dampening: float = 0.0,
     nesterov: bool = False,
-    *,
     accumulator_dtype: Optional[Any] = None,
+    *,
+    dampening: float = 0.0,
 ) -> optax.GradientTransformation:
   r"""Momentum as PyTorch's SGD defines it (heavy ball or Nesterov, dampening).
 
@@ -133,10 +124,11 @@ def trace(
 
   Args:
     decay: momentum coefficient :math:`\mu` in [0, 1).
-    dampening: :math:`d` in [0, 1].
     nesterov: use Nesterov's look-ahead form (requires ``dampening == 0``,
       as torch does).
     accumulator_dtype: dtype of the buffer (default: the params' dtype).
+    dampening: :math:`d` in [0, 1] (keyword-only: the positional order is
+      ``optax.trace``'s).
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -204,9 +196,9 @@ def scale_by_rms(
     decay: float = 0.99,
     eps: float = 1e-8,
     initial_scale: float = 0.0,
-    centered: bool = False,
-    *,
     eps_in_sqrt: bool = False,
+    *,
+    centered: bool = False,
 ) -> optax.GradientTransformation:
   r"""RMSProp scaling, as ``torch.optim.RMSprop`` computes it.
 
@@ -226,8 +218,9 @@ def scale_by_rms(
     decay: :math:`\alpha` (torch's ``alpha``), in [0, 1).
     eps: added to the denominator, >= 0.
     initial_scale: initial value of :math:`v` (torch: 0).
-    centered: subtract the squared mean gradient (Graves' centered RMSProp).
     eps_in_sqrt: put ``eps`` inside the square root (optax's default form).
+    centered: subtract the squared mean gradient (Graves' centered RMSProp;
+      keyword-only: the positional order is ``optax.scale_by_rms``'s).
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -349,9 +342,9 @@ class ScaleByAdamState(NamedTuple):
 
 
 def _moments(updates, mu, nu, b1, b2):
+  """torch's Adam moments: a lerp for the first, ``tree.tree_moment`` for the second."""
   mu = jax.tree.map(lambda g, m: (m + (1 - b1) * (g - m)).astype(m.dtype), updates, mu)
-  nu = jax.tree.map(lambda g, v: (b2 * v + (1 - b2) * g * g).astype(v.dtype), updates, nu)
-  return mu, nu
+  return mu, tree.tree_moment(updates, nu, b2, 2)
 
 
 @registry.register(
@@ -366,9 +359,9 @@ def scale_by_adam(
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
+    mu_dtype: Optional[Any] = None,
     *,
     amsgrad: bool = False,
-    mu_dtype: Optional[Any] = None,
     nu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
   r"""Adam's preconditioning, with AMSGrad exactly as ``torch.optim.Adam``.
@@ -545,8 +538,8 @@ def rectify(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
-    threshold: float = 5.0,
     *,
+    threshold: float = 5.0,
     fallback: str = "sgdm",
     strict: bool = True,
 ) -> optax.GradientTransformation:
@@ -847,10 +840,11 @@ class AddGradientNoiseState(NamedTuple):
     " optax.add_noise)",
     extra_args=("key",),
 )
+@validation.renamed(seed="key")
 def add_gradient_noise(
     eta: float = 0.01,
     gamma: float = 0.55,
-    seed: int = 0,
+    key: jax.Array | int = 0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adds annealed Gaussian noise to the updates (gradients).
 
@@ -864,15 +858,16 @@ def add_gradient_noise(
   :math:`\eta \in \{0.01, 0.3, 1.0\}` and adds the noise after gradient
   clipping, before the optimizer: put this first in an ``optax.chain``.
 
-  The PRNG key lives in the state (seeded by ``seed``) and is split at every
-  update; an extra argument ``key=`` (a PRNG key) overrides it for that
-  update (the state key then stays unchanged). Unknown extra arguments are
+  The PRNG key lives in the state (the factory's ``key``, or one seeded by
+  an int ``key``) and is split at every update; an extra argument ``key=``
+  (a PRNG key) overrides it for that update (the state key then stays
+  unchanged). Unknown extra arguments are
   ignored. Noise is drawn in each leaf's dtype (bf16 stays bf16).
 
   Args:
     eta: :math:`\eta` >= 0, the variance at :math:`t = 0`.
     gamma: :math:`\gamma` >= 0, the annealing exponent.
-    seed: integer seed of the state's key.
+    key: the state's initial PRNG key, or an integer seed.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -883,12 +878,13 @@ def add_gradient_noise(
   """
   validation.check_nonneg("eta", eta)
   validation.check_nonneg("gamma", gamma)
-  validation.check_int("seed", seed)
+  validation.check_key("key", key)
+  init_key = key
 
   def init_fn(params):
     del params
     return AddGradientNoiseState(count=jnp.zeros([], jnp.int32),
-                                 key=jax.random.PRNGKey(seed))
+                                 key=tree.as_key(init_key))
 
   def update_fn(updates, state, params=None, *, key=None, **extra_args):
     del params, extra_args

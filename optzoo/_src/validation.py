@@ -11,8 +11,10 @@ values are only known at update time.
 
 from __future__ import annotations
 
+import functools
 import numbers
-from typing import Any, Optional, Sequence
+import warnings
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import numpy as np
@@ -30,6 +32,8 @@ __all__ = [
     "check_transformation",
     "require_params",
     "require_extra_arg",
+    "check_key",
+    "renamed",
 ]
 
 
@@ -133,6 +137,25 @@ def check_lr(value: Any, name: str = "learning_rate") -> None:
   check_nonneg(name, value)
 
 
+def check_key(name: str, value: Any) -> None:
+  """A PRNG key (``jax.random.key`` / ``PRNGKey``) or an integer seed."""
+  if isinstance(value, jax.core.Tracer):
+    return
+  if isinstance(value, (jax.Array, np.ndarray)):
+    if jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
+      return
+    if value.dtype.kind in "iu" and value.ndim == 0:
+      return
+    if value.dtype == np.uint32 and value.shape == (2,):
+      return
+  elif isinstance(value, (numbers.Integral, np.integer)) and not isinstance(
+      value, (bool, np.bool_)):
+    return
+  raise TypeError(
+      f"`{name}` must be a jax.random key or an integer seed, got {value!r}"
+      f" of type {type(value).__name__}.")
+
+
 def check_transformation(name: str, value: Any) -> None:
   if not (hasattr(value, "init") and hasattr(value, "update")):
     raise TypeError(
@@ -156,3 +179,47 @@ def require_extra_arg(value: Any, arg: str, method: str, how: str) -> None:
     raise ValueError(
         f"{method} needs the extra argument `{arg}` at update time: {how}"
     )
+
+
+def renamed(**old_to_new: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+  """Keeps old keyword spellings working for one release, with a warning.
+
+  ``@renamed(n_samples="num_samples")`` on a function whose parameter is now
+  ``num_samples`` accepts ``n_samples=`` as a keyword-only alias: the call
+  emits a ``DeprecationWarning`` naming the new spelling and goes on with
+  the value under the new name. Passing both spellings is a ``TypeError``.
+  The wrapped function's signature (``inspect.signature``, which
+  ``optax.inject_hyperparams`` reads) shows only the new names.
+
+  A value may also be a pair ``(new_name, convert)``: ``convert(old_value)``
+  gives the new parameter's value (e.g. a bool flag that became a string
+  choice).
+  """
+  table = {old: (new, None) if isinstance(new, str) else tuple(new)
+           for old, new in old_to_new.items()}
+
+  def decorate(fn):
+    name = getattr(fn, "__name__", "function")
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+      for old, (new, convert) in table.items():
+        if old not in kwargs:
+          continue
+        value = kwargs.pop(old)
+        if new in kwargs:
+          raise TypeError(
+              f"{name}() got both `{old}` (deprecated) and `{new}`; pass only"
+              f" `{new}`.")
+        warnings.warn(
+            f"{name}(): `{old}` is deprecated and will be removed in the next"
+            f" release; use `{new}` instead.", DeprecationWarning, stacklevel=2)
+        kwargs[new] = convert(value) if convert is not None else value
+      return fn(*args, **kwargs)
+
+    note = "Deprecated spellings (one release, with a ``DeprecationWarning``): " + (
+        ", ".join(f"``{o}`` -> ``{n}``" for o, (n, _) in table.items()) + ".")
+    wrapper.__doc__ = (fn.__doc__ or "").rstrip() + "\n\n  " + note + "\n"
+    return wrapper
+
+  return decorate

@@ -61,8 +61,6 @@ PRESETS: dict[str, tuple[str, dict, float]] = {
     "swats": ("swats", {}, 3e-3),
 }
 _FAMILY_LR = {"Team SGD": 0.05, "Team Adam": 1e-3}
-# extra args that optzoo.nn.train_step can supply
-_SUPPLIED = ("value", "value_sq", "batch_size", "grad_fn", "value_fn", "key")
 _INNER_KEYS = ("inner", "base_optimizer", "optimizer", "inner_optimizer")
 
 
@@ -120,13 +118,36 @@ def _accepts(fn: Callable, name: str) -> bool:
     return False
 
 
+def _load_data(dataset: str, seed: int):
+  """The dataset, with a one-line RaceError for a bad name or missing files."""
+  from optzoo.apps import data as zdata  # pylint: disable=g-import-not-at-top
+  try:
+    return zdata.load_dataset(dataset, seed=seed)
+  except zdata.DatasetError as e:
+    raise RaceError(str(e)) from None
+
+
+def _make_net(model: str, norm: str, data, batch_size: int):
+  """The Flax model for ``data``, after checking the batch fits the train set."""
+  from optzoo import nn as zn  # pylint: disable=g-import-not-at-top
+  if batch_size > len(data.x_train):
+    raise RaceError(f"--batch-size {batch_size} is larger than the training set"
+                    f" ({len(data.x_train)} examples).")
+  try:
+    return zn.make_model(model, norm=norm, num_classes=data.num_classes)
+  except ValueError as e:
+    raise RaceError(str(e)) from None
+
+
 def _build_base(name: str, lr: Optional[float]):
   reg_name, kwargs, default_lr = PRESETS.get(name, (name, {}, None))
   info = _info(reg_name)
   if info.kind != "transformation" or info.family in ("primitive", "wrapper"):
     raise RaceError(f"{name!r} is a {info.family} {info.kind}, not an optimizer"
                     " to race (try adam, sgdm, lookahead:adam).")
-  missing = [a for a in info.extra_args if a not in _SUPPLIED]
+  from optzoo import nn as zn  # pylint: disable=g-import-not-at-top
+  # extra args that optzoo.nn.train_step can supply
+  missing = [a for a in info.extra_args if a not in zn.EXTRA_ARGS]
   if missing:
     raise RaceError(f"{name!r} needs the extra argument(s) {', '.join(missing)},"
                     " which the race cannot supply; use it in your own loop.")
@@ -218,21 +239,12 @@ def run_race(
     if spec in txs:
       raise RaceError(f"optimizer {spec!r} given twice.")
     txs[spec], lrs[spec] = build_optimizer(spec, lr)
-  try:
-    data = zdata.load_dataset(dataset, seed=seed)
-  except zdata.DatasetError as e:
-    raise RaceError(str(e)) from None
+  data = _load_data(dataset, seed)
   if limit is not None:
     data = data.subset(n_train=limit)
   if epochs is None:
     epochs = 2 if data.name == "fashion-mnist" else 10
-  if batch_size > len(data.x_train):
-    raise RaceError(f"--batch-size {batch_size} is larger than the training set"
-                    f" ({len(data.x_train)} examples).")
-  try:
-    net = zn.make_model(model, norm=norm, num_classes=data.num_classes)
-  except ValueError as e:
-    raise RaceError(str(e)) from None
+  net = _make_net(model, norm, data, batch_size)
   steps_per_epoch = len(data.x_train) // batch_size
   log(f"{data!r}; model {model} (norm={net.norm}); {epochs} epochs x"
       f" {steps_per_epoch} steps of batch {batch_size}; seed {seed}")
@@ -366,17 +378,8 @@ def run_lr_find(spec: str = "sgdm", *, dataset: str = "digits",
   if num_steps < 2:
     raise RaceError(f"--steps must be >= 2, got {num_steps}.")
   factory = _lr_factory(spec)
-  try:
-    data = zdata.load_dataset(dataset, seed=seed)
-  except zdata.DatasetError as e:
-    raise RaceError(str(e)) from None
-  if batch_size > len(data.x_train):
-    raise RaceError(f"--batch-size {batch_size} is larger than the training"
-                    f" set ({len(data.x_train)} examples).")
-  try:
-    net = zn.make_model(model, norm=norm, num_classes=data.num_classes)
-  except ValueError as e:
-    raise RaceError(str(e)) from None
+  data = _load_data(dataset, seed)
+  net = _make_net(model, norm, data, batch_size)
   if net.norm == "batch":
     raise RaceError("lr-find runs the model in evaluation mode; use a --norm"
                     " other than batch.")
@@ -396,7 +399,8 @@ def run_lr_find(spec: str = "sgdm", *, dataset: str = "digits",
       epoch += 1
 
   return optzoo.lr_range_test(loss_fn, params, gen(), optimizer=factory,
-                              min_lr=min_lr, max_lr=max_lr, num_steps=num_steps)
+                              min_learning_rate=min_lr,
+                              max_learning_rate=max_lr, num_steps=num_steps)
 
 
 def plot_lr_find(res: Any, path: str, title: str = "LR range test") -> None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable, Optional, Sequence
 
 import jax
@@ -11,6 +10,7 @@ import numpy as np
 import optax
 
 from optzoo._src import optional
+from optzoo._src import schedules
 from optzoo._src import validation
 from optzoo._src.diagnostics import landscape as _landscape
 
@@ -22,22 +22,12 @@ def scaled_learning_rate(learning_rate: float, base_batch_size: int, batch_size:
   r"""The learning rate for ``batch_size`` under a batch-size scaling rule.
 
   ``"linear"``: :math:`\eta B/B_0` (SGD); ``"sqrt"``: :math:`\eta\sqrt{B/B_0}`
-  (Adam-type); ``"none"``: :math:`\eta`. Uses ``optzoo.scale_for_batch_size``
-  (Granziol et al.) for the first two.
+  (Adam-type); ``"none"``: :math:`\eta`. The factor is the one of
+  ``optzoo.scale_for_batch_size`` (Granziol et al.).
   """
   validation.check_positive("learning_rate", learning_rate)
-  validation.check_int("base_batch_size", base_batch_size, minimum=1)
-  validation.check_int("batch_size", batch_size, minimum=1)
-  validation.check_choice("rule", rule, ("linear", "sqrt", "none"))
-  if rule == "none":
-    return float(learning_rate)
-  try:  # the shared implementation, when present.
-    from optzoo._src.schedules import scale_for_batch_size  # pylint: disable=g-import-not-at-top
-    return float(scale_for_batch_size(float(learning_rate), base_batch_size,
-                                      batch_size, rule)(0))
-  except ImportError:  # pragma: no cover
-    ratio = batch_size / base_batch_size
-    return float(learning_rate) * (ratio if rule == "linear" else math.sqrt(ratio))
+  return float(learning_rate) * schedules.batch_size_factor(
+      base_batch_size, batch_size, rule, ("linear", "sqrt", "none"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +115,7 @@ def _check_xy(data: Any, name: str):
   return x, y
 
 
+@validation.renamed(lanczos_iters="num_lanczos_iters")
 def batch_size_experiment(
     model: Any,
     params: Any,
@@ -139,7 +130,7 @@ def batch_size_experiment(
     num_epochs: int = 5,
     rho: float = 0.05,
     sharpness_examples: int = 512,
-    lanczos_iters: int = 20,
+    num_lanczos_iters: int = 20,
     seed: int = 0,
     keep_params: bool = False,
 ) -> BatchSizeReport:
@@ -173,7 +164,7 @@ def batch_size_experiment(
     num_epochs: epochs per batch size.
     rho: sharpness radius.
     sharpness_examples: training examples used for the sharpness measures.
-    lanczos_iters: Lanczos steps for :math:`\lambda_{\max}`.
+    num_lanczos_iters: Lanczos steps for :math:`\lambda_{\max}`.
     seed: seed of the data order (the same for every batch size).
     keep_params: keep the final params of each run in the report.
 
@@ -207,7 +198,7 @@ def batch_size_experiment(
   validation.check_int("num_epochs", num_epochs, minimum=1)
   validation.check_positive("rho", rho)
   validation.check_int("sharpness_examples", sharpness_examples, minimum=1)
-  validation.check_int("lanczos_iters", lanczos_iters, minimum=1)
+  validation.check_int("num_lanczos_iters", num_lanczos_iters, minimum=1)
   if optimizer is None:
     optimizer = optax.sgd
   elif not callable(optimizer):
@@ -258,7 +249,7 @@ def batch_size_experiment(
     else:
       va_loss = va_acc = jnp.nan
     sh = _landscape.sharpness(
-        loss_fn, p, sharp_batch, rho=rho, num_iters=lanczos_iters,
+        loss_fn, p, sharp_batch, rho=rho, num_iters=num_lanczos_iters,
         num_ascent_steps=5, num_random=8, key=jax.random.key(seed))
     runs.append(BatchSizeRun(
         batch_size=int(b), learning_rate=lr, num_steps=int(steps * num_epochs),

@@ -468,7 +468,13 @@ class FlatnessResult:
   relative: bool
 
 
-def _flatness_impl(loss_fn, params, batch, key, sigma, beta, num_samples, relative):
+def loss_increases(loss_fn, params, batch, key, sigma, num_samples, relative):
+  """``(L(θ), [L(θ + σ z_s) - L(θ)]_s)`` over ``num_samples`` Gaussian draws.
+
+  ``relative=True`` scales the noise by :math:`|\theta|` (multiplicative,
+  rescaling-invariant). Pure and jittable; the sampler behind
+  :func:`local_entropy_flatness` and ``optzoo.local_energy``.
+  """
   flat, unravel = ravel_pytree(params)
   dtype = flat.dtype
 
@@ -476,13 +482,19 @@ def _flatness_impl(loss_fn, params, batch, key, sigma, beta, num_samples, relati
     return H.call_loss(loss_fn, unravel(x), batch).astype(dtype)
 
   loss0 = loss_flat(flat)
+  sigma = jnp.asarray(sigma, dtype)
   scale = sigma * jnp.abs(flat) if relative else sigma
 
   def inc(k):
     z = jax.random.normal(k, flat.shape, dtype)
     return loss_flat(flat + scale * z) - loss0
 
-  incs = jax.lax.map(inc, jax.random.split(key, num_samples))
+  return loss0, jax.lax.map(inc, jax.random.split(key, num_samples))
+
+
+def _flatness_impl(loss_fn, params, batch, key, sigma, beta, num_samples, relative):
+  loss0, incs = loss_increases(loss_fn, params, batch, key, sigma, num_samples,
+                               relative)
   gap = -(jax.nn.logsumexp(-beta * incs) - jnp.log(num_samples)) / beta
   return loss0, gap, jnp.mean(incs), incs
 

@@ -9,6 +9,7 @@ import numpy as np
 import optax
 
 from optzoo._src import registry
+from optzoo._src import tree
 from optzoo._src import validation
 
 __all__ = [
@@ -42,18 +43,6 @@ class MonitorNormsState(NamedTuple):
   value: jax.Array
   norms: jax.Array
   values: jax.Array
-
-
-def _norm_dtype(tree):
-  leaves = [x for x in jax.tree.leaves(tree)]
-  dt = jnp.float32
-  for x in leaves:
-    d = jnp.result_type(x)
-    if jnp.issubdtype(d, jnp.complexfloating):
-      d = jnp.finfo(d).dtype
-    if jnp.issubdtype(d, jnp.floating):
-      dt = jnp.promote_types(dt, d)
-  return dt
 
 
 def _sq(x, dtype):
@@ -113,7 +102,7 @@ def monitor_norms(history: int = 0) -> optax.GradientTransformationExtraArgs:
   history = int(history)
 
   def init_fn(params):
-    dtype = _norm_dtype(params)
+    dtype = tree.widest_float_dtype(params)
     zero = jnp.zeros([], dtype)
     nan = jnp.full([], jnp.nan, dtype)
     return MonitorNormsState(
@@ -161,15 +150,7 @@ def monitor_norms(history: int = 0) -> optax.GradientTransformationExtraArgs:
 
 def find_monitor_states(opt_state: Any) -> list:
   """All :class:`MonitorNormsState` inside a (nested) optimizer state, in order."""
-  found = []
-
-  def visit(x):
-    if isinstance(x, MonitorNormsState):
-      found.append(x)
-    return x
-
-  jax.tree.map(visit, opt_state, is_leaf=lambda x: isinstance(x, MonitorNormsState))
-  return found
+  return tree.find_states(opt_state, MonitorNormsState)
 
 
 class NormHistory(NamedTuple):

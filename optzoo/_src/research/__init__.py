@@ -21,6 +21,8 @@ from optzoo._src.research.koala import KoalaMState
 from optzoo._src.research.koala import KoalaVState
 from optzoo._src.research.koala import koala
 from optzoo._src.research.koala import koala_loss_stats
+from optzoo._src.research.koala import scale_by_koala_m
+from optzoo._src.research.koala import scale_by_koala_v
 from optzoo._src.research.mbf import ScaleByMiniBlockFisherState
 from optzoo._src.research.mbf import mini_block_fisher
 from optzoo._src.research.mbf import mini_block_partition
@@ -76,6 +78,8 @@ __all__ = [
     "grow_optimizer_state",
     "koala",
     "koala_loss_stats",
+    "scale_by_koala_m",
+    "scale_by_koala_v",
     "KoalaMState",
     "KoalaVState",
     "local_energy",

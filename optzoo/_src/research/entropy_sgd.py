@@ -9,14 +9,18 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple, Optional, Union
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from optzoo._src import registry
+from optzoo._src import tree
 from optzoo._src import validation
 from optzoo._src import transform
+from optzoo._src.diagnostics import landscape
 
 __all__ = ["EntropySGDState", "entropy_sgd", "local_energy", "scoped_gamma"]
 
@@ -25,10 +29,6 @@ _GRAD_FN_HOW = (
     " to pick a minibatch), e.g. `tx.update(grads, state, params,"
     " grad_fn=lambda p, i: jax.grad(loss)(p, batches[i]))`."
 )
-
-
-def _tree_cast_like(tree: Any, like: Any) -> Any:
-  return jax.tree.map(lambda t, l: t.astype(l.dtype), tree, like)
 
 
 def scoped_gamma(
@@ -57,7 +57,7 @@ def scoped_gamma(
     if jnp.issubdtype(g.dtype, jnp.floating):
       g = jnp.minimum(g, jnp.finfo(g.dtype).max)
   else:
-    dt = jnp.result_type(float)
+    dt = tree.float_dtype()
     big = jnp.finfo(dt).max
     power = jnp.minimum(
         jnp.power(jnp.asarray(1.0 + gamma_scoping, dt), t.astype(dt)), big)
@@ -107,10 +107,12 @@ class EntropySGDState(NamedTuple):
     extra_args=("grad_fn",),
     needs_params=True,
 )
+@validation.renamed(inner_steps="num_inner_steps", inner_lr="inner_learning_rate",
+                    seed="key")
 def entropy_sgd(
     learning_rate: optax.ScalarOrSchedule = 0.1,
-    inner_steps: int = 20,
-    inner_lr: float = 0.1,
+    num_inner_steps: int = 20,
+    inner_learning_rate: float = 0.1,
     noise: float = 1e-4,
     mu_decay: float = 0.75,
     gamma: Union[float, optax.Schedule] = 1e-4,
@@ -124,7 +126,7 @@ def entropy_sgd(
     noise_form: str = "code",
     gamma_max: Optional[float] = None,
     scale_outer_by_gamma: bool = False,
-    seed: int = 0,
+    key: Union[jax.Array, int] = 0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Entropy-SGD (opaque mode): L Langevin steps inside every ``update``.
 
@@ -149,8 +151,8 @@ def entropy_sgd(
   and :math:`\lambda` the weight decay; then the outer step treats :math:`G = x - \mu` as the gradient of an
   ordinary torch-style SGD with coupled L2 and (Nesterov) momentum:
   :math:`x \leftarrow x - \eta\,\mathrm{SGD}_{m}(G + \lambda x)`. The ``grads``
-  passed to ``update`` are discarded when ``inner_steps > 0`` (as in the
-  official code); with ``inner_steps = 0`` this is plain SGD on ``grads``.
+  passed to ``update`` are discarded when ``num_inner_steps > 0`` (as in the
+  official code); with ``num_inner_steps = 0`` this is plain SGD on ``grads``.
   Scoping: :math:`\gamma_t = \min(\gamma_0 (1 + \gamma_1)^t, \gamma_{max})`
   with :math:`t` the number of outer updates made so far (0 for the first);
   ``gamma`` may also be an optax schedule of :math:`t`. The cap
@@ -205,8 +207,8 @@ def entropy_sgd(
 
   Args:
     learning_rate: outer learning rate η (float or schedule of the outer step).
-    inner_steps: number L of Langevin steps per update (0 = plain SGD).
-    inner_lr: SGLD step size η'.
+    num_inner_steps: number L of Langevin steps per update (0 = plain SGD).
+    inner_learning_rate: SGLD step size η'.
     noise: thermal noise ε (``noise = 0`` makes the method deterministic).
     mu_decay: the averaging constant α = 0.75 (see ``mu_weighting``).
     gamma: scope γ₀ (float) or a schedule of the outer step count.
@@ -218,17 +220,18 @@ def entropy_sgd(
     mu_weighting: ``"paper"`` or ``"code"`` (see above).
     noise_form: ``"code"`` (std ε√(2η')) or ``"paper"`` (std ε√η').
     gamma_max: cap on the scoped γ; ``None`` (default) caps it at
-      ``1 / inner_lr`` (see above).
+      ``1 / inner_learning_rate`` (see above).
     scale_outer_by_gamma: use the paper's outer step η γ (x - μ).
-    seed: seed of the noise key kept in the state.
+    key: the PRNG key (or an integer seed) of the noise key kept in the
+      state.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``
-    and ``grad_fn`` (when ``inner_steps > 0``), and accepts ``key``.
+    and ``grad_fn`` (when ``num_inner_steps > 0``), and accepts ``key``.
 
   Example::
 
-    tx = optzoo.entropy_sgd(0.1, inner_steps=5)
+    tx = optzoo.entropy_sgd(0.1, num_inner_steps=5)
     grad_fn = lambda p, i: jax.grad(loss)(p, batches[i])
     updates, state = tx.update(grads, state, params, grad_fn=grad_fn)
 
@@ -237,9 +240,69 @@ def entropy_sgd(
     <https://arxiv.org/abs/1611.01838>`_, ICLR 2017; code
     `ucla-vision/entropy-sgd <https://github.com/ucla-vision/entropy-sgd>`_.
   """
+  _check_entropy_sgd_args(
+      learning_rate, num_inner_steps, inner_learning_rate, noise, mu_decay,
+      gamma, gamma_scoping, momentum, nesterov, weight_decay, inner_momentum,
+      mu_weighting, noise_form, gamma_max, scale_outer_by_gamma, key)
+  langevin = functools.partial(
+      _langevin_average,
+      num_steps=num_inner_steps,
+      learning_rate=inner_learning_rate,
+      momentum=momentum if inner_momentum is None else inner_momentum,
+      nesterov=nesterov,
+      weight_decay=weight_decay,
+      noise_std=_noise_std(noise, inner_learning_rate, noise_form),
+      weights=((1.0 - mu_decay, mu_decay) if mu_weighting == "paper"
+               else (mu_decay, 1.0 - mu_decay)))
+  outer = optax.chain(
+      transform.add_l2(weight_decay),
+      transform.trace(momentum, nesterov=nesterov),
+      transform.scale_by_learning_rate(learning_rate),
+  )
+  init_key = key
+
+  def init_fn(params):
+    return EntropySGDState(
+        count=jnp.zeros([], jnp.int32),
+        key=tree.as_key(init_key),
+        outer=outer.init(params),
+    )
+
+  def update_fn(updates, state, params=None, *, grad_fn=None, key=None, **extra):
+    del extra
+    validation.require_params(params, "entropy_sgd")
+    count = state.count
+    next_key, sub = jax.random.split(state.key)
+    if key is not None:
+      next_key, sub = state.key, key
+    if (not isinstance(num_inner_steps, jax.core.Tracer)
+        and int(num_inner_steps) == 0):
+      g_outer = updates
+    else:
+      validation.require_extra_arg(grad_fn, "grad_fn", "entropy_sgd", _GRAD_FN_HOW)
+      cap = (1.0 / inner_learning_rate) if gamma_max is None else gamma_max
+      gamma_t = scoped_gamma(gamma, gamma_scoping, count, cap)
+      mu = langevin(params, grad_fn, gamma_t, sub)
+      if scale_outer_by_gamma:
+        g_outer = jax.tree.map(
+            lambda p, m: (gamma_t.astype(p.dtype) * (p - m)).astype(p.dtype), params, mu)
+      else:
+        g_outer = jax.tree.map(lambda p, m: (p - m).astype(p.dtype), params, mu)
+    new_updates, outer_state = outer.update(g_outer, state.outer, params)
+    new_updates = optax.tree_utils.tree_cast_like(new_updates, updates)
+    return new_updates, EntropySGDState(
+        count=optax.safe_increment(count), key=next_key, outer=outer_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _check_entropy_sgd_args(
+    learning_rate, num_inner_steps, inner_learning_rate, noise, mu_decay, gamma,
+    gamma_scoping, momentum, nesterov, weight_decay, inner_momentum,
+    mu_weighting, noise_form, gamma_max, scale_outer_by_gamma, key) -> None:
   validation.check_lr(learning_rate)
-  validation.check_int("inner_steps", inner_steps, minimum=0)
-  validation.check_positive("inner_lr", inner_lr)
+  validation.check_int("num_inner_steps", num_inner_steps, minimum=0)
+  validation.check_positive("inner_learning_rate", inner_learning_rate)
   validation.check_nonneg("noise", noise)
   validation.check_unit_interval("mu_decay", mu_decay)
   if not callable(gamma):
@@ -255,85 +318,54 @@ def entropy_sgd(
   if gamma_max is not None:
     validation.check_positive("gamma_max", gamma_max)
   validation.check_bool("scale_outer_by_gamma", scale_outer_by_gamma)
-  validation.check_int("seed", seed)
+  validation.check_key("key", key)
 
-  m_in = momentum if inner_momentum is None else inner_momentum
+
+def _noise_std(noise, inner_learning_rate, noise_form):
+  """The SGLD noise std: ε√(2η') (code) or ε√η' (paper)."""
   c_noise = 2.0 if noise_form == "code" else 1.0
-  if isinstance(noise, jax.core.Tracer) or isinstance(inner_lr, jax.core.Tracer):
-    noise_std = noise * jnp.sqrt(c_noise * inner_lr)   # injected hyperparameters
-  else:
-    noise_std = float(noise) * float(np.sqrt(c_noise * float(inner_lr)))
-  if mu_weighting == "paper":
-    w_old, w_new = 1.0 - mu_decay, mu_decay
-  else:
-    w_old, w_new = mu_decay, 1.0 - mu_decay
+  if (isinstance(noise, jax.core.Tracer)
+      or isinstance(inner_learning_rate, jax.core.Tracer)):
+    # injected hyperparameters
+    return noise * jnp.sqrt(c_noise * inner_learning_rate)
+  return float(noise) * float(np.sqrt(c_noise * float(inner_learning_rate)))
 
-  outer = optax.chain(
-      transform.add_l2(weight_decay),
-      transform.trace(momentum, nesterov=nesterov),
-      transform.scale_by_learning_rate(learning_rate),
-  )
 
-  def init_fn(params):
-    return EntropySGDState(
-        count=jnp.zeros([], jnp.int32),
-        key=jax.random.PRNGKey(seed),
-        outer=outer.init(params),
-    )
+def _langevin_average(params, grad_fn, gamma_t, key, *, num_steps,
+                      learning_rate, momentum, nesterov, weight_decay,
+                      noise_std, weights):
+  """Entropy-SGD's inner loop: the average μ of ``num_steps`` SGLD iterates x'.
 
-  def inner_loop(params, grad_fn, gamma_t, key):
-    x = params
+  ``weights = (w_old, w_new)`` of the μ average; see :func:`entropy_sgd`.
+  """
+  x = params
+  w_old, w_new = weights
 
-    def body(i, carry):
-      xp, mu, buf = carry
-      g = grad_fn(xp, i)
-      g = jax.tree.map(lambda gi, p: (gi + weight_decay * p).astype(p.dtype), g, xp)
-      buf = jax.tree.map(
-          lambda b, gi: jnp.where(i == 0, gi, m_in * b + gi).astype(b.dtype), buf, g)
-      if nesterov:
-        d = jax.tree.map(lambda gi, b: gi + m_in * b, g, buf)
-      else:
-        d = buf
-      z = _leaf_normals(jax.random.fold_in(key, i), xp)
-
-      def step(p, xc, di, zi):
-        gt = gamma_t.astype(p.dtype)
-        new = p - inner_lr * (di - gt * (xc - p)) + noise_std * zi
-        return new.astype(p.dtype)
-
-      xp = jax.tree.map(step, xp, x, d, z)
-      mu = jax.tree.map(lambda m, p: (w_old * m + w_new * p).astype(m.dtype), mu, xp)
-      return xp, mu, buf
-
-    zeros = jax.tree.map(jnp.zeros_like, x)
-    _, mu, _ = jax.lax.fori_loop(0, inner_steps, body, (x, x, zeros))
-    return mu
-
-  def update_fn(updates, state, params=None, *, grad_fn=None, key=None, **extra):
-    del extra
-    validation.require_params(params, "entropy_sgd")
-    count = state.count
-    next_key, sub = jax.random.split(state.key)
-    if key is not None:
-      next_key, sub = state.key, key
-    if not isinstance(inner_steps, jax.core.Tracer) and int(inner_steps) == 0:
-      g_outer = updates
+  def body(i, carry):
+    xp, mu, buf = carry
+    g = grad_fn(xp, i)
+    g = jax.tree.map(lambda gi, p: (gi + weight_decay * p).astype(p.dtype), g, xp)
+    buf = jax.tree.map(
+        lambda b, gi: jnp.where(i == 0, gi, momentum * b + gi).astype(b.dtype),
+        buf, g)
+    if nesterov:
+      d = jax.tree.map(lambda gi, b: gi + momentum * b, g, buf)
     else:
-      validation.require_extra_arg(grad_fn, "grad_fn", "entropy_sgd", _GRAD_FN_HOW)
-      cap = (1.0 / inner_lr) if gamma_max is None else gamma_max
-      gamma_t = scoped_gamma(gamma, gamma_scoping, count, cap)
-      mu = inner_loop(params, grad_fn, gamma_t, sub)
-      if scale_outer_by_gamma:
-        g_outer = jax.tree.map(
-            lambda p, m: (gamma_t.astype(p.dtype) * (p - m)).astype(p.dtype), params, mu)
-      else:
-        g_outer = jax.tree.map(lambda p, m: (p - m).astype(p.dtype), params, mu)
-    new_updates, outer_state = outer.update(g_outer, state.outer, params)
-    new_updates = _tree_cast_like(new_updates, updates)
-    return new_updates, EntropySGDState(
-        count=optax.safe_increment(count), key=next_key, outer=outer_state)
+      d = buf
+    z = _leaf_normals(jax.random.fold_in(key, i), xp)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    def step(p, xc, di, zi):
+      gt = gamma_t.astype(p.dtype)
+      new = p - learning_rate * (di - gt * (xc - p)) + noise_std * zi
+      return new.astype(p.dtype)
+
+    xp = jax.tree.map(step, xp, x, d, z)
+    mu = jax.tree.map(lambda m, p: (w_old * m + w_new * p).astype(m.dtype), mu, xp)
+    return xp, mu, buf
+
+  zeros = optax.tree_utils.tree_zeros_like(x)
+  _, mu, _ = jax.lax.fori_loop(0, num_steps, body, (x, x, zeros))
+  return mu
 
 
 # ---------------------------------------------------------------------------
@@ -349,33 +381,34 @@ def entropy_sgd(
     verified="closed form on quadratics (tests/test_entropy.py)",
     kind="utility",
 )
+@validation.renamed(n_samples="num_samples")
 def local_energy(
     loss_fn: Callable[[Any, Any], jax.Array] = None,
     params: Any = None,
     batch: Any = None,
     sigmas: Any = (0.1,),
-    n_samples: int = 16,
+    num_samples: int = 16,
     key: Optional[jax.Array] = None,
 ) -> jax.Array:
-  r"""Local energy :math:`\delta E(w,\sigma) = \mathbb E_z[L(w + \sigma z\odot w)] - L(w)`.
+  r"""Local energy :math:`\delta E(w,\sigma) = \mathbb E_z[L(w + \sigma z\odot |w|)] - L(w)`.
 
   Multiplicative Gaussian noise :math:`z \sim \mathcal N(0, I)`, so the
   measure is invariant to per-weight rescalings. Monte Carlo with
-  ``n_samples`` draws (the same draws for every σ). Returns an array with one
-  value per σ. ``loss_fn(params, batch)`` must return a scalar (loss or error).
+  ``num_samples`` draws (the same draws for every σ). Returns an array with
+  one value per σ. ``loss_fn(params, batch)`` must return a scalar (loss or
+  error). The sampler is the one of
+  ``optzoo.diagnostics.local_entropy_flatness(relative=True)``, whose
+  ``local_energy`` field this is, vectorized over σ.
   """
   if loss_fn is None or params is None:
     raise ValueError("local_energy needs `loss_fn(params, batch)` and `params`.")
-  validation.check_int("n_samples", n_samples, minimum=1)
+  validation.check_int("num_samples", num_samples, minimum=1)
   sig = jnp.atleast_1d(jnp.asarray(sigmas))
   key = jax.random.PRNGKey(0) if key is None else key
-  keys = jax.random.split(key, n_samples)
-  base_loss = loss_fn(params, batch)
 
-  def one(k, s):
-    z = _leaf_normals(k, params)
-    p = jax.tree.map(lambda w, zi: (w + s * zi * w).astype(w.dtype), params, z)
-    return loss_fn(p, batch)
+  def energy(s):
+    _, incs = landscape.loss_increases(loss_fn, params, batch, key, s,
+                                       num_samples, relative=True)
+    return jnp.mean(incs)
 
-  vals = jax.vmap(lambda s: jnp.mean(jax.vmap(lambda k: one(k, s))(keys)))(sig)
-  return vals - base_loss
+  return jax.vmap(energy)(sig)

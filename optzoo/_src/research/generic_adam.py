@@ -11,6 +11,7 @@ import numpy as np
 import optax
 
 from optzoo._src import registry
+from optzoo._src import tree
 from optzoo._src import validation
 
 __all__ = [
@@ -31,20 +32,16 @@ class GenericAdamState(NamedTuple):
   nu: optax.Updates
 
 
-def _fd():
-  return jnp.result_type(float)
-
-
 def _eval(x, step):
-  return jnp.asarray(x(step) if callable(x) else x, _fd())
+  return jnp.asarray(x(step) if callable(x) else x, tree.float_dtype())
 
 
 def _hyper(learning_rate, b1, theta, s, r, step):
   """(alpha_t, beta1_t, theta_t) at the 0-based ``step`` (t = step + 1)."""
-  t = jnp.asarray(step).astype(_fd()) + 1.0
-  alpha = _eval(learning_rate, step) / t ** jnp.asarray(s, _fd())
+  t = jnp.asarray(step).astype(tree.float_dtype()) + 1.0
+  alpha = _eval(learning_rate, step) / t ** jnp.asarray(s, tree.float_dtype())
   beta1 = _eval(b1, step)
-  th = 1.0 - _eval(theta, step) / t ** jnp.asarray(r, _fd())
+  th = 1.0 - _eval(theta, step) / t ** jnp.asarray(r, tree.float_dtype())
   return alpha, beta1, th
 
 
@@ -118,18 +115,14 @@ def generic_adam(
   def init_fn(params):
     return GenericAdamState(
         count=jnp.zeros([], jnp.int32),
-        mu=jax.tree.map(jnp.zeros_like, params),
-        nu=jax.tree.map(jnp.zeros_like, params))
+        mu=optax.tree_utils.tree_zeros_like(params),
+        nu=optax.tree_utils.tree_zeros_like(params))
 
   def update_fn(updates, state, params=None):
     del params
     alpha, beta1, th = _hyper(learning_rate, b1, theta, s, r, state.count)
-    mu = jax.tree.map(
-        lambda m, g: (beta1 * m + (1.0 - beta1) * g).astype(m.dtype),
-        state.mu, updates)
-    nu = jax.tree.map(
-        lambda v, g: (th * v + (1.0 - th) * g * g).astype(v.dtype),
-        state.nu, updates)
+    mu = tree.tree_moment(updates, state.mu, beta1, 1)
+    nu = tree.tree_moment(updates, state.nu, th, 2)
     new_updates = jax.tree.map(
         lambda m, v, g: (-alpha * m / jnp.sqrt(v + eps)).astype(g.dtype),
         mu, nu, updates)

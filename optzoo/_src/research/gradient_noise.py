@@ -1,6 +1,7 @@
 """Gradient noise around any optimizer (Neelakantan et al., 2015)."""
 from __future__ import annotations
 
+import jax
 import optax
 
 from optzoo._src import registry
@@ -19,15 +20,16 @@ __all__ = ["gradient_noise"]
     reference="statistical test of the variance schedule",
     extra_args=("key",),
 )
+@validation.renamed(seed="key")
 def gradient_noise(
     inner: optax.GradientTransformation,
     eta: float = 0.01,
     gamma: float = 0.55,
-    seed: int = 0,
+    key: jax.Array | int = 0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Annealed gradient noise in front of an optimizer (Neelakantan et al.).
 
-  ``chain(add_gradient_noise(eta, gamma, seed), inner)``: the inner optimizer
+  ``chain(add_gradient_noise(eta, gamma, key), inner)``: the inner optimizer
   sees :math:`g_t + \mathcal N(0, \eta/(1+t)^\gamma)`. E.g.
   ``gradient_noise(optzoo.adam(1e-3), eta=0.3)``. Extra args are passed to
   both links (``key=`` is consumed by the noise).
@@ -36,10 +38,10 @@ def gradient_noise(
     inner: the optimizer that receives the noisy gradients.
     eta: :math:`\eta` >= 0.
     gamma: :math:`\gamma` >= 0 (paper 0.55).
-    seed: integer seed of the noise key.
+    key: the noise's initial PRNG key, or an integer seed.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
   """
   validation.check_transformation("inner", inner)
-  return optax.chain(add_gradient_noise(eta, gamma, seed), inner)
+  return optax.chain(add_gradient_noise(eta, gamma, key), inner)

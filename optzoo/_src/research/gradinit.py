@@ -8,13 +8,16 @@ Efficient Training", NeurIPS 2021; official code ``zhuchen03/gradinit``
 from __future__ import annotations
 
 import collections.abc
+import functools
 from typing import Any, Callable, Iterable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from optzoo._src import registry
+from optzoo._src import tree
 from optzoo._src import validation
 
 __all__ = ["GradInitResult", "gradinit", "gradinit_objective"]
@@ -95,6 +98,7 @@ def gradinit_objective(loss_fn: Callable[[Any, Any], jax.Array], params: Any, ba
     verified="NumPy re-derivation of zhuchen03/gradinit on a linear model (tests/test_gradinit.py)",
     kind="utility",
 )
+@validation.renamed(iters="num_iters", lr="learning_rate")
 def gradinit(
     loss_fn: Callable[[Any, Any], jax.Array],
     params: Any,
@@ -103,8 +107,8 @@ def gradinit(
     target: str = "sgd",
     eta: float = 0.1,
     gamma: float = 1.0,
-    iters: int = 390,
-    lr: float = 1e-2,
+    num_iters: int = 390,
+    learning_rate: float = 1e-2,
     m_min: float = 0.01,
     bias_m_min: float = 0.0,
     clip: float = 1.0,
@@ -160,8 +164,8 @@ def gradinit(
     target: optimizer the initialization is tuned for: ``"sgd"`` or ``"adam"``.
     eta: the target optimizer's first-step size η (paper: 0.1 for SGD).
     gamma: gradient-norm bound γ (``inf`` disables the constraint).
-    iters: number of iterations (paper: 390, one CIFAR epoch at B = 128).
-    lr: learning rate τ of the scale optimizer (the paper tunes it per
+    num_iters: number of iterations (paper: 390, one CIFAR epoch at B = 128).
+    learning_rate: learning rate τ of the scale optimizer (the paper tunes it per
       architecture, 1e-3 to 1e-1).
     m_min: lower bound of weight scales; ``bias_m_min`` for biases.
     clip: per-scalar gradient clipping (0 disables).
@@ -183,8 +187,8 @@ def gradinit(
   validation.check_positive("eta", eta)
   if not (isinstance(gamma, float) and gamma == float("inf")):
     validation.check_nonneg("gamma", gamma)
-  validation.check_int("iters", iters, minimum=1)
-  validation.check_positive("lr", lr)
+  validation.check_int("num_iters", num_iters, minimum=1)
+  validation.check_positive("learning_rate", learning_rate)
   validation.check_nonneg("m_min", m_min)
   validation.check_nonneg("bias_m_min", bias_m_min)
   validation.check_nonneg("clip", clip)
@@ -195,44 +199,86 @@ def gradinit(
   validation.check_nonneg("eps", eps)
 
   w0 = jax.tree.map(jnp.asarray, params)
+  floors = _scale_floors(w0, m_min, bias_m_min)
+  scales = jax.tree.map(lambda x: jnp.ones([], tree.float_dtype()), w0)
+  adam_step = functools.partial(_rescale_adam_step, floors=floors,
+                                learning_rate=learning_rate, b1=b1, b2=b2,
+                                eps=eps)
+  iteration = _gradinit_iteration(loss_fn, w0, adam_step, target=target,
+                                  eta=eta, gamma=gamma, clip=clip,
+                                  normalize_grad=normalize_grad,
+                                  second_order=second_order)
+  draw = _batch_drawer(batches)
+  st_obj, st_con = _init_adam(scales), _init_adam(scales)
+  m = scales
+  hist = {"loss": [], "gnorm": [], "constraint": [], "objective": []}
+  for _ in range(num_iters):
+    s_a, s_b, s_c = draw(), draw(), draw()
+    m, st_obj, st_con, (loss, gn, con, obj) = iteration(m, st_obj, st_con, s_a, s_b, s_c)
+    hist["loss"].append(loss)
+    hist["gnorm"].append(gn)
+    hist["constraint"].append(con)
+    hist["objective"].append(obj)
+  history = {k: np.asarray(jnp.stack(v)) for k, v in hist.items()}
+  return GradInitResult(params=_rescaled(m, w0), scales=m, history=history)
+
+
+def _scale_floors(w0, m_min, bias_m_min):
+  """The lower bound of every scale: ``bias_m_min`` for leaves named bias."""
   leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(w0)
   floors = [bias_m_min if "bias" in jax.tree_util.keystr(p).lower() else m_min
             for p, _ in leaves_with_path]
-  floors = jax.tree.unflatten(treedef, [jnp.asarray(f, jnp.result_type(float))
-                                        for f in floors])
-  scales = jax.tree.map(lambda x: jnp.ones([], jnp.result_type(float)), w0)
+  return jax.tree.unflatten(treedef, [jnp.asarray(f, tree.float_dtype())
+                                      for f in floors])
 
-  def rescaled(m):
-    return jax.tree.map(lambda mi, w: (mi * w).astype(w.dtype), m, w0)
+
+def _rescaled(m, w0):
+  """The parameters :math:`m_i W_i^0`."""
+  return jax.tree.map(lambda mi, w: (mi * w).astype(w.dtype), m, w0)
+
+
+def _init_adam(scales):
+  z = optax.tree_utils.tree_zeros_like(scales)
+  return _Adam(jnp.zeros([], jnp.int32), z, z)
+
+
+def _rescale_adam_step(m, grad, st, *, floors, learning_rate, b1, b2, eps):
+  """One step of the official ``RescaleAdam`` on the scales, clamped at the floors."""
+  count = st.count + 1
+  mu = tree.tree_moment(grad, st.mu, b1, 1)
+  nu = tree.tree_moment(grad, st.nu, b2, 2)
+  c = count.astype(tree.float_dtype())
+  bc1, bc2 = 1 - b1 ** c, 1 - b2 ** c
+  new_m = jax.tree.map(
+      lambda mi, a, v, fl: jnp.maximum(
+          mi - learning_rate / bc1 * a / (jnp.sqrt(v / bc2) + eps), fl),
+      m, mu, nu, floors)
+  return new_m, _Adam(count, mu, nu)
+
+
+def _gradinit_iteration(loss_fn, w0, adam_step, *, target, eta, gamma, clip,
+                        normalize_grad, second_order):
+  """The jitted GradInit iteration ``(m, st_obj, st_con, S_a, S_b, S_c)``.
+
+  Takes the constraint step (lower the gradient norm) when the norm on
+  :math:`S = S_a \cup S_b` exceeds ``gamma``, else the objective step (lower
+  the loss on :math:`\tilde S = S_a \cup S_c` after one target step); each
+  branch keeps its own Adam state, as in the official code.
+  """
 
   def grad_at(m, batch):
-    return jax.grad(loss_fn)(rescaled(m), batch)
+    return jax.grad(loss_fn)(_rescaled(m, w0), batch)
 
   def constraint_value(m, s):
     return _gnorm(grad_at(m, s), target)
 
   def objective_value(m, s, s_new):
-    theta = rescaled(m)
+    theta = _rescaled(m, w0)
     a = _step_direction(jax.grad(loss_fn)(theta, s), target, normalize_grad)
     if not second_order:
       a = jax.lax.stop_gradient(a)
     stepped = jax.tree.map(lambda p, d: (p - eta * d).astype(p.dtype), theta, a)
     return loss_fn(stepped, s_new) / eta
-
-  def adam_step(m, grad, st):
-    count = st.count + 1
-    mu = jax.tree.map(lambda a, g: b1 * a + (1 - b1) * g, st.mu, grad)
-    nu = jax.tree.map(lambda a, g: b2 * a + (1 - b2) * g * g, st.nu, grad)
-    c = count.astype(jnp.result_type(float))
-    bc1, bc2 = 1 - b1 ** c, 1 - b2 ** c
-    new_m = jax.tree.map(
-        lambda mi, a, v, fl: jnp.maximum(mi - lr / bc1 * a / (jnp.sqrt(v / bc2) + eps), fl),
-        m, mu, nu, floors)
-    return new_m, _Adam(count, mu, nu)
-
-  def init_adam():
-    z = jax.tree.map(jnp.zeros_like, scales)
-    return _Adam(jnp.zeros([], jnp.int32), z, z)
 
   @jax.jit
   def iteration(m, st_obj, st_con, s_a, s_b, s_c):
@@ -240,7 +286,7 @@ def gradinit(
     s_new = _concat(s_a, s_c)
     g = grad_at(m, s)
     gn = _gnorm(g, target)
-    loss = loss_fn(rescaled(m), s)
+    loss = loss_fn(_rescaled(m, w0), s)
     is_con = gn > gamma
 
     def con_branch(_):
@@ -262,6 +308,11 @@ def gradinit(
     st_obj = pick(st_obj, st_obj2)
     return new_m, st_obj, st_con, (loss, gn, is_con, obj)
 
+  return iteration
+
+
+def _batch_drawer(batches):
+  """``draw()`` -> the next batch; a re-iterable is restarted when it runs out."""
   reiterable = not isinstance(batches, collections.abc.Iterator)
   it = iter(batches)
 
@@ -277,15 +328,4 @@ def gradinit(
       it = iter(batches)
       return next(it)
 
-  st_obj, st_con = init_adam(), init_adam()
-  m = scales
-  hist = {"loss": [], "gnorm": [], "constraint": [], "objective": []}
-  for _ in range(iters):
-    s_a, s_b, s_c = draw(), draw(), draw()
-    m, st_obj, st_con, (loss, gn, con, obj) = iteration(m, st_obj, st_con, s_a, s_b, s_c)
-    hist["loss"].append(loss)
-    hist["gnorm"].append(gn)
-    hist["constraint"].append(con)
-    hist["objective"].append(obj)
-  history = {k: np.asarray(jnp.stack(v)) for k, v in hist.items()}
-  return GradInitResult(params=rescaled(m), scales=m, history=history)
+  return draw

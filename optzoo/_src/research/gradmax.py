@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optzoo._src import registry
+from optzoo._src import tree
 from optzoo._src import validation
 
 __all__ = ["GradMaxResult", "gradmax_fanout", "gradmax_grow", "gradmax_matrix",
@@ -28,19 +29,10 @@ def _as_path(p: Path) -> tuple:
   return tuple(p)
 
 
-def _lookup(params, path):
-  node = params
-  for k in path:
-    if not (hasattr(node, "keys") and k in node):
-      return None
-    node = node[k]
-  return node
-
-
 def _find_layer(params, path, name):
-  node = _lookup(params, path)
+  node = tree.tree_get_path(params, path, None)
   if node is None and hasattr(params, "keys") and "params" in params:
-    node = _lookup(params["params"], path)
+    node = tree.tree_get_path(params["params"], path, None)
     path = ("params",) + path
   if node is None or "kernel" not in node:
     raise ValueError(f"gradmax_grow: `{name}` {'/'.join(path)!r} is not a Dense layer"
@@ -49,14 +41,6 @@ def _find_layer(params, path, name):
     raise ValueError(f"gradmax_grow: `{name}` must be a Dense layer with a 2-D kernel,"
                      f" got shape {jnp.shape(node['kernel'])}.")
   return path, node
-
-
-def _set(tree, path, value):
-  if not path:
-    return value
-  out = dict(tree)
-  out[path[0]] = _set(tree[path[0]], path[1:], value)
-  return type(tree)(out) if not isinstance(tree, dict) else out
 
 
 class GradMaxResult(NamedTuple):
@@ -249,7 +233,8 @@ def gradmax_grow(
     new_l["bias"] = jnp.concatenate([lnode["bias"], jnp.zeros((k,), lnode["bias"].dtype)])
   new_n = dict(nnode)
   new_n["kernel"] = jnp.concatenate([w_n, fan_out.astype(w_n.dtype)], 0)
-  new_params = _set(_set(params, lpath, new_l), npath, new_n)
+  new_params = tree.tree_set_path(tree.tree_set_path(params, lpath, new_l), npath,
+                                  new_n)
   new_state = None
   if opt_state is not None:
     new_state = grow_optimizer_state(opt_state, params, new_params)

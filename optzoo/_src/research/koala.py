@@ -12,6 +12,7 @@ already applies the first covariance prediction.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple, Optional
 
 import chex
@@ -24,7 +25,8 @@ from optzoo._src import tree
 from optzoo._src import validation
 from optzoo._src.tree import tree_all_finite
 
-__all__ = ["koala", "koala_loss_stats", "KoalaVState", "KoalaMState"]
+__all__ = ["koala", "koala_loss_stats", "scale_by_koala_m", "scale_by_koala_v",
+           "KoalaVState", "KoalaMState"]
 
 _PAPER = (
     "Davtyan, Sameni, Cerkezi, Meishvili, Bielski, Favaro. KOALA: A Kalman"
@@ -71,16 +73,6 @@ class KoalaMState(NamedTuple):
   q_w: chex.Array
   velocity: Any
   param_ema: Any
-
-
-def _scalar_dtype(params: Any) -> Any:
-  """The dtype of KOALA's scalar state: the widest param float, at least f32."""
-  dt = jnp.float32
-  for leaf in jax.tree.leaves(params):
-    ldt = jnp.asarray(leaf).dtype
-    if jnp.issubdtype(ldt, jnp.floating):
-      dt = jnp.promote_types(dt, ldt)
-  return dt
 
 
 def _sumsq(x: chex.Array, dt: Any) -> chex.Array:
@@ -251,6 +243,10 @@ def koala(
   ``state.tx.update(grads, state.opt_state, state.params, value=...)``
   yourself (tests/test_koala.py shows both).
 
+  ``koala`` validates every argument and returns
+  :func:`scale_by_koala_v` (``variant="vanilla"``) or :func:`scale_by_koala_m`
+  (``variant="momentum"``) with the arguments that variant uses.
+
   Returns:
     An ``optax.GradientTransformationExtraArgs``. ``update`` needs ``params``
     and the extra args ``value`` (mean minibatch loss at ``params``) and,
@@ -274,15 +270,42 @@ def koala(
     Adaptivity <https://arxiv.org/abs/2107.03331>`_, AAAI 2022; official
     code `Araachie/koala <https://github.com/Araachie/koala>`_.
   """
-  validation.check_lr(learning_rate)
+  _check_common(learning_rate, sigma, r, r_decay, weight_decay, r_init, eps,
+                direction)
   validation.check_choice("variant", variant, ("vanilla", "momentum"))
+  validation.check_nonneg("q", q)
+  _check_momentum_args(momentum, sigma_v, sigma_c, q_w, q_v, q_w_decay,
+                       ema_decay)
+  common = dict(learning_rate=learning_rate, sigma=sigma, r=r,
+                r_decay=r_decay, weight_decay=weight_decay, r_init=r_init,
+                eps=eps, direction=direction)
+  if variant == "vanilla":
+    return scale_by_koala_v(q=q, **common)
+  return scale_by_koala_m(
+      momentum=momentum, sigma_v=sigma_v, sigma_c=sigma_c, q_w=q_w, q_v=q_v,
+      q_w_decay=q_w_decay, ema_decay=ema_decay, **common)
+
+
+# ---------------------------------------------------------------------------
+# Pieces shared by both variants
+# ---------------------------------------------------------------------------
+
+
+def _check_common(learning_rate, sigma, r, r_decay, weight_decay, r_init, eps,
+                  direction) -> None:
+  validation.check_lr(learning_rate)
   validation.check_choice("direction", direction, ("code", "regularized"))
   validation.check_positive("sigma", sigma)
-  validation.check_nonneg("q", q)
   if r is not None:
     validation.check_positive("r", r)
   validation.check_beta("r_decay", r_decay)
   validation.check_nonneg("weight_decay", weight_decay)
+  validation.check_positive("r_init", r_init)
+  validation.check_nonneg("eps", eps)
+
+
+def _check_momentum_args(momentum, sigma_v, sigma_c, q_w, q_v, q_w_decay,
+                         ema_decay) -> None:
   validation.check_beta("momentum", momentum)
   validation.check_nonneg("sigma_v", sigma_v)
   validation.check_number("sigma_c", sigma_c)
@@ -290,55 +313,81 @@ def koala(
   validation.check_nonneg("q_v", q_v)
   validation.check_beta("q_w_decay", q_w_decay)
   validation.check_beta("ema_decay", ema_decay)
-  validation.check_positive("r_init", r_init)
-  validation.check_nonneg("eps", eps)
 
-  name = f"koala(variant={variant!r})"
-  raw_direction = variant == "vanilla" and direction == "code"
 
-  def lr_at(count):
-    return learning_rate(count) if callable(learning_rate) else learning_rate
+def _lr_at(learning_rate, count):
+  return learning_rate(count) if callable(learning_rate) else learning_rate
 
-  def measurement(state, value, value_sq, dt):
-    """(loss, R used now, R for the state, inputs-finite flag)."""
-    validation.require_extra_arg(value, "value", name, _HOW)
-    loss = jnp.asarray(value, dt)
-    if r is None:
-      validation.require_extra_arg(value_sq, "value_sq", name, _HOW)
-      loss_sq = jnp.asarray(value_sq, dt)
-      r_new = r_decay * state.r + (1.0 - r_decay) * loss_sq
-      return loss, r_new, r_new, tree_all_finite((loss, loss_sq))
-    return loss, jnp.asarray(r, dt), state.r, tree_all_finite(loss)
 
-  def leaf_stats(g, p, dt):
-    """(active, ||g~||^2, layer regularized loss term, g~ in dt)."""
-    g_ = jnp.asarray(g, dt)
-    p_ = jnp.asarray(p, dt)
-    active = jnp.sqrt(jnp.sum(g_ * g_)) >= eps
-    lg = g_ + weight_decay * p_
-    return active, jnp.sum(lg * lg), 0.5 * weight_decay * jnp.sum(p_ * p_), g_, lg
+def _measurement(name, r, r_decay, state, value, value_sq, dt):
+  """(loss, R used now, R for the state, inputs-finite flag)."""
+  validation.require_extra_arg(value, "value", name, _HOW)
+  loss = jnp.asarray(value, dt)
+  if r is None:
+    validation.require_extra_arg(value_sq, "value_sq", name, _HOW)
+    loss_sq = jnp.asarray(value_sq, dt)
+    r_new = r_decay * state.r + (1.0 - r_decay) * loss_sq
+    return loss, r_new, r_new, tree_all_finite((loss, loss_sq))
+  return loss, jnp.asarray(r, dt), state.r, tree_all_finite(loss)
 
-  # ------------------------------------------------------------------ KOALA-V
-  def init_v(params):
-    dt = _scalar_dtype(params)
+
+def _leaf_stats(g, p, dt, weight_decay, eps):
+  """(active, ||g~||^2, layer regularized loss term, g in dt, g~ in dt)."""
+  g_ = jnp.asarray(g, dt)
+  p_ = jnp.asarray(p, dt)
+  active = jnp.sqrt(jnp.sum(g_ * g_)) >= eps
+  lg = g_ + weight_decay * p_
+  return active, jnp.sum(lg * lg), 0.5 * weight_decay * jnp.sum(p_ * p_), g_, lg
+
+
+# ---------------------------------------------------------------------------
+# KOALA-V
+# ---------------------------------------------------------------------------
+
+
+def scale_by_koala_v(
+    learning_rate: optax.ScalarOrSchedule = 1.0,
+    sigma: float = 0.1,
+    q: float = 1.0,
+    r: Optional[float] = None,
+    r_decay: float = 0.9,
+    weight_decay: float = 5e-4,
+    r_init: float = 1.0,
+    eps: float = 1e-9,
+    direction: str = "code",
+) -> optax.GradientTransformationExtraArgs:
+  r"""KOALA-V, the scalar-covariance KOALA (``VanillaKOALA`` in the code).
+
+  :func:`koala` with ``variant="vanilla"``; see it for the math, the
+  arguments and the extra args ``value`` / ``value_sq``.
+  """
+  _check_common(learning_rate, sigma, r, r_decay, weight_decay, r_init, eps,
+                direction)
+  validation.check_nonneg("q", q)
+  name = "koala(variant='vanilla')"
+  raw_direction = direction == "code"
+
+  def init_fn(params):
+    dt = tree.widest_float_dtype(params)
     return KoalaVState(
         count=jnp.zeros([], jnp.int32),
         sigma=jnp.asarray(sigma, dt) + jnp.asarray(q, dt),  # first prediction
         r=jnp.asarray(r_init, dt),
     )
 
-  def update_v(updates, state, params=None, *, value=None, value_sq=None,
-               **extra_args):
+  def update_fn(updates, state, params=None, *, value=None, value_sq=None,
+                **extra_args):
     del extra_args
     validation.require_params(params, name)
     dt = state.sigma.dtype
-    loss, cur_r, r_state, ok = measurement(state, value, value_sq, dt)
+    loss, cur_r, r_state, ok = _measurement(name, r, r_decay, state, value,
+                                            value_sq, dt)
     ok = ok & tree_all_finite(updates)
     sig = state.sigma
-    eta = jnp.asarray(lr_at(state.count), dt)
+    eta = jnp.asarray(_lr_at(learning_rate, state.count), dt)
 
     def leaf(g, p):
-      active, lgn2, reg, g_, lg = leaf_stats(g, p, dt)
+      active, lgn2, reg, g_, lg = _leaf_stats(g, p, dt, weight_decay, eps)
       s = sig * lgn2 + cur_r
       scale = eta * (loss + reg) * sig / s
       d = g_ if raw_direction else lg
@@ -356,84 +405,134 @@ def koala(
     )
     return _skip_if_bad(ok, deltas, new_state, state)
 
-  # ------------------------------------------------------------------ KOALA-M
-  def fmat(dt):
-    return jnp.asarray([[1.0, 1.0], [0.0, momentum]], dt)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
-  def drift(param_ema, params, dt, n_total):
-    sq = jax.tree.leaves(jax.tree.map(
-        lambda e, p: _sumsq(jnp.asarray(e, dt) - jnp.asarray(p, dt), dt),
-        param_ema, params))
-    if not sq:
-      return jnp.zeros([], dt)
-    # norm of the per-leaf norms = sqrt of the sum of squares.
-    return jnp.sqrt(jnp.sum(jnp.stack(sq))) / n_total
 
-  def n_params(params):
-    return float(sum(int(jnp.size(x)) for x in jax.tree.leaves(params)))
+# ---------------------------------------------------------------------------
+# KOALA-M
+# ---------------------------------------------------------------------------
 
-  def init_m(params):
-    dt = _scalar_dtype(params)
-    n_total = max(n_params(params), 1.0)
-    zeros = jax.tree.map(jnp.zeros_like, params)
+
+def _transition(momentum, dt):
+  """The state transition F = [[1, 1], [0, a]] of (weights, velocity)."""
+  return jnp.asarray([[1.0, 1.0], [0.0, momentum]], dt)
+
+
+def _drift(param_ema, params, dt, n_total):
+  """The norm of the per-leaf norms of ``param_ema - params``, over N."""
+  sq = jax.tree.leaves(jax.tree.map(
+      lambda e, p: _sumsq(jnp.asarray(e, dt) - jnp.asarray(p, dt), dt),
+      param_ema, params))
+  if not sq:
+    return jnp.zeros([], dt)
+  # norm of the per-leaf norms = sqrt of the sum of squares.
+  return jnp.sqrt(jnp.sum(jnp.stack(sq))) / n_total
+
+
+def _num_params(params) -> float:
+  """The total number of parameters N (at least 1) as a float."""
+  return max(float(sum(int(jnp.size(x)) for x in jax.tree.leaves(params))), 1.0)
+
+
+def _predict_cov(f, cov_post, qw, q_v, dt):
+  """P̂ = F P Fᵀ + diag(q_w, q_v)."""
+  return f @ cov_post @ f.T + jnp.diag(jnp.stack([qw, jnp.asarray(q_v, dt)]))
+
+
+def _koala_m_leaf(g, p, v, e, *, cov, r, loss, eta, dt, weight_decay, eps,
+                  ema_decay, momentum):
+  """One leaf of KOALA-M: (delta, new velocity, new EMA, corrected p, h)."""
+  # correct: p <- p - K1 g~, v <- v - K2 g~, then the parameter EMA.
+  active, lgn2, reg, _, lg = _leaf_stats(g, p, dt, weight_decay, eps)
+  s = lgn2 * cov[0, 0] + r
+  k1 = cov[0, 0] / s * (loss + reg) * eta
+  k2 = cov[1, 0] / s * (loss + reg) * eta
+  corr = jnp.where(active, -k1 * lg, jnp.zeros_like(lg))
+  p1 = jnp.asarray(p, dt) + corr
+  v1 = jnp.asarray(v, dt) + jnp.where(active, -k2 * lg, jnp.zeros_like(lg))
+  e_ = jnp.asarray(e, dt)
+  e1 = jnp.where(active, ema_decay * e_ + (1.0 - ema_decay) * p1, e_)
+  h = jnp.where(active, lgn2 / s, jnp.zeros([], dt))
+  # predict: p <- p + v ; v <- a v
+  delta = corr + v1
+  gdt = jnp.asarray(g).dtype
+  return (delta.astype(gdt), (momentum * v1).astype(jnp.asarray(v).dtype),
+          e1.astype(jnp.asarray(e).dtype), p1, h)
+
+
+def scale_by_koala_m(
+    learning_rate: optax.ScalarOrSchedule = 1.0,
+    sigma: float = 0.1,
+    r: Optional[float] = None,
+    r_decay: float = 0.9,
+    weight_decay: float = 5e-4,
+    momentum: float = 0.9,
+    sigma_v: float = 0.1,
+    sigma_c: float = 0.0,
+    q_w: float = 1e-2,
+    q_v: float = 1e-2,
+    q_w_decay: float = 0.9,
+    ema_decay: float = 0.9,
+    r_init: float = 1.0,
+    eps: float = 1e-9,
+    direction: str = "code",
+) -> optax.GradientTransformationExtraArgs:
+  r"""KOALA-M, KOALA with a 2x2 covariance over (weights, velocities).
+
+  :func:`koala` with ``variant="momentum"`` (``MomentumKOALA`` in the code);
+  see it for the math, the arguments and the extra args ``value`` /
+  ``value_sq``. KOALA-M always steps along the regularized gradient, so
+  ``direction`` has no effect here (it is accepted for symmetry with
+  :func:`scale_by_koala_v`).
+  """
+  _check_common(learning_rate, sigma, r, r_decay, weight_decay, r_init, eps,
+                direction)
+  _check_momentum_args(momentum, sigma_v, sigma_c, q_w, q_v, q_w_decay,
+                       ema_decay)
+  name = "koala(variant='momentum')"
+
+  def init_fn(params):
+    dt = tree.widest_float_dtype(params)
+    zeros = optax.tree_utils.tree_zeros_like(params)
     qw = (q_w_decay * jnp.asarray(q_w, dt)
-          + (1.0 - q_w_decay) * drift(zeros, params, dt, n_total))
+          + (1.0 - q_w_decay) * _drift(zeros, params, dt, _num_params(params)))
     p0 = jnp.asarray([[sigma, sigma_c], [sigma_c, sigma_v]], dt)
-    f = fmat(dt)
-    cov = f @ p0 @ f.T + jnp.diag(jnp.stack([qw, jnp.asarray(q_v, dt)]))
     return KoalaMState(
         count=jnp.zeros([], jnp.int32),
-        cov=cov,
+        cov=_predict_cov(_transition(momentum, dt), p0, qw, q_v, dt),
         r=jnp.asarray(r_init, dt),
         q_w=qw,
         velocity=zeros,
-        param_ema=jax.tree.map(jnp.zeros_like, params),
+        param_ema=optax.tree_utils.tree_zeros_like(params),
     )
 
-  def update_m(updates, state, params=None, *, value=None, value_sq=None,
-               **extra_args):
+  def update_fn(updates, state, params=None, *, value=None, value_sq=None,
+                **extra_args):
     del extra_args
     validation.require_params(params, name)
     dt = state.cov.dtype
-    loss, cur_r, r_state, ok = measurement(state, value, value_sq, dt)
+    loss, cur_r, r_state, ok = _measurement(name, r, r_decay, state, value,
+                                            value_sq, dt)
     ok = ok & tree_all_finite(updates)
     pc = state.cov
-    eta = jnp.asarray(lr_at(state.count), dt)
-    n_total = max(n_params(params), 1.0)
+    eta = jnp.asarray(_lr_at(learning_rate, state.count), dt)
 
-    def leaf(g, p, v, e):
-      active, lgn2, reg, g_, lg = leaf_stats(g, p, dt)
-      s = lgn2 * pc[0, 0] + cur_r
-      k1 = pc[0, 0] / s * (loss + reg) * eta
-      k2 = pc[1, 0] / s * (loss + reg) * eta
-      d = g_ if raw_direction else lg
-      corr = jnp.where(active, -k1 * d, jnp.zeros_like(d))
-      p1 = jnp.asarray(p, dt) + corr
-      v1 = jnp.asarray(v, dt) + jnp.where(active, -k2 * d, jnp.zeros_like(d))
-      e_ = jnp.asarray(e, dt)
-      e1 = jnp.where(active, ema_decay * e_ + (1.0 - ema_decay) * p1, e_)
-      h = jnp.where(active, lgn2 / s, jnp.zeros([], dt))
-      # predict: p <- p + v ; v <- a v
-      delta = corr + v1
-      gdt = jnp.asarray(g).dtype
-      return (delta.astype(gdt), (momentum * v1).astype(jnp.asarray(v).dtype),
-              e1.astype(jnp.asarray(e).dtype), p1, h)
-
+    leaf = functools.partial(
+        _koala_m_leaf, cov=pc, r=cur_r, loss=loss, eta=eta, dt=dt,
+        weight_decay=weight_decay, eps=eps, ema_decay=ema_decay,
+        momentum=momentum)
     deltas, vel, ema, p1, hs = tree.tree_unzip(
         jax.tree.map(leaf, updates, params, state.velocity, state.param_ema),
         updates, 5)
-    hs = jax.tree.leaves(hs)
-    hh = _tree_max(list(hs), dt)
+    hh = _tree_max(jax.tree.leaves(hs), dt)
     col = pc[:, 0]
     cov_post = pc - hh * jnp.outer(col, col)
     # predict for the next step
     qw = (q_w_decay * state.q_w
-          + (1.0 - q_w_decay) * drift(ema, p1, dt, n_total))
-    f = fmat(dt)
-    cov = f @ cov_post @ f.T + jnp.diag(jnp.stack([qw, jnp.asarray(q_v, dt)]))
+          + (1.0 - q_w_decay) * _drift(ema, p1, dt, _num_params(params)))
     new_state = KoalaMState(
         count=optax.safe_increment(state.count),
-        cov=cov,
+        cov=_predict_cov(_transition(momentum, dt), cov_post, qw, q_v, dt),
         r=r_state,
         q_w=qw,
         velocity=vel,
@@ -441,6 +540,4 @@ def koala(
     )
     return _skip_if_bad(ok, deltas, new_state, state)
 
-  if variant == "vanilla":
-    return optax.GradientTransformationExtraArgs(init_v, update_v)
-  return optax.GradientTransformationExtraArgs(init_m, update_m)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

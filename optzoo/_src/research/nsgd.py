@@ -265,7 +265,7 @@ def nsgd(
   links = []
   if not isinstance(weight_decay, (int, float)) or weight_decay != 0:
     links.append(transform.add_l2(weight_decay))
-  links.append(transform.trace(momentum, dampening, nesterov))
+  links.append(transform.trace(momentum, nesterov, dampening=dampening))
   links.append(scale_by_input_power(mode=mode, eps=eps, power_decay=power_decay,
                                     power_accum=power_accum, floor=floor,
                                     dampening=dampening))

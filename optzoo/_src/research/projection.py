@@ -238,14 +238,21 @@ def weight_rescaling(
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def _granularity_from_per_filter(per_filter: bool) -> str:
+  """The old ``per_filter`` flag of :func:`sphere_sgd` as a granularity."""
+  validation.check_bool("per_filter", per_filter)
+  return "filter" if per_filter else "joint"
+
+
 class SphereSgdState(NamedTuple):
   """State of :func:`sphere_sgd`.
 
   Attributes:
     count: number of updates (int32).
-    radius: the sphere radius :math:`\\rho` (per filter when ``per_filter``).
+    radius: the sphere radius :math:`\\rho` (per filter when
+      ``granularity="filter"``).
     lr_scale: :math:`\\rho^2` (joint) or :math:`\\sum\\|\\theta_0\\|^2`
-      (per filter): the plain SGD lr is ``elr * lr_scale``.
+      (per filter): the plain SGD lr is ``learning_rate * lr_scale``.
   """
 
   count: chex.Array
@@ -262,10 +269,12 @@ class SphereSgdState(NamedTuple):
     verified="NumPy re-derivation of tipt0p/three_regimes_on_the_sphere (tests/test_projection.py)",
     needs_params=True,
 )
+@validation.renamed(elr="learning_rate",
+                    per_filter=("granularity", _granularity_from_per_filter))
 def sphere_sgd(
-    elr: optax.ScalarOrSchedule,
+    learning_rate: optax.ScalarOrSchedule,
     radius: Optional[float] = None,
-    per_filter: bool = False,
+    granularity: str = "joint",
     mask: MaskOrFn = None,
     noninv_learning_rate: optax.ScalarOrSchedule = 0.0,
     axis: int = -1,
@@ -284,7 +293,8 @@ def sphere_sgd(
                                    {\|\theta - \tilde\eta \rho^2 g\|}
 
   (the official code's ``--fix_elr``: a plain SGD step, then the joint
-  renormalization). ``per_filter=True`` is the code's ``--fix_all_elr``:
+  renormalization; ``granularity="joint"``). ``granularity="filter"`` is
+  the code's ``--fix_all_elr``:
   every filter is normalized to :math:`\rho_f = \sqrt{\sum\|\theta_0\|^2 /
   F}` (:math:`F` filters in all SI leaves) and :math:`\eta = \tilde\eta
   \sum\|\theta_0\|^2`. For an SI loss the trajectory of
@@ -297,10 +307,12 @@ def sphere_sgd(
   that fixing the ELR with momentum is ambiguous).
 
   Args:
-    elr: the effective learning rate :math:`\tilde\eta` (float or schedule).
-    radius: :math:`\rho` (:math:`\rho_f` when ``per_filter``); ``None``
-      takes it from the params given to ``init``.
-    per_filter: normalize each filter instead of the joint vector.
+    learning_rate: the effective learning rate :math:`\tilde\eta` (ELR;
+      float or schedule; ``elr`` in the code).
+    radius: :math:`\rho` (:math:`\rho_f` with ``granularity="filter"``);
+      ``None`` takes it from the params given to ``init``.
+    granularity: ``"joint"`` (one sphere for all SI leaves) or ``"filter"``
+      (normalize each filter), as in :func:`project_to_sphere`.
     mask: pytree of bools (or callable) selecting the SI leaves; ``None``
       selects every leaf with ``ndim >= 2``.
     noninv_learning_rate: SGD learning rate of the other leaves.
@@ -314,7 +326,7 @@ def sphere_sgd(
   Examples:
     >>> import jax.numpy as jnp, optzoo
     >>> params = {"conv": jnp.ones((3, 3, 2, 4)), "bias": jnp.zeros(4)}
-    >>> tx = optzoo.sphere_sgd(elr=1e-3)
+    >>> tx = optzoo.sphere_sgd(learning_rate=1e-3)
     >>> state = tx.init(params)   # radius = ||conv|| = 8.485...
 
   References:
@@ -323,10 +335,11 @@ def sphere_sgd(
     NeurIPS 2022; code `tipt0p/three_regimes_on_the_sphere
     <https://github.com/tipt0p/three_regimes_on_the_sphere>`_.
   """
-  validation.check_lr(elr, "elr")
+  validation.check_lr(learning_rate)
   if radius is not None:
     validation.check_positive("radius", radius)
-  validation.check_bool("per_filter", per_filter)
+  validation.check_choice("granularity", granularity, ("joint", "filter"))
+  per_filter = granularity == "filter"
   validation.check_lr(noninv_learning_rate, "noninv_learning_rate")
   validation.check_int("axis", axis)
   validation.check_nonneg("eps", eps)
@@ -340,9 +353,7 @@ def sphere_sgd(
 
   def init_fn(params):
     leaves = si_leaves(params)
-    dt = jnp.float32
-    for p in leaves:
-      dt = jnp.promote_types(dt, jnp.asarray(p).dtype)
+    dt = tree.widest_float_dtype(leaves)
     sq = sum((jnp.sum(jnp.asarray(p, dt) ** 2) for p in leaves),
              jnp.zeros([], dt))
     if per_filter:
@@ -362,7 +373,8 @@ def sphere_sgd(
 
   def update_fn(updates, state, params=None):
     validation.require_params(params, "sphere_sgd")
-    e = elr(state.count) if callable(elr) else elr
+    e = (learning_rate(state.count) if callable(learning_rate)
+         else learning_rate)
     lr = e * state.lr_scale
     nlr = (noninv_learning_rate(state.count) if callable(noninv_learning_rate)
            else noninv_learning_rate)
@@ -373,7 +385,7 @@ def sphere_sgd(
                 jnp.asarray(g).dtype),
         updates, m, is_leaf=lambda z: z is None)
     new = project_to_sphere(params, steps, state.radius, mask=m,
-                            granularity="filter" if per_filter else "joint",
+                            granularity=granularity,
                             axis=axis, eps=eps)
     return new, state._replace(count=optax.safe_increment(state.count))
 

@@ -18,6 +18,7 @@ from optzoo._src import registry
 from optzoo._src import tree
 from optzoo._src import validation
 from optzoo._src import transform
+from optzoo._src.research.entropy_sgd import _leaf_normals
 from optzoo._src.research.entropy_sgd import scoped_gamma
 
 __all__ = [
@@ -138,7 +139,7 @@ def replica_coupling(
     count = state.count
     lr = learning_rate(count) if callable(learning_rate) else learning_rate
     if gamma_max is None:
-      cap = 1.0 / (coupling_period * jnp.asarray(lr, jnp.result_type(float)))
+      cap = 1.0 / (coupling_period * jnp.asarray(lr, tree.float_dtype()))
       if center == "elastic":
         cap = cap / (1.0 + _num_replicas(params))
     else:
@@ -266,16 +267,7 @@ def replicate_params(params: Any, num_replicas: int = 3, *,
 def replicated_center(params: Any, state: Any = None) -> Any:
   """The centre of replicated params: the elastic centre found in ``state`` if any, else the barycentre."""
   if state is not None:
-    found = []
-
-    def visit(s):
-      if isinstance(s, ReplicaCouplingState):
-        found.append(s)
-        return True
-      return False
-
-    jax.tree.map(lambda x: x, state, is_leaf=visit)
-    for s in found:
+    for s in tree.find_states(state, ReplicaCouplingState):
       if jax.tree.structure(s.center) == jax.tree.structure(params):
         return s.center
   return _replica_mean(params)

@@ -29,10 +29,6 @@ __all__ = ["SVIDense", "SVIMLP", "svi_gradients", "svi_mse_loss"]
 _sg = jax.lax.stop_gradient
 
 
-def _identity(x):
-  return x
-
-
 class SVIDense(nn.Module):
   """A Dense layer followed by its activation, with the SVI backward pass.
 

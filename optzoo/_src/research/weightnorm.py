@@ -16,23 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from optzoo._src import registry
+from optzoo._src import tree
 from optzoo._src import validation
 
 __all__ = ["weightnorm_data_init", "weightnorm_layers"]
-
-
-def _get(tree, path):
-  for k in path:
-    tree = tree[k]
-  return tree
-
-
-def _set(tree, path, value):
-  if not path:
-    return value
-  out = dict(tree)
-  out[path[0]] = _set(tree[path[0]], path[1:], value)
-  return out
 
 
 def weightnorm_layers(apply_fn: Callable[..., Any], variables: Any, *args: Any,
@@ -148,30 +135,30 @@ def weightnorm_data_init(
   if hasattr(variables, "unfreeze"):
     variables = variables.unfreeze()
   for wn_path, inner_path in weightnorm_layers(apply_fn, variables, x, *args, **kwargs):
-    wn_params = _get(variables["params"], wn_path)
+    wn_params = tree.tree_get_path(variables["params"], wn_path)
     keys = [k for k in wn_params if k.endswith("kernel/scale")]
     if len(keys) != 1:
       raise ValueError(f"weightnorm_data_init: WeightNorm {'/'.join(wn_path)} must"
                        " normalize exactly one kernel (variable_filter={'kernel'}).")
     scale_key = keys[0]
-    inner = _get(variables["params"], inner_path)
+    inner = tree.tree_get_path(variables["params"], inner_path)
     has_bias = "bias" in inner
     ones = jnp.ones_like(wn_params[scale_key])
     wn_new = dict(wn_params)
     wn_new[scale_key] = ones
-    variables["params"] = _set(variables["params"], wn_path, wn_new)
+    variables["params"] = tree.tree_set_path(variables["params"], wn_path, wn_new)
     if has_bias:
       inner_new = dict(inner)
       inner_new["bias"] = jnp.zeros_like(inner["bias"])
-      variables["params"] = _set(variables["params"], inner_path, inner_new)
+      variables["params"] = tree.tree_set_path(variables["params"], inner_path, inner_new)
     t = _capture_output(apply_fn, variables, wn_path, (x,) + args, kwargs)
     axes = tuple(range(t.ndim - 1))
     mu = jnp.mean(t, axis=axes)
     var = jnp.var(t, axis=axes)
     g = init_scale / jnp.sqrt(var + eps)
     wn_new[scale_key] = g.astype(ones.dtype).reshape(ones.shape)
-    variables["params"] = _set(variables["params"], wn_path, wn_new)
+    variables["params"] = tree.tree_set_path(variables["params"], wn_path, wn_new)
     if has_bias:
       inner_new["bias"] = (-mu * g).astype(inner["bias"].dtype)
-      variables["params"] = _set(variables["params"], inner_path, inner_new)
+      variables["params"] = tree.tree_set_path(variables["params"], inner_path, inner_new)
   return variables

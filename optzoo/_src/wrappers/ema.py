@@ -104,9 +104,9 @@ def param_ema(
     n = state.count
     if mode == "ema":
       tau = decay(n) if callable(decay) else decay
-      weight = 1.0 - jnp.asarray(tau, jnp.result_type(float))
+      weight = 1.0 - jnp.asarray(tau, tree.float_dtype())
     else:
-      weight = 1.0 / (n.astype(jnp.result_type(float)) + 1.0)
+      weight = 1.0 / (n.astype(tree.float_dtype()) + 1.0)
 
     def avg(e, x):
       new = e + (weight * (x - e)).astype(e.dtype)

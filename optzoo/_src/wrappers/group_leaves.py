@@ -286,36 +286,15 @@ def group_leaves(
     groups = {name: jnp.asarray(idx, jnp.int32) if len(idx) > 1 else None
               for name, idx in plan.items()}
     digits = tuple(jnp.asarray(d, jnp.int32) for d in range(_radix(plan)))
-    first = leaves[0] if leaves else None
-    sharding = getattr(first, "sharding", None)
-    if isinstance(sharding, jax.sharding.NamedSharding) and not isinstance(
-        first, jax.core.Tracer):  # replicate the small index arrays
-      groups, digits = jax.device_put((groups, digits),
-                                      jax.sharding.NamedSharding(
-                                          sharding.mesh,
-                                          jax.sharding.PartitionSpec()))
+    groups, digits = _replicated_like(leaves[0] if leaves else None,
+                                      (groups, digits))
     return GroupLeavesState(groups=groups, digits=digits,
                             inner_state=inner.init(_group(leaves, plan)))
 
   def update_fn(updates, state, params=None, **extra_args):
     leaves, treedef = jax.tree.flatten(updates)
     plan = _parse_plan(state.groups)
-    num = sum(len(idx) for idx in plan.values())
-    if num != len(leaves):
-      raise ValueError(
-          f"group_leaves: the updates have {len(leaves)} leaves but the state"
-          f" was initialised for {num}; call tx.init on the same tree.")
-    if len(state.digits) != _radix(plan):
-      raise ValueError(
-          f"group_leaves: the state holds {len(state.digits)} digits but its"
-          f" plan needs {_radix(plan)}; call tx.init again.")
-    for name, idx in plan.items():
-      shapes = {(tuple(np.shape(leaves[i])), jnp.result_type(leaves[i]))
-                for i in idx}
-      if len(shapes) != 1:
-        raise ValueError(
-            f"group_leaves: leaves {idx} were grouped at init but now differ"
-            f" in shape/dtype {sorted(map(str, shapes))}.")
+    _check_state_matches(leaves, plan, state.digits)
     g_updates = _group(leaves, plan)
     g_params = None
     if params is not None:
@@ -324,16 +303,7 @@ def group_leaves(
         raise ValueError("group_leaves: `params` and the updates must have"
                          " the same tree structure.")
       g_params = _group(p_leaves, plan)
-    g_extra = {}
-    for k, v in extra_args.items():
-      try:
-        v_leaves, v_def = jax.tree.flatten(v)
-      except Exception:  # pylint: disable=broad-except
-        v_def = None
-      if v_def == treedef and v_def is not None and v_def.num_leaves > 0:
-        g_extra[k] = _group(v_leaves, plan)
-      else:
-        g_extra[k] = v
+    g_extra = _group_extra_args(extra_args, treedef, plan)
     new_updates, inner_state = inner.update(
         g_updates, state.inner_state, g_params, **g_extra)
     out = _ungroup(new_updates, plan, len(leaves), state.digits)
@@ -341,3 +311,48 @@ def group_leaves(
             state._replace(inner_state=inner_state))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _replicated_like(first: Any, small: Any) -> Any:
+  """``small`` (the index arrays) replicated on ``first``'s mesh, if it has one."""
+  sharding = getattr(first, "sharding", None)
+  if isinstance(sharding, jax.sharding.NamedSharding) and not isinstance(
+      first, jax.core.Tracer):
+    return jax.device_put(small, jax.sharding.NamedSharding(
+        sharding.mesh, jax.sharding.PartitionSpec()))
+  return small
+
+
+def _check_state_matches(leaves: list, plan: dict, digits: tuple) -> None:
+  """Clear errors when the updates do not fit the plan made at init."""
+  num = sum(len(idx) for idx in plan.values())
+  if num != len(leaves):
+    raise ValueError(
+        f"group_leaves: the updates have {len(leaves)} leaves but the state"
+        f" was initialised for {num}; call tx.init on the same tree.")
+  if len(digits) != _radix(plan):
+    raise ValueError(
+        f"group_leaves: the state holds {len(digits)} digits but its"
+        f" plan needs {_radix(plan)}; call tx.init again.")
+  for idx in plan.values():
+    shapes = {(tuple(np.shape(leaves[i])), jnp.result_type(leaves[i]))
+              for i in idx}
+    if len(shapes) != 1:
+      raise ValueError(
+          f"group_leaves: leaves {idx} were grouped at init but now differ"
+          f" in shape/dtype {sorted(map(str, shapes))}.")
+
+
+def _group_extra_args(extra_args: dict, treedef: Any, plan: dict) -> dict:
+  """Groups the extra args shaped like the updates; passes the others through."""
+  out = {}
+  for k, v in extra_args.items():
+    try:
+      v_leaves, v_def = jax.tree.flatten(v)
+    except Exception:  # pylint: disable=broad-except
+      v_def = None
+    if v_def == treedef and v_def is not None and v_def.num_leaves > 0:
+      out[k] = _group(v_leaves, plan)
+    else:
+      out[k] = v
+  return out

@@ -139,8 +139,7 @@ def lookahead(
     new_slow = jax.tree.map(leaf_slow, new_updates, params, state.slow)
     if reset_state:
       fresh = inner.init(optax.apply_updates(params, new_updates))
-      inner_state = jax.tree.map(
-          lambda f, o: jnp.where(sync, f, o), fresh, inner_state)
+      inner_state = optax.tree_utils.tree_where(sync, fresh, inner_state)
     return new_updates, LookaheadState(count=count, slow=new_slow,
                                        inner_state=inner_state)
 
