@@ -10,7 +10,6 @@ The learning rate always comes last (:func:`scale_by_learning_rate`), so
 run time without recompiling.
 """
 
-from __future__ import annotations
 
 from typing import Any, NamedTuple, Optional
 
@@ -22,6 +21,7 @@ from optzoo._src import registry
 from optzoo._src import tree
 from optzoo._src import validation
 from optzoo._src import transform
+from optzoo._src.complex_view import per_part, real_dot
 
 __all__ = [
     "SwatsState",
@@ -45,13 +45,20 @@ _ADAM_BAD = (_NEG_LR, ({"b1": 1.0}, ValueError), ({"b2": -0.5}, ValueError),
 
 
 def _l2(weight_decay: Any) -> list:
-  """The coupled-L2 link, omitted when ``weight_decay`` is a literal 0.
+  """The coupled-L2 link (stateless; a literal 0 makes it a no-op).
 
-  Omitting it saves a read of the params every step; an injected (array)
-  weight decay always keeps the link, so the state structure is stable.
+  A literal 0 reads no params; the link itself always stays, so the state has
+  the same structure as with an injected (array) weight decay.
   """
   validation.check_nonneg("weight_decay", weight_decay)
-  return [] if tree.is_literal_zero(weight_decay) else [transform.add_l2(weight_decay)]
+  return [transform.add_l2(weight_decay)]
+
+
+def _check_momentum(momentum: Any, nesterov: bool) -> None:
+  if momentum is not None:
+    validation.check_beta("momentum", momentum)
+  if nesterov and (momentum is None or tree.is_literal_zero(momentum)):
+    raise ValueError("`nesterov=True` requires `momentum > 0` (as torch.optim.SGD).")
 
 
 # ---------------------------------------------------------------------------
@@ -71,10 +78,12 @@ def _l2(weight_decay: Any) -> list:
 )
 def sgd(
     learning_rate: optax.ScalarOrSchedule = 1e-3,
-    momentum: float = 0.0,
+    momentum: Optional[float] = None,
     dampening: float = 0.0,
     nesterov: bool = False,
     weight_decay: float = 0.0,
+    *,
+    accumulator_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
   r"""Stochastic gradient descent, exactly ``torch.optim.SGD``.
 
@@ -90,22 +99,26 @@ def sgd(
 
   Args:
     learning_rate: :math:`\eta`, a float >= 0 or a schedule (torch default 1e-3).
-    momentum: :math:`\mu` in [0, 1).
+    momentum: :math:`\mu` in [0, 1), or ``None`` (the default): no momentum
+      buffer at all (torch's ``momentum=0``). Any number, ``0.0`` included,
+      keeps the buffer, so the state has the same structure as under
+      ``optax.inject_hyperparams`` (as ``optax.sgd``'s ``momentum=None``).
     dampening: :math:`d` in [0, 1]; torch's first step is undampened.
     nesterov: Nesterov momentum (needs ``momentum > 0`` and ``dampening = 0``).
     weight_decay: coupled L2 coefficient :math:`\lambda \ge 0`.
+    accumulator_dtype: dtype of the momentum buffer (default: the params'),
+      as ``optax.sgd``.
 
   References:
     Sutskever et al., `On the importance of initialization and momentum in
     deep learning <https://proceedings.mlr.press/v28/sutskever13.html>`_, 2013.
   """
   validation.check_lr(learning_rate)
-  validation.check_beta("momentum", momentum)
-  if nesterov and tree.is_literal_zero(momentum):
-    raise ValueError("`nesterov=True` requires `momentum > 0` (as torch.optim.SGD).")
+  _check_momentum(momentum, nesterov)
   links = _l2(weight_decay)
-  if not (tree.is_literal_zero(momentum) and not nesterov):
-    links.append(transform.trace(momentum, dampening, nesterov))
+  if momentum is not None:
+    links.append(transform.trace(momentum, dampening, nesterov,
+                                 accumulator_dtype=accumulator_dtype))
   else:
     validation.check_unit_interval("dampening", dampening)
   links.append(transform.scale_by_learning_rate(learning_rate))
@@ -151,7 +164,7 @@ def nag(
 )
 def sgdw(
     learning_rate: optax.ScalarOrSchedule = 1e-3,
-    momentum: float = 0.9,
+    momentum: Optional[float] = 0.9,
     weight_decay: float = 5e-4,
     nesterov: bool = False,
     dampening: float = 0.0,
@@ -174,7 +187,7 @@ def sgdw(
 
   Args:
     learning_rate: :math:`\eta`.
-    momentum: :math:`\mu` in [0, 1).
+    momentum: :math:`\mu` in [0, 1), or ``None`` for no momentum buffer.
     weight_decay: :math:`\lambda \ge 0` (default 5e-4, a usual SGD value).
     nesterov: Nesterov momentum.
     dampening: torch's dampening.
@@ -184,13 +197,13 @@ def sgdw(
     <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
   """
   validation.check_lr(learning_rate)
-  validation.check_beta("momentum", momentum)
+  _check_momentum(momentum, nesterov)
   validation.check_nonneg("weight_decay", weight_decay)
-  if nesterov and tree.is_literal_zero(momentum):
-    raise ValueError("`nesterov=True` requires `momentum > 0`.")
   links = []
-  if not (tree.is_literal_zero(momentum) and not nesterov):
+  if momentum is not None:
     links.append(transform.trace(momentum, dampening, nesterov))
+  else:
+    validation.check_unit_interval("dampening", dampening)
   links.append(transform.add_decayed_weights(weight_decay))
   links.append(transform.scale_by_learning_rate(learning_rate))
   return optax.chain(*links)
@@ -251,7 +264,7 @@ def rmsprop(
     decay: float = 0.99,
     eps: float = 1e-8,
     weight_decay: float = 0.0,
-    momentum: float = 0.0,
+    momentum: Optional[float] = None,
     centered: bool = False,
 ) -> optax.GradientTransformation:
   r"""RMSProp, exactly ``torch.optim.RMSprop`` (``decay`` is torch's ``alpha``).
@@ -266,13 +279,15 @@ def rmsprop(
   -- "RMSProp with momentum" is literally ``chain(scale_by_rms, trace)``.
   Compare Adam: the momentum there averages raw gradients *before* the
   division and both moments are bias-corrected (see :mod:`optzoo` transform
-  docs). Equal to ``optax.rmsprop(..., eps_in_sqrt=False)``.
+  docs). Equal to ``optax.rmsprop(..., eps_in_sqrt=False)``. ``momentum=None``
+  (the default) keeps no momentum buffer; any number, ``0.0`` included, keeps
+  one (the same state structure as under ``optax.inject_hyperparams``).
   """
   validation.check_lr(learning_rate)
-  validation.check_beta("momentum", momentum)
+  _check_momentum(momentum, False)
   links = _l2(weight_decay)
   links.append(transform.scale_by_rms(decay, eps, 0.0, centered))
-  if not tree.is_literal_zero(momentum):
+  if momentum is not None:
     links.append(transform.trace(momentum))
   links.append(transform.scale_by_learning_rate(learning_rate))
   return optax.chain(*links)
@@ -713,7 +728,8 @@ def swats(
         lr_at_switch=_scalars(params, 0.0, fd),
     )
 
-  def update_fn(updates, state, params=None):
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args  # unknown extra arguments are ignored, as everywhere
     fd = _fdtype()
     grads = updates
     if not tree.is_literal_zero(weight_decay):
@@ -732,13 +748,15 @@ def swats(
 
     # --- Adam phase (always computed) ---------------------------------------
     mu = jax.tree.map(lambda m, g: b1 * m + (1.0 - b1) * g, state.mu, grads)
-    nu = jax.tree.map(lambda a, g: b2 * a + (1.0 - b2) * g * g, state.nu, grads)
+    # Complex leaves: per real / imaginary part (torch's view_as_real).
+    nu = jax.tree.map(lambda a, g: per_part(
+        lambda a, g: b2 * a + (1.0 - b2) * g * g, a, g), state.nu, grads)
     step_size = -lr * jnp.sqrt(bc2) / bc1
-    adam_p = jax.tree.map(
-        lambda m, a: step_size * m / (jnp.sqrt(a) + eps), mu, nu)
+    adam_p = jax.tree.map(lambda m, a: per_part(
+        lambda m, a: step_size * m / (jnp.sqrt(a) + eps), m, a), mu, nu)
 
     def dot(x, y):
-      return jnp.sum(x.astype(fd) * y.astype(fd))
+      return real_dot(x, y, fd)
 
     pg = jax.tree.map(dot, adam_p, grads)
     pp = jax.tree.map(dot, adam_p, adam_p)
@@ -802,4 +820,4 @@ def swats(
         sgd_phase=new_phase, switch_step=sw_step, sgd_lr=sgd_lr,
         lr_at_switch=lr_sw)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-__all__ = ["per_part", "real_dot", "check_float_params"]
+__all__ = ["per_part", "full_like", "real_dot", "check_float_params"]
 
 
 def per_part(fn: Callable[..., Any], *xs: Any) -> Any:
@@ -33,6 +33,17 @@ def per_part(fn: Callable[..., Any], *xs: Any) -> Any:
   re = fn(*[jnp.real(x) if jnp.iscomplexobj(x) else x for x in xs])
   im = fn(*[jnp.imag(x) if jnp.iscomplexobj(x) else x for x in xs])
   return jax.lax.complex(re, im.astype(re.dtype))
+
+
+def full_like(p: Any, value: Any) -> jax.Array:
+  """``full_like(p, value)``; for complex ``p`` both parts are ``value``.
+
+  torch initialises e.g. Adagrad's accumulator of a complex parameter to
+  ``complex(v, v)``: ``value`` for the real and for the imaginary part.
+  """
+  if jnp.iscomplexobj(p):
+    return jnp.full_like(p, jax.lax.complex(*(2 * [jnp.asarray(value, jnp.real(p).dtype)])))
+  return jnp.full_like(p, value)
 
 
 def real_dot(x: Any, y: Any, dtype: Any = None) -> jax.Array:
