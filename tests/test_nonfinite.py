@@ -194,7 +194,7 @@ def test_skip_nonfinite_default_never_gives_up():
     u, state = step(bad, state)
     np.testing.assert_array_equal(u["w"], 0.0)
   assert int(state.total_skipped) == 10
-  assert int(state.inner_state[0].count) == 0
+  assert int(next(x for x in state.inner_state if hasattr(x, "count")).count) == 0
 
 
 def test_skip_nonfinite_checks_value_and_value_sq_only_when_given():

@@ -10,7 +10,6 @@ The learning rate always comes last (:func:`scale_by_learning_rate`), so
 run time without recompiling.
 """
 
-from __future__ import annotations
 
 import functools
 from typing import Any, NamedTuple, Optional
@@ -23,6 +22,7 @@ from optzoo._src import registry
 from optzoo._src import tree
 from optzoo._src import validation
 from optzoo._src import transform
+from optzoo._src.complex_view import per_part, real_dot
 
 __all__ = [
     "SwatsState",
@@ -42,13 +42,20 @@ __all__ = [
 
 
 def _l2(weight_decay: Any) -> list:
-  """The coupled-L2 link, omitted when ``weight_decay`` is a literal 0.
+  """The coupled-L2 link (stateless; a literal 0 makes it a no-op).
 
-  Omitting it saves a read of the params every step; an injected (array)
-  weight decay always keeps the link, so the state structure is stable.
+  A literal 0 reads no params; the link itself always stays, so the state has
+  the same structure as with an injected (array) weight decay.
   """
   validation.check_nonneg("weight_decay", weight_decay)
-  return [] if tree.is_literal_zero(weight_decay) else [transform.add_l2(weight_decay)]
+  return [transform.add_l2(weight_decay)]
+
+
+def _check_momentum(momentum: Any, nesterov: bool) -> None:
+  if momentum is not None:
+    validation.check_beta("momentum", momentum)
+  if nesterov and (momentum is None or tree.is_literal_zero(momentum)):
+    raise ValueError("`nesterov=True` requires `momentum > 0` (as torch.optim.SGD).")
 
 
 # ---------------------------------------------------------------------------
@@ -65,10 +72,12 @@ def _l2(weight_decay: Any) -> list:
 )
 def sgd(
     learning_rate: optax.ScalarOrSchedule = 1e-3,
-    momentum: float = 0.0,
+    momentum: Optional[float] = None,
     dampening: float = 0.0,
     nesterov: bool = False,
     weight_decay: float = 0.0,
+    *,
+    accumulator_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
   r"""Stochastic gradient descent, exactly ``torch.optim.SGD``.
 
@@ -84,22 +93,26 @@ def sgd(
 
   Args:
     learning_rate: :math:`\eta`, a float >= 0 or a schedule (torch default 1e-3).
-    momentum: :math:`\mu` in [0, 1).
+    momentum: :math:`\mu` in [0, 1), or ``None`` (the default): no momentum
+      buffer at all (torch's ``momentum=0``). Any number, ``0.0`` included,
+      keeps the buffer, so the state has the same structure as under
+      ``optax.inject_hyperparams`` (as ``optax.sgd``'s ``momentum=None``).
     dampening: :math:`d` in [0, 1]; torch's first step is undampened.
     nesterov: Nesterov momentum (needs ``momentum > 0`` and ``dampening = 0``).
     weight_decay: coupled L2 coefficient :math:`\lambda \ge 0`.
+    accumulator_dtype: dtype of the momentum buffer (default: the params'),
+      as ``optax.sgd``.
 
   References:
     Sutskever et al., `On the importance of initialization and momentum in
     deep learning <https://proceedings.mlr.press/v28/sutskever13.html>`_, 2013.
   """
   validation.check_lr(learning_rate)
-  validation.check_beta("momentum", momentum)
-  if nesterov and tree.is_literal_zero(momentum):
-    raise ValueError("`nesterov=True` requires `momentum > 0` (as torch.optim.SGD).")
+  _check_momentum(momentum, nesterov)
   links = _l2(weight_decay)
-  if not (tree.is_literal_zero(momentum) and not nesterov):
-    links.append(transform.trace(momentum, nesterov, dampening=dampening))
+  if momentum is not None:
+    links.append(transform.trace(momentum, nesterov, dampening=dampening,
+                                 accumulator_dtype=accumulator_dtype))
   else:
     validation.check_unit_interval("dampening", dampening)
   links.append(transform.scale_by_learning_rate(learning_rate))
@@ -143,10 +156,12 @@ def nag(
 )
 def sgdw(
     learning_rate: optax.ScalarOrSchedule = 1e-3,
-    momentum: float = 0.9,
+    momentum: Optional[float] = 0.9,
     dampening: float = 0.0,
     nesterov: bool = False,
     weight_decay: float = 5e-4,
+    *,
+    accumulator_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
   r"""SGD with decoupled weight decay, as ``pytorch_optimizer.SGDW``.
 
@@ -166,23 +181,25 @@ def sgdw(
 
   Args:
     learning_rate: :math:`\eta`.
-    momentum: :math:`\mu` in [0, 1).
+    momentum: :math:`\mu` in [0, 1), or ``None`` for no momentum buffer.
     dampening: torch's dampening.
     nesterov: Nesterov momentum.
     weight_decay: :math:`\lambda \ge 0` (default 5e-4, a usual SGD value).
+    accumulator_dtype: dtype of the momentum buffer (default: the params').
 
   References:
     Loshchilov & Hutter, `Decoupled Weight Decay Regularization
     <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
   """
   validation.check_lr(learning_rate)
-  validation.check_beta("momentum", momentum)
+  _check_momentum(momentum, nesterov)
   validation.check_nonneg("weight_decay", weight_decay)
-  if nesterov and tree.is_literal_zero(momentum):
-    raise ValueError("`nesterov=True` requires `momentum > 0`.")
   links = []
-  if not (tree.is_literal_zero(momentum) and not nesterov):
-    links.append(transform.trace(momentum, nesterov, dampening=dampening))
+  if momentum is not None:
+    links.append(transform.trace(momentum, nesterov, dampening=dampening,
+                                 accumulator_dtype=accumulator_dtype))
+  else:
+    validation.check_unit_interval("dampening", dampening)
   links.append(transform.add_decayed_weights(weight_decay))
   links.append(transform.scale_by_learning_rate(learning_rate))
   return optax.chain(*links)
@@ -238,7 +255,7 @@ def rmsprop(
     decay: float = 0.99,
     eps: float = 1e-8,
     weight_decay: float = 0.0,
-    momentum: float = 0.0,
+    momentum: Optional[float] = None,
     centered: bool = False,
 ) -> optax.GradientTransformation:
   r"""RMSProp, exactly ``torch.optim.RMSprop`` (``decay`` is torch's ``alpha``).
@@ -253,13 +270,15 @@ def rmsprop(
   -- "RMSProp with momentum" is literally ``chain(scale_by_rms, trace)``.
   Compare Adam: the momentum there averages raw gradients *before* the
   division and both moments are bias-corrected (see :mod:`optzoo` transform
-  docs). Equal to ``optax.rmsprop(..., eps_in_sqrt=False)``.
+  docs). Equal to ``optax.rmsprop(..., eps_in_sqrt=False)``. ``momentum=None``
+  (the default) keeps no momentum buffer; any number, ``0.0`` included, keeps
+  one (the same state structure as under ``optax.inject_hyperparams``).
   """
   validation.check_lr(learning_rate)
-  validation.check_beta("momentum", momentum)
+  _check_momentum(momentum, False)
   links = _l2(weight_decay)
   links.append(transform.scale_by_rms(decay, eps, 0.0, centered=centered))
-  if not tree.is_literal_zero(momentum):
+  if momentum is not None:
     links.append(transform.trace(momentum))
   links.append(transform.scale_by_learning_rate(learning_rate))
   return optax.chain(*links)
@@ -662,7 +681,8 @@ def swats(
 
   init_fn = functools.partial(_swats_init, per_leaf=per_leaf)
 
-  def update_fn(updates, state, params=None):
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args  # unknown extra arguments are ignored, as everywhere
     fd = tree.float_dtype()
     grads = updates
     if not tree.is_literal_zero(weight_decay):
@@ -681,10 +701,12 @@ def swats(
 
     # --- Adam phase (always computed) ---------------------------------------
     mu = tree.tree_moment(grads, state.mu, b1, 1)
-    nu = tree.tree_moment(grads, state.nu, b2, 2)
+    # Complex leaves: per real / imaginary part (torch's view_as_real).
+    nu = jax.tree.map(lambda a, g: per_part(
+        lambda a, g: b2 * a + (1.0 - b2) * g * g, a, g), state.nu, grads)
     step_size = -lr * jnp.sqrt(bc2) / bc1
-    adam_p = jax.tree.map(
-        lambda m, a: step_size * m / (jnp.sqrt(a) + eps), mu, nu)
+    adam_p = jax.tree.map(lambda m, a: per_part(
+        lambda m, a: step_size * m / (jnp.sqrt(a) + eps), m, a), mu, nu)
 
     # --- projection estimate and switch decision ----------------------------
     pg, pp = _swats_projections(adam_p, grads, fd, per_leaf)
@@ -720,7 +742,7 @@ def swats(
         sgd_phase=new_phase, switch_step=sw_step, sgd_lr=sgd_lr,
         lr_at_switch=lr_sw)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def _swats_init(params, *, per_leaf):
@@ -768,7 +790,7 @@ def _swats_projections(adam_p, grads, fd, per_leaf):
   """:math:`p^\top g` and :math:`p^\top p`, per leaf or summed over leaves."""
 
   def dot(x, y):
-    return jnp.sum(x.astype(fd) * y.astype(fd))
+    return real_dot(x, y, fd)
 
   pg = jax.tree.map(dot, adam_p, grads)
   pp = jax.tree.map(dot, adam_p, adam_p)

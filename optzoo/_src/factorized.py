@@ -580,7 +580,7 @@ def _ema(momentum: Any) -> optax.GradientTransformation:
 )
 def sm3(
     learning_rate: optax.ScalarOrSchedule = 1e-1,
-    momentum: float = 0.0,
+    momentum: Optional[float] = None,
     b2: float = 0.0,
     eps: float = 1e-30,
 ) -> optax.GradientTransformation:
@@ -594,7 +594,10 @@ def sm3(
 
   Chain: ``scale_by_sm3(b2, eps) -> [momentum EMA] -> scale_by_learning_rate``.
   Memory: one vector per dimension (a (4096, 4096) leaf: 8,192 numbers),
-  plus a full-size buffer only when ``momentum > 0``.
+  plus a full-size buffer when ``momentum`` is a number (``None``, the
+  default, is the reference's ``momentum=0``: no buffer; a number, 0.0 or an
+  injected array included, keeps one, so ``sm3(...)`` and
+  ``inject_hyperparams(sm3)(...)`` have the same state structure).
 
   Differences from ``optax.sm3``: optax defaults to momentum ``b1 = 0.9``
   and ``b2 = 1.0``, ``eps = 1e-8`` outside the square root, and its momentum
@@ -604,7 +607,7 @@ def sm3(
 
   Args:
     learning_rate: :math:`\eta` (float >= 0 or schedule; default 0.1).
-    momentum: :math:`\mu` in [0, 1) (default 0).
+    momentum: :math:`\mu` in [0, 1), or ``None`` (default) for no momentum.
     b2: the reference's ``beta`` in [0, 1) (default 0: accumulate sums).
     eps: >= 0 inside the square root (default 1e-30).
 
@@ -613,9 +616,10 @@ def sm3(
     <https://arxiv.org/abs/1901.11150>`_, NeurIPS 2019.
   """
   validation.check_lr(learning_rate)
-  validation.check_beta("momentum", momentum)
+  if momentum is not None:
+    validation.check_beta("momentum", momentum)
   links = [scale_by_sm3(b2, eps)]
-  if not tree.is_literal_zero(momentum):
+  if momentum is not None:
     links.append(_ema(momentum))
   links.append(transform.scale_by_learning_rate(learning_rate))
   return optax.chain(*links)

@@ -1,7 +1,8 @@
 """The method registry: family, paper and reference implementation per method.
 
 Every public factory is recorded here by the :func:`register` decorator (the
-factory itself is returned unchanged). The CLI (``optzoo list``/``table``) and
+factory is returned behind a thin wrapper with the same signature, see
+:func:`register`). The CLI (``optzoo list``/``table``) and
 the registry-wide tests read it.
 """
 
@@ -9,8 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import inspect
 from typing import Any, Callable, Optional
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from optzoo._src import complex_view
 from optzoo._src import validation
 
 __all__ = ["MethodInfo", "register", "registry", "list_optimizers", "get_info",
@@ -87,11 +95,22 @@ def register(
     needs_params: bool = False,
     name: Optional[str] = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-  """Decorator that records a public factory in the registry, unchanged."""
+  """Decorator that records a public factory in the registry.
+
+  The recorded (and returned) factory is ``fn`` behind a thin wrapper with
+  the same signature (:func:`_public_factory`): complex hyperparameter arrays
+  with a zero imaginary part (what ``optax.inject_hyperparams`` makes of
+  floats when the params are complex) are passed on as their real part, and
+  for Team SGD / Team Adam methods, primitives and wrappers ``init`` rejects integer
+  and bool params with a TypeError naming the leaf.
+  """
   if family not in FAMILIES:
     raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
 
   def deco(fn):
+    fn = _public_factory(fn, name or fn.__name__,
+                         check_params=kind == "transformation" and family in (
+                             "Team SGD", "Team Adam", "primitive", "wrapper"))
     info = MethodInfo(
         name=name or fn.__name__,
         family=family,
@@ -108,6 +127,44 @@ def register(
     return fn
 
   return deco
+
+
+def _real_hyperparameter(name: str, value: Any) -> Any:
+  """A complex array hyperparameter -> its real part (it must have no imag)."""
+  if isinstance(value, (jax.Array, np.ndarray, np.generic)) and (
+      jnp.iscomplexobj(value)):
+    if not isinstance(value, jax.core.Tracer) and np.any(np.imag(value) != 0):
+      raise TypeError(f"`{name}` must be a real number, got {value!r}.")
+    return jnp.real(value)
+  return value
+
+
+def _public_factory(fn: Callable[..., Any], name: str, *,
+                    check_params: bool) -> Callable[..., Any]:
+  """``fn`` with real-valued hyperparameters and (optionally) float params."""
+  sig = inspect.signature(fn)
+
+  @functools.wraps(fn)
+  def factory(*args, **kwargs):
+    if any(jnp.iscomplexobj(v) for v in (*args, *kwargs.values())
+           if isinstance(v, (jax.Array, np.ndarray, np.generic))):
+      bound = sig.bind(*args, **kwargs)
+      for k, v in bound.arguments.items():
+        bound.arguments[k] = _real_hyperparameter(k, v)
+      args, kwargs = bound.args, bound.kwargs
+    out = fn(*args, **kwargs)
+    if check_params and isinstance(out, tuple) and hasattr(out, "_replace") and (
+        hasattr(out, "init")):
+      inner_init = out.init
+
+      def init(params):
+        complex_view.check_float_params(params, f"optzoo.{name}")
+        return inner_init(params)
+
+      out = out._replace(init=init)
+    return out
+
+  return factory
 
 
 def registry() -> dict[str, MethodInfo]:

@@ -12,8 +12,6 @@ The numbers reproduce ``torch.optim.lr_scheduler`` (``CyclicLR`` with
 its momentum, ``LinearLR``) value for value in float64; the fixtures are
 written by ``tests/gen_dynamics_fixtures.py``.
 """
-from __future__ import annotations
-
 import math
 from typing import Union
 
@@ -493,6 +491,9 @@ def linear_warmup(
   def schedule(step):
     t = _as_float(step)
     f = start_factor + (end_factor - start_factor) * jnp.clip(t, 0.0, w) / w
+    # From step W on the factor is exactly end_factor (as optax's
+    # linear_schedule), not s + (e - s) * W / W rounded in float32.
+    f = jnp.where(t >= w, jnp.asarray(end_factor, f.dtype), f)
     if callable(learning_rate):
       after_step = jnp.maximum(jnp.asarray(step) - warmup_steps, 0)
       return f * _value(learning_rate, after_step)

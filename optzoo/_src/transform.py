@@ -10,6 +10,10 @@ Conventions (shared by every primitive here):
   Scalar quantities that depend on the step (bias corrections, schedules) are
   computed in float32, or float64 when x64 is enabled, and only then cast.
 * ``None`` leaves pass through untouched (``jax.tree.map`` skips them).
+* Complex params are treated as torch does (``torch.view_as_real``): the
+  real and imaginary parts are independent real coordinates, so second
+  moments, maxima, clipping and square roots are taken per part
+  (:func:`optzoo._src.complex_view.per_part`). optax uses ``|g|^2`` instead.
 * Numerics follow PyTorch (``torch.optim``) exactly where a PyTorch reference
   exists: eps placement, the first momentum step, AMSGrad's max over the raw
   second moment, NAdam's momentum schedule, RAdam's threshold. Where optax
@@ -30,8 +34,6 @@ raw gradients, then divides by the root of the second moment), and neither
 moment is bias-corrected.
 """
 
-from __future__ import annotations
-
 from typing import Any, NamedTuple, Optional
 
 import chex
@@ -42,6 +44,7 @@ import optax
 from optzoo._src import registry
 from optzoo._src import tree
 from optzoo._src import validation
+from optzoo._src.complex_view import full_like, per_part
 
 __all__ = [
     "AddGradientNoiseState",
@@ -93,7 +96,7 @@ def _zero_count() -> chex.Array:
 class TraceState(NamedTuple):
   """State of :func:`trace`."""
 
-  count: Optional[chex.Array]  # int32 updates seen (None: not needed, dampening 0)
+  count: chex.Array  # int32 updates seen (only read when dampening may be > 0)
   trace: optax.Updates
 
 
@@ -144,31 +147,37 @@ def trace(
     raise ValueError("`nesterov=True` requires `dampening=0` (as torch.optim.SGD).")
 
   # With a literal dampening of 0 the zero-initialised buffer already gives
-  # b_1 = g_1 exactly, so neither the counter nor the select (one more pass
-  # per element) is needed; an injected (array) dampening keeps both.
+  # b_1 = g_1 exactly, so the select (one more pass per element) is not
+  # needed. The scalar counter is always kept, so the state has the same
+  # structure whether dampening is a literal or an injected array.
   static_zero = tree.is_literal_zero(dampening)
 
   def init_fn(params):
-    return TraceState(count=None if static_zero else _zero_count(),
-                      trace=_zeros(params, accumulator_dtype))
+    return TraceState(count=_zero_count(), trace=_zeros(params, accumulator_dtype))
 
   def update_fn(updates, state, params=None):
     del params
-    first = None if static_zero else state.count == 0
+    if not static_zero:
+      first = state.count == 0
+      # torch applies dampening only to a momentum buffer (momentum != 0).
+      if isinstance(decay, (int, float)):
+        damp = 0.0 if decay == 0 else dampening
+      else:
+        damp = jnp.where(jnp.asarray(decay) == 0, jnp.zeros_like(dampening),
+                         dampening)
 
     def leaf(g, b):
       if static_zero:
         new_b = (decay * b + g).astype(b.dtype)
       else:
         new_b = jnp.where(first, g.astype(b.dtype),
-                          decay * b + (1.0 - dampening) * g).astype(b.dtype)
+                          decay * b + (1.0 - damp) * g).astype(b.dtype)
       out = g + decay * new_b if nesterov else new_b
       return out.astype(g.dtype), new_b
 
     new_updates, new_trace = tree.tree_unzip(
         jax.tree.map(leaf, updates, state.trace), updates, 2)
-    count = None if static_zero else optax.safe_increment(state.count)
-    return new_updates, TraceState(count, new_trace)
+    return new_updates, TraceState(optax.safe_increment(state.count), new_trace)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -185,6 +194,14 @@ class ScaleByRmsState(NamedTuple):
   mu: Optional[optax.Updates]  # EMA of g (centered only; None otherwise: no memory)
 
 
+class ScaleByRmsWithCountState(NamedTuple):
+  """State of :func:`scale_by_rms` with ``bias_correction=True``."""
+
+  count: chex.Array
+  nu: optax.Updates
+  mu: Optional[optax.Updates]
+
+
 @registry.register(
     family="primitive",
     summary="Divide by the root of an EMA of squared gradients (RMSProp; centered option).",
@@ -197,6 +214,7 @@ def scale_by_rms(
     eps: float = 1e-8,
     initial_scale: float = 0.0,
     eps_in_sqrt: bool = False,
+    bias_correction: bool = False,
     *,
     centered: bool = False,
 ) -> optax.GradientTransformation:
@@ -219,6 +237,10 @@ def scale_by_rms(
     eps: added to the denominator, >= 0.
     initial_scale: initial value of :math:`v` (torch: 0).
     eps_in_sqrt: put ``eps`` inside the square root (optax's default form).
+    bias_correction: divide :math:`v_t` (and :math:`\bar g_t`) by
+      :math:`1 - \alpha^t`, as ``optax.scale_by_rms(bias_correction=True)``
+      (torch has no such option); the state then also counts steps. With
+      ``initial_scale = 0`` this is ``scale_by_adam(b1=0)``'s scaling.
     centered: subtract the squared mean gradient (Graves' centered RMSProp;
       keyword-only: the positional order is ``optax.scale_by_rms``'s).
 
@@ -230,30 +252,46 @@ def scale_by_rms(
   validation.check_nonneg("initial_scale", initial_scale)
   validation.check_bool("centered", centered)
   validation.check_bool("eps_in_sqrt", eps_in_sqrt)
+  validation.check_bool("bias_correction", bias_correction)
 
   def init_fn(params):
-    nu = jax.tree.map(lambda p: jnp.full_like(p, initial_scale), params)
-    return ScaleByRmsState(nu=nu, mu=_zeros(params) if centered else None)
+    nu = jax.tree.map(lambda p: full_like(p, initial_scale), params)
+    mu = _zeros(params) if centered else None
+    if bias_correction:
+      return ScaleByRmsWithCountState(count=_zero_count(), nu=nu, mu=mu)
+    return ScaleByRmsState(nu=nu, mu=mu)
 
   def update_fn(updates, state, params=None):
     del params
-    nu = jax.tree.map(lambda g, v: (decay * v + (1 - decay) * g * g).astype(v.dtype),
-                      updates, state.nu)
+    nu = jax.tree.map(
+        lambda g, v: per_part(lambda g, v: decay * v + (1 - decay) * g * g, g, v
+                              ).astype(v.dtype), updates, state.nu)
     if centered:
       # torch: grad_avg.lerp_(grad, 1 - alpha); the lerp form matters in the
       # cancellation-prone v - mean^2.
       mu = jax.tree.map(lambda g, m: (m + (1 - decay) * (g - m)).astype(m.dtype),
                         updates, state.mu)
-      second = jax.tree.map(lambda v, m: v - m * m, nu, mu)
     else:
       mu = state.mu
-      second = nu
-    if eps_in_sqrt:
-      new = jax.tree.map(lambda g, s: (g / jnp.sqrt(s + eps)).astype(g.dtype),
-                         updates, second)
+    if bias_correction:
+      count = optax.safe_increment(state.count)
+      inv_bc = 1.0 / _bias_correction(decay, _count_float(count))
+      nu_hat = jax.tree.map(lambda v: v * inv_bc, nu)
+      mu_hat = None if mu is None else jax.tree.map(lambda m: m * inv_bc, mu)
     else:
-      new = jax.tree.map(lambda g, s: (g / (jnp.sqrt(s) + eps)).astype(g.dtype),
-                         updates, second)
+      nu_hat, mu_hat = nu, mu
+    if centered:
+      second = jax.tree.map(
+          lambda v, m: per_part(lambda v, m: v - m * m, v, m), nu_hat, mu_hat)
+    else:
+      second = nu_hat
+    if eps_in_sqrt:
+      f = lambda g, s: g / jnp.sqrt(s + eps)
+    else:
+      f = lambda g, s: g / (jnp.sqrt(s) + eps)
+    new = jax.tree.map(lambda g, s: per_part(f, g, s).astype(g.dtype), updates, second)
+    if bias_correction:
+      return new, ScaleByRmsWithCountState(count=count, nu=nu, mu=mu)
     return new, ScaleByRmsState(nu=nu, mu=mu)
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -309,19 +347,20 @@ def scale_by_adagrad(
   validation.check_bool("eps_in_sqrt", eps_in_sqrt)
 
   def init_fn(params):
-    s = jax.tree.map(lambda p: jnp.full_like(p, initial_accumulator_value), params)
+    s = jax.tree.map(lambda p: full_like(p, initial_accumulator_value), params)
     return ScaleByAdagradState(count=_zero_count(), sum_of_squares=s)
 
   def update_fn(updates, state, params=None):
     del params
-    s = jax.tree.map(lambda g, a: (a + g * g).astype(a.dtype), updates,
-                     state.sum_of_squares)
+    s = jax.tree.map(
+        lambda g, a: per_part(lambda g, a: a + g * g, g, a).astype(a.dtype),
+        updates, state.sum_of_squares)
     decay = 1.0 / (1.0 + _count_float(state.count) * lr_decay)
     if eps_in_sqrt:
       f = lambda g, a: (decay * (g / jnp.sqrt(a + eps))).astype(g.dtype)
     else:
       f = lambda g, a: (decay * (g / (jnp.sqrt(a) + eps))).astype(g.dtype)
-    new = jax.tree.map(f, updates, s)
+    new = jax.tree.map(lambda g, a: per_part(f, g, a), updates, s)
     return new, ScaleByAdagradState(optax.safe_increment(state.count), s)
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -344,7 +383,15 @@ class ScaleByAdamState(NamedTuple):
 def _moments(updates, mu, nu, b1, b2):
   """torch's Adam moments: a lerp for the first, ``tree.tree_moment`` for the second."""
   mu = jax.tree.map(lambda g, m: (m + (1 - b1) * (g - m)).astype(m.dtype), updates, mu)
-  return mu, tree.tree_moment(updates, nu, b2, 2)
+  nu = jax.tree.map(
+      lambda g, v: per_part(lambda g, v: b2 * v + (1 - b2) * g * g, g, v
+                            ).astype(v.dtype), updates, nu)
+  return mu, nu
+
+
+def _maximum(a, b):
+  """Elementwise max (per real / imaginary part for complex leaves)."""
+  return per_part(jnp.maximum, a, b)
 
 
 @registry.register(
@@ -419,7 +466,7 @@ def scale_by_adam(
     bc1 = _bias_correction(b1, t)
     sqrt_bc2 = jnp.sqrt(_bias_correction(b2, t))
     if amsgrad:
-      nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu)
+      nu_max = jax.tree.map(_maximum, state.nu_max, nu)
       second = nu_max
     else:
       nu_max = state.nu_max
@@ -429,9 +476,9 @@ def scale_by_adam(
     # rounding; optax's form costs three).
     inv_bc1, inv_sqrt_bc2 = 1.0 / bc1, 1.0 / sqrt_bc2
     new = jax.tree.map(
-        lambda g, m, v: ((m * inv_bc1)
-                         / (jnp.sqrt(v + eps_root) * inv_sqrt_bc2 + eps)
-                         ).astype(g.dtype),
+        lambda g, m, v: per_part(
+            lambda m, v: (m * inv_bc1) / (jnp.sqrt(v + eps_root) * inv_sqrt_bc2
+                                          + eps), m, v).astype(g.dtype),
         updates, mu, second)
     return new, ScaleByAdamState(count=count, mu=mu, nu=nu, nu_max=nu_max)
 
@@ -512,8 +559,10 @@ def scale_by_nadam(
     def leaf(g, m, v):
       # torch: addcdiv(g, denom, c_g) then addcdiv(m, denom, c_m); one shared
       # division per element here (equal up to rounding).
-      denom = jnp.sqrt(v) * inv_sqrt_bc2 + eps
-      return ((c_g * g + c_m * m) / denom).astype(g.dtype)
+      def f(g, m, v):
+        denom = jnp.sqrt(v) * inv_sqrt_bc2 + eps
+        return (c_g * g + c_m * m) / denom
+      return per_part(f, g, m, v).astype(g.dtype)
 
     new = jax.tree.map(leaf, updates, mu, nu)
     return new, ScaleByNadamState(count, mu_product.astype(state.mu_product.dtype),
@@ -603,7 +652,7 @@ def rectify(
     fallback_coef = fb / bc1
 
     def leaf(g, m, v):
-      adapted = m * adapted_coef / (jnp.sqrt(v) + eps)
+      adapted = per_part(lambda m, v: m * adapted_coef / (jnp.sqrt(v) + eps), m, v)
       return jnp.where(tractable, adapted, m * fallback_coef).astype(g.dtype)
 
     new = jax.tree.map(leaf, updates, mu, nu)
@@ -688,14 +737,15 @@ def scale_by_bounds(
     lower = ratio * (1.0 - 1.0 / (gamma * t + 1.0))
     upper = ratio * (1.0 + 1.0 / (gamma * t))
     if amsbound:
-      nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu)
+      nu_max = jax.tree.map(_maximum, state.nu_max, nu)
       second = nu_max
     else:
       nu_max = state.nu_max
       second = nu
     new = jax.tree.map(
-        lambda g, m, v: (jnp.clip(step / (jnp.sqrt(v) + eps), lower, upper) * m
-                         ).astype(g.dtype),
+        lambda g, m, v: per_part(
+            lambda m, v: jnp.clip(step / (jnp.sqrt(v) + eps), lower, upper) * m,
+            m, v).astype(g.dtype),
         updates, mu, second)
     return new, ScaleByAdamState(count=count, mu=mu, nu=nu, nu_max=nu_max)
 
@@ -734,7 +784,13 @@ def _add_scaled_params(weight_decay: Any, who: str) -> optax.GradientTransformat
     del params
     return optax.EmptyState()
 
+  # A literal 0 is a no-op that reads no params (the link, and its empty
+  # state, stay: the state structure is the same as with an injected value).
+  static_zero = tree.is_literal_zero(weight_decay)
+
   def update_fn(updates, state, params=None):
+    if static_zero:
+      return updates, state
     validation.require_params(params, who)
     new = jax.tree.map(lambda u, p: (u + weight_decay * p).astype(u.dtype),
                        updates, params)

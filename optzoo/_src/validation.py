@@ -17,6 +17,7 @@ import warnings
 from typing import Any, Callable, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
@@ -52,11 +53,26 @@ def check_number(name: str, value: Any) -> Optional[np.ndarray]:
         f" {type(value).__name__}."
     )
   arr = np.asarray(value)
+  if jnp.issubdtype(arr.dtype, jnp.floating) and arr.dtype.kind != "f":
+    # bfloat16 / float8 (ml_dtypes): numpy reports kind 'V'; they are reals.
+    arr = arr.astype(np.float32)
   if arr.dtype.kind not in "fiu":
     raise TypeError(f"`{name}` must be a real number, got dtype {arr.dtype}.")
   if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
     raise ValueError(f"`{name}` must be finite, got {value!r}.")
   return arr
+
+
+def _rounding_hint(value: Any) -> str:
+  """Why a low-precision hyperparameter may sit on a bound (bf16 0.999 == 1)."""
+  dtype = getattr(value, "dtype", None)
+  if dtype is not None and jnp.issubdtype(dtype, jnp.floating) and (
+      jnp.finfo(dtype).bits < 32):
+    name = jnp.dtype(dtype).name
+    return (f" (a {name} value: e.g. 0.999 rounds to 1.0 in {name}; under"
+            " optax.inject_hyperparams, whose hyperparameters take the params'"
+            " dtype, pass hyperparam_dtype=jnp.float32)")
+  return ""
 
 
 def check_nonneg(name: str, value: Any) -> None:
@@ -77,7 +93,8 @@ def check_beta(name: str, value: Any) -> None:
   """``0 <= value < 1`` (decay rates, momentum coefficients)."""
   arr = check_number(name, value)
   if arr is not None and (np.any(arr < 0) or np.any(arr >= 1)):
-    raise ValueError(f"`{name}` must be in [0, 1), got {value!r}.")
+    raise ValueError(f"`{name}` must be in [0, 1), got {value!r}."
+                     + _rounding_hint(value))
 
 
 def check_unit_interval(
@@ -92,7 +109,8 @@ def check_unit_interval(
   if lo_bad or hi_bad:
     lo = "(" if low_open else "["
     hi = ")" if high_open else "]"
-    raise ValueError(f"`{name}` must be in {lo}0, 1{hi}, got {value!r}.")
+    raise ValueError(f"`{name}` must be in {lo}0, 1{hi}, got {value!r}."
+                     + _rounding_hint(value))
 
 
 def check_int(name: str, value: Any, *, minimum: Optional[int] = None) -> None:

@@ -373,7 +373,8 @@ def mini_block_fisher(
       momentum=momentum, ema_decay=ema_decay, damping=damping,
       inverse_every=inverse_every, dense_block=dense_block,
       bias_correction=bias_correction)]
-  if not isinstance(weight_decay, (int, float)) or weight_decay != 0:
-    links.append(transform.add_decayed_weights(weight_decay))
+  # Always present (a literal 0 is a stateless no-op): the same state
+  # structure as with an injected weight decay.
+  links.append(transform.add_decayed_weights(weight_decay))
   links.append(transform.scale_by_learning_rate(learning_rate))
   return optax.chain(*links)

@@ -262,9 +262,9 @@ def nsgd(
   validation.check_nonneg("weight_decay", weight_decay)
   if power_decay is None:
     power_decay = momentum
-  links = []
-  if not isinstance(weight_decay, (int, float)) or weight_decay != 0:
-    links.append(transform.add_l2(weight_decay))
+  # add_l2 is always present (a literal 0 is a stateless no-op): the same
+  # state structure as with an injected weight decay.
+  links = [transform.add_l2(weight_decay)]
   links.append(transform.trace(momentum, nesterov, dampening=dampening))
   links.append(scale_by_input_power(mode=mode, eps=eps, power_decay=power_decay,
                                     power_accum=power_accum, floor=floor,

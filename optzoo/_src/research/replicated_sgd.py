@@ -175,7 +175,7 @@ def replicated_sgd(
     learning_rate: optax.ScalarOrSchedule = 0.1,
     gamma: Union[float, optax.Schedule] = 1e-2,
     gamma_scoping: float = 1e-3,
-    momentum: float = 0.0,
+    momentum: Optional[float] = None,
     nesterov: bool = False,
     weight_decay: float = 0.0,
     *,
@@ -214,7 +214,9 @@ def replicated_sgd(
     learning_rate: η (float or schedule).
     gamma: coupling γ₀ (or a schedule of the step count).
     gamma_scoping: γ₁.
-    momentum: SGD momentum (torch semantics).
+    momentum: SGD momentum (torch semantics); ``None`` (default): no momentum
+      buffer. Any number, 0.0 included, keeps one, so the state has the same
+      structure as under ``optax.inject_hyperparams``.
     nesterov: Nesterov momentum.
     weight_decay: coupled L2 λ.
     center: ``"barycenter"`` (mean of the replicas) or ``"elastic"`` (its
@@ -229,15 +231,17 @@ def replicated_sgd(
     minima <https://www.pnas.org/doi/10.1073/pnas.1908636117>`_, PNAS 2020.
   """
   validation.check_lr(learning_rate)
-  validation.check_beta("momentum", momentum)
+  if momentum is not None:
+    validation.check_beta("momentum", momentum)
   validation.check_bool("nesterov", nesterov)
+  if nesterov and (momentum is None or tree.is_literal_zero(momentum)):
+    raise ValueError("`nesterov=True` requires `momentum > 0`.")
   validation.check_nonneg("weight_decay", weight_decay)
   links = [replica_coupling(gamma, gamma_scoping, center=center,
                             coupling_period=coupling_period,
                             learning_rate=learning_rate, gamma_max=gamma_max)]
-  if not tree.is_literal_zero(weight_decay):
-    links.append(transform.add_l2(weight_decay))
-  if nesterov or not tree.is_literal_zero(momentum):
+  links.append(transform.add_l2(weight_decay))  # a literal 0 is a no-op
+  if momentum is not None:
     links.append(transform.trace(momentum, nesterov=nesterov))
   links.append(transform.scale_by_learning_rate(learning_rate))
   return optax.chain(*links)

@@ -1,0 +1,79 @@
+"""Complex parameters as torch treats them: ``torch.view_as_real``.
+
+torch.optim views a complex parameter as a real tensor with a trailing axis
+of size 2, so every elementwise statistic (second moments, running maxima,
+clipping, square roots, divisions) is taken separately for the real and the
+imaginary part. The helpers here apply a *real* elementwise function to
+each part of complex leaves, and are the identity wrapper for real leaves (so
+real-valued numerics are untouched, bit for bit).
+
+``optax`` instead uses the modulus ``|g|^2`` for complex second moments
+(``optax.tree.update_moment_per_elem_norm``); see the README's "optzoo vs
+optax, same name" table.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["per_part", "full_like", "real_dot", "check_float_params"]
+
+
+def per_part(fn: Callable[..., Any], *xs: Any) -> Any:
+  """``fn(*xs)`` for real arrays; ``fn(*re) + 1j * fn(*im)`` if any is complex.
+
+  ``fn`` must be elementwise. Real arguments next to a complex one are used
+  as is for both parts (a real array broadcasts over the two parts, as a
+  real scalar does in torch's ``view_as_real`` arithmetic).
+  """
+  if not any(jnp.iscomplexobj(x) for x in xs):
+    return fn(*xs)
+  re = fn(*[jnp.real(x) if jnp.iscomplexobj(x) else x for x in xs])
+  im = fn(*[jnp.imag(x) if jnp.iscomplexobj(x) else x for x in xs])
+  return jax.lax.complex(re, im.astype(re.dtype))
+
+
+def full_like(p: Any, value: Any) -> jax.Array:
+  """``full_like(p, value)``; for complex ``p`` both parts are ``value``.
+
+  torch initialises e.g. Adagrad's accumulator of a complex parameter to
+  ``complex(v, v)``: ``value`` for the real and for the imaginary part.
+  """
+  if jnp.iscomplexobj(p):
+    return jnp.full_like(p, jax.lax.complex(*(2 * [jnp.asarray(value, jnp.real(p).dtype)])))
+  return jnp.full_like(p, value)
+
+
+def real_dot(x: Any, y: Any, dtype: Any = None) -> jax.Array:
+  """``sum(x * y)`` over the real view: ``sum(Re x Re y + Im x Im y)``."""
+  if jnp.iscomplexobj(x) or jnp.iscomplexobj(y):
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    if dtype is not None:
+      rd = jnp.finfo(dtype).dtype
+      return jnp.sum(jnp.real(x).astype(rd) * jnp.real(y).astype(rd)
+                     + jnp.imag(x).astype(rd) * jnp.imag(y).astype(rd))
+    return jnp.sum(jnp.real(jnp.conj(x) * y))
+  if dtype is not None:
+    x, y = jnp.asarray(x).astype(dtype), jnp.asarray(y).astype(dtype)
+  return jnp.sum(x * y)
+
+
+def check_float_params(params: Any, method: str) -> None:
+  """TypeError naming the first integer/bool leaf (optimizers need floats).
+
+  An integer parameter would keep integer optimizer state and receive
+  truncated (usually zero) updates without any error.
+  """
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is None:
+      continue
+    if jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.bool_):
+      raise TypeError(
+          f"{method}: parameter {jax.tree_util.keystr(path) or '<root>'} has"
+          f" dtype {jnp.dtype(dtype).name}; optimizers need floating-point"
+          " (or complex) parameters. Cast it to a float dtype, or keep it out"
+          " of the optimizer (optax.masked / optax.partition with"
+          " optax.set_to_zero).")
