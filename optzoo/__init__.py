@@ -23,6 +23,18 @@ from optzoo._src.transform import scale_by_radam
 from optzoo._src.transform import scale_by_rms
 from optzoo._src.transform import trace
 
+# The rest of torch.optim.
+from optzoo._src.classic import adadelta
+from optzoo._src.classic import adamax
+from optzoo._src.classic import asgd
+from optzoo._src.classic import asgd_averaged_params
+from optzoo._src.classic import negate
+from optzoo._src.classic import rprop
+from optzoo._src.classic import scale_by_adadelta
+from optzoo._src.classic import scale_by_adamax
+from optzoo._src.classic import scale_by_asgd
+from optzoo._src.classic import scale_by_rprop
+
 # Team SGD and Team Adam.
 from optzoo._src.alias import adabound
 from optzoo._src.alias import adagrad
@@ -84,6 +96,17 @@ __all__ = [
     "sgd",
     "sgdw",
     "trace",
+    # The rest of torch.optim.
+    "adadelta",
+    "adamax",
+    "asgd",
+    "asgd_averaged_params",
+    "negate",
+    "rprop",
+    "scale_by_adadelta",
+    "scale_by_adamax",
+    "scale_by_asgd",
+    "scale_by_rprop",
 ] + list(_dynamics_all) + list(_research_all) + list(_perf_all) + list(
     _reliability_all)
 
