@@ -34,6 +34,10 @@ from optzoo._src.classic import scale_by_adadelta
 from optzoo._src.classic import scale_by_adamax
 from optzoo._src.classic import scale_by_asgd
 from optzoo._src.classic import scale_by_rprop
+from optzoo._src.muon import muon
+from optzoo._src.muon import newton_schulz
+from optzoo._src.muon import orthogonalize
+from optzoo._src.muon import scale_by_muon
 
 # Team SGD and Team Adam.
 from optzoo._src.alias import adabound
@@ -107,6 +111,10 @@ __all__ = [
     "scale_by_adamax",
     "scale_by_asgd",
     "scale_by_rprop",
+    "muon",
+    "newton_schulz",
+    "orthogonalize",
+    "scale_by_muon",
 ] + list(_dynamics_all) + list(_research_all) + list(_perf_all) + list(
     _reliability_all)
 

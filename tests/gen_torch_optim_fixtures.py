@@ -276,10 +276,10 @@ def gen_muon():
   rows = [
       # (optzoo muon kwargs, fallback adamw kwargs, torch Muon kw, torch AdamW kw, f64)
       ({"ns_dtype": "float64"}, {}, {}, {}, True),
-      ({"learning_rate": 0.02, "momentum": 0.9, "nesterov": False,
+      ({"learning_rate": 0.006, "momentum": 0.9, "nesterov": False,
         "weight_decay": 0.0, "adjust_lr_fn": "match_rms_adamw", "ns_dtype": "float64"},
        {"learning_rate": 3e-3, "weight_decay": 0.01},
-       {"lr": 0.02, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0,
+       {"lr": 0.006, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0,
         "adjust_lr_fn": "match_rms_adamw"}, {"lr": 3e-3, "weight_decay": 0.01}, True),
       ({"learning_rate": 0.01, "ns_coefficients": [2.0, -1.5, 0.5], "ns_steps": 8,
         "eps": 1e-4, "weight_decay": 0.05, "adjust_lr_fn": "original",
