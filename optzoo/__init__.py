@@ -34,6 +34,7 @@ from optzoo._src.classic import scale_by_adadelta
 from optzoo._src.classic import scale_by_adamax
 from optzoo._src.classic import scale_by_asgd
 from optzoo._src.classic import scale_by_rprop
+from optzoo._src.lbfgs import lbfgs
 from optzoo._src.muon import muon
 from optzoo._src.muon import newton_schulz
 from optzoo._src.muon import orthogonalize
@@ -111,6 +112,7 @@ __all__ = [
     "scale_by_adamax",
     "scale_by_asgd",
     "scale_by_rprop",
+    "lbfgs",
     "muon",
     "newton_schulz",
     "orthogonalize",

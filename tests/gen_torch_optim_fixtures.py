@@ -208,11 +208,11 @@ def run_lbfgs(problem, tkw, outer):
 def gen_lbfgs():
   rows = [
       # (problem, optzoo kwargs, torch kwargs, outer steps)
-      ("tree", {"learning_rate": 0.5}, {"lr": 0.5}, LBFGS_OUTER),
-      ("tree", {"learning_rate": 0.8, "history_size": 3, "max_iter": 25,
-                "max_eval": 27, "tolerance_change": 1e-12},
-       {"lr": 0.8, "history_size": 3, "max_iter": 25, "max_eval": 27,
-        "tolerance_change": 1e-12}, LBFGS_OUTER),
+      ("tree", {"learning_rate": 0.2}, {"lr": 0.2}, LBFGS_OUTER),
+      ("tree", {"learning_rate": 0.2, "max_iter": 25, "max_eval": 22,
+                "tolerance_change": 1e-12},
+       {"lr": 0.2, "max_iter": 25, "max_eval": 22, "tolerance_change": 1e-12},
+       10),
       ("tree", {"line_search_fn": "strong_wolfe"},
        {"line_search_fn": "strong_wolfe"}, LBFGS_OUTER),
       ("rosen", {"line_search_fn": "strong_wolfe", "history_size": 5,
@@ -223,6 +223,8 @@ def gen_lbfgs():
                  "learning_rate": 0.7},
        {"line_search_fn": "strong_wolfe", "max_iter": 8, "max_eval": 10, "lr": 0.7},
        12),
+      ("tree", {"learning_rate": 0.2, "tolerance_grad": 1e-2, "tolerance_change": 1e-6},
+       {"lr": 0.2, "tolerance_grad": 1e-2, "tolerance_change": 1e-6}, LBFGS_OUTER),
   ]
   settings = []
   for problem, kw, tkw, outer in rows:
