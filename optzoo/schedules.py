@@ -2,7 +2,25 @@
 
 Re-exported at the top level too (``optzoo.cyclical`` etc.).
 """
-from optzoo._src.dynamics import schedules as _s
-from optzoo._src.dynamics.schedules import *  # noqa: F401,F403
 
-__all__ = list(getattr(_s, "__all__", []))
+from optzoo._src.schedules import byol_tau_schedule
+from optzoo._src.schedules import cyclical
+from optzoo._src.schedules import exponential_warmup
+from optzoo._src.schedules import linear_warmup
+from optzoo._src.schedules import one_cycle
+from optzoo._src.schedules import one_cycle_momentum
+from optzoo._src.schedules import radam_warmup
+from optzoo._src.schedules import scale_for_batch_size
+from optzoo._src.schedules import sgdr
+
+__all__ = [
+    "byol_tau_schedule",
+    "cyclical",
+    "exponential_warmup",
+    "linear_warmup",
+    "one_cycle",
+    "one_cycle_momentum",
+    "radam_warmup",
+    "scale_for_batch_size",
+    "sgdr",
+]

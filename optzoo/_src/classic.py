@@ -18,7 +18,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optzoo._src import base
+from optzoo._src import registry
+from optzoo._src import tree as tree_lib
+from optzoo._src import validation
 from optzoo._src import transform
 
 __all__ = [
@@ -37,6 +39,10 @@ __all__ = [
 _NEG_LR = ({"learning_rate": -1e-3}, ValueError)
 
 
+def _zeros_like(params):
+  return jax.tree.map(jnp.zeros_like, params)
+
+
 def _float_dtype():
   return jnp.result_type(float)
 
@@ -52,7 +58,7 @@ def _lerp(a, b, w):
   return jnp.where(jnp.abs(w) < 0.5, a + w * (b - a), b - (b - a) * (1 - w))
 
 
-@base.register(
+@registry.register(
     family="primitive",
     summary="Negate the gradient (torch's maximize=True: ascend the objective).",
     paper="-",
@@ -79,10 +85,10 @@ def negate() -> optax.GradientTransformation:
 
 def _prefix(maximize: bool, weight_decay: Any) -> list:
   """``[negate] + [add_l2]``: torch's gradient preprocessing order."""
-  base.check_bool("maximize", maximize)
-  base.check_nonneg("weight_decay", weight_decay)
+  validation.check_bool("maximize", maximize)
+  validation.check_nonneg("weight_decay", weight_decay)
   links = [negate()] if maximize else []
-  if not base.is_literal_zero(weight_decay):
+  if not tree_lib.is_literal_zero(weight_decay):
     links.append(transform.add_l2(weight_decay))
   return links
 
@@ -100,7 +106,7 @@ class ScaleByAdamaxState(NamedTuple):
   nu: optax.Updates  # torch exp_inf (exponentially weighted infinity norm)
 
 
-@base.register(
+@registry.register(
     family="primitive",
     summary="Adamax scaling: first moment over an exponentially weighted infinity norm.",
     paper="Kingma & Ba, ICLR 2015 (Section 7.1)",
@@ -130,14 +136,14 @@ def scale_by_adamax(
     b2: infinity-norm decay in [0, 1).
     eps: >= 0.
   """
-  base.check_beta("b1", b1)
-  base.check_beta("b2", b2)
-  base.check_nonneg("eps", eps)
+  validation.check_beta("b1", b1)
+  validation.check_beta("b2", b2)
+  validation.check_nonneg("eps", eps)
 
   def init_fn(params):
     return ScaleByAdamaxState(count=jnp.zeros([], jnp.int32),
-                              mu=base.tree_zeros_like(params),
-                              nu=base.tree_zeros_like(params))
+                              mu=_zeros_like(params),
+                              nu=_zeros_like(params))
 
   def update_fn(updates, state, params=None):
     del params
@@ -155,7 +161,7 @@ def scale_by_adamax(
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-@base.register(
+@registry.register(
     family="Team Adam",
     summary="Adamax: Adam with the infinity norm in place of the second moment.",
     paper="Kingma & Ba, ICLR 2015 (Section 7.1)",
@@ -195,7 +201,7 @@ def adamax(
     Kingma & Ba, `Adam: A Method for Stochastic Optimization
     <https://arxiv.org/abs/1412.6980>`_, ICLR 2015.
   """
-  base.check_lr(learning_rate)
+  validation.check_lr(learning_rate)
   return optax.chain(*_prefix(maximize, weight_decay),
                      scale_by_adamax(b1, b2, eps),
                      transform.scale_by_learning_rate(learning_rate))
@@ -213,7 +219,7 @@ class ScaleByAdadeltaState(NamedTuple):
   acc_delta: optax.Updates  # EMA of the squared steps
 
 
-@base.register(
+@registry.register(
     family="primitive",
     summary="Adadelta scaling: ratio of the RMS of past steps to the RMS of gradients.",
     paper="Zeiler, arXiv:1212.5701, 2012",
@@ -237,12 +243,12 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> optax.GradientTran
     rho: decay in [0, 1] (torch allows 1).
     eps: >= 0, inside both square roots.
   """
-  base.check_unit_interval("rho", rho)
-  base.check_nonneg("eps", eps)
+  validation.check_unit_interval("rho", rho)
+  validation.check_nonneg("eps", eps)
 
   def init_fn(params):
-    return ScaleByAdadeltaState(base.tree_zeros_like(params),
-                                base.tree_zeros_like(params))
+    return ScaleByAdadeltaState(_zeros_like(params),
+                                _zeros_like(params))
 
   def leaf(g, v, a):
     v = (rho * v + (1 - rho) * (g * g)).astype(v.dtype)
@@ -252,14 +258,14 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> optax.GradientTran
 
   def update_fn(updates, state, params=None):
     del params
-    new, v, a = base.tree_unzip(
+    new, v, a = tree_lib.tree_unzip(
         jax.tree.map(leaf, updates, state.square_avg, state.acc_delta), updates, 3)
     return new, ScaleByAdadeltaState(v, a)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-@base.register(
+@registry.register(
     family="Team Adam",
     summary="Adadelta: unit-corrected per-coordinate steps without a tuned learning rate.",
     paper="Zeiler, arXiv:1212.5701, 2012",
@@ -292,7 +298,7 @@ def adadelta(
     Zeiler, `ADADELTA: An Adaptive Learning Rate Method
     <https://arxiv.org/abs/1212.5701>`_, 2012.
   """
-  base.check_lr(learning_rate)
+  validation.check_lr(learning_rate)
   return optax.chain(*_prefix(maximize, weight_decay),
                      scale_by_adadelta(rho, eps),
                      transform.scale_by_learning_rate(learning_rate))
@@ -310,7 +316,7 @@ class ScaleByRpropState(NamedTuple):
   step_size: optax.Updates  # per-coordinate step sizes
 
 
-@base.register(
+@registry.register(
     family="primitive",
     summary="Rprop: sign of the gradient times an adaptive per-coordinate step size.",
     paper="Riedmiller & Braun, ICNN 1993",
@@ -348,17 +354,17 @@ def scale_by_rprop(
     eta_minus, eta_plus: torch's ``etas``, ``0 < eta_minus < 1 < eta_plus``.
     min_step_size, max_step_size: torch's ``step_sizes``.
   """
-  base.check_nonneg("initial_step_size", initial_step_size)
-  base.check_unit_interval("eta_minus", eta_minus, low_open=True, high_open=True)
-  base.check_number("eta_plus", eta_plus)
+  validation.check_nonneg("initial_step_size", initial_step_size)
+  validation.check_unit_interval("eta_minus", eta_minus, low_open=True, high_open=True)
+  validation.check_number("eta_plus", eta_plus)
   if not isinstance(eta_plus, jax.core.Tracer) and not eta_plus > 1:
     raise ValueError(f"`eta_plus` must be > 1, got {eta_plus!r}.")
-  base.check_nonneg("min_step_size", min_step_size)
-  base.check_nonneg("max_step_size", max_step_size)
+  validation.check_nonneg("min_step_size", min_step_size)
+  validation.check_nonneg("max_step_size", max_step_size)
 
   def init_fn(params):
     return ScaleByRpropState(
-        prev=base.tree_zeros_like(params),
+        prev=_zeros_like(params),
         step_size=jax.tree.map(lambda p: jnp.full_like(p, initial_step_size), params))
 
   def leaf(g, prev, step):
@@ -371,14 +377,14 @@ def scale_by_rprop(
 
   def update_fn(updates, state, params=None):
     del params
-    new, prev, step = base.tree_unzip(
+    new, prev, step = tree_lib.tree_unzip(
         jax.tree.map(leaf, updates, state.prev, state.step_size), updates, 3)
     return new, ScaleByRpropState(prev, step)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-@base.register(
+@registry.register(
     family="Team SGD",
     summary="Rprop: resilient backpropagation (sign-based, per-coordinate step sizes).",
     paper="Riedmiller & Braun, ICNN 1993",
@@ -408,8 +414,8 @@ def rprop(
     learning: the RPROP algorithm <https://doi.org/10.1109/ICNN.1993.298623>`_,
     ICNN 1993.
   """
-  base.check_lr(learning_rate)
-  base.check_bool("maximize", maximize)
+  validation.check_lr(learning_rate)
+  validation.check_bool("maximize", maximize)
   init = learning_rate(0) if callable(learning_rate) else learning_rate
   links = [negate()] if maximize else []
   links += [scale_by_rprop(init, eta_minus, eta_plus, min_step_size, max_step_size),
@@ -431,7 +437,7 @@ class ScaleByAsgdState(NamedTuple):
   ax: optax.Params  # the averaged parameters (read with asgd_averaged_params)
 
 
-@base.register(
+@registry.register(
     family="primitive",
     summary="Averaged SGD step with decay, and the Polyak-Ruppert average of the iterates.",
     paper="Polyak & Juditsky, SIAM J. Control Optim. 1992",
@@ -467,10 +473,10 @@ def scale_by_asgd(
     alpha: power :math:`\alpha` of the step-size decay.
     t0: the step from which on the average starts.
   """
-  base.check_lr(learning_rate)
-  base.check_number("lambd", lambd)
-  base.check_number("alpha", alpha)
-  base.check_number("t0", t0)
+  validation.check_lr(learning_rate)
+  validation.check_number("lambd", lambd)
+  validation.check_number("alpha", alpha)
+  validation.check_number("t0", t0)
   fd = _float_dtype()
   lr_at = learning_rate if callable(learning_rate) else (lambda c: learning_rate)
 
@@ -478,14 +484,14 @@ def scale_by_asgd(
     return ScaleByAsgdState(count=jnp.zeros([], jnp.int32),
                             eta=jnp.asarray(lr_at(0), fd),
                             mu=jnp.ones([], fd),
-                            ax=base.tree_zeros_like(params))
+                            ax=_zeros_like(params))
 
   def update_fn(updates, state, params=None):
-    base.require_params(params, "asgd")
+    validation.require_params(params, "asgd")
     eta, mu = state.eta, state.mu
 
     def leaf(g, p, ax):
-      cd = base.compute_dtype(p)
+      cd = tree_lib.compute_dtype(p)
       e = eta.astype(cd)
       new_p = p.astype(cd) * (1 - lambd * e) - e * g.astype(cd)
       u = (new_p - p).astype(g.dtype)
@@ -494,7 +500,7 @@ def scale_by_asgd(
       new_ax = jnp.where(mu == 1, p_applied, ax + (p_applied - ax) * m).astype(ax.dtype)
       return u, new_ax
 
-    new, ax = base.tree_unzip(jax.tree.map(leaf, updates, params, state.ax), updates, 2)
+    new, ax = tree_lib.tree_unzip(jax.tree.map(leaf, updates, params, state.ax), updates, 2)
     count = optax.safe_increment(state.count)
     t = jnp.asarray(count, fd)
     lr = jnp.asarray(lr_at(state.count), fd)
@@ -505,7 +511,7 @@ def scale_by_asgd(
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-@base.register(
+@registry.register(
     family="Team SGD",
     summary="ASGD: averaged SGD (Polyak-Ruppert averaging with a decaying step size).",
     paper="Polyak & Juditsky, SIAM J. Control Optim. 1992",
@@ -543,7 +549,7 @@ def asgd(
     Polyak & Juditsky, `Acceleration of Stochastic Approximation by Averaging
     <https://doi.org/10.1137/0330046>`_, SIAM J. Control Optim. 30(4), 1992.
   """
-  base.check_lr(learning_rate)
+  validation.check_lr(learning_rate)
   return optax.chain(*_prefix(maximize, weight_decay),
                      scale_by_asgd(learning_rate, lambd, alpha, t0))
 

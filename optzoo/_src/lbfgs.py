@@ -17,7 +17,9 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from optzoo._src import base
+from optzoo._src import registry
+from optzoo._src import tree as tree_lib
+from optzoo._src import validation
 
 __all__ = ["lbfgs", "LbfgsState"]
 
@@ -187,7 +189,7 @@ def _two_loop(g, old_dirs, old_stps, ro, num_old, h_diag):
   return jax.lax.fori_loop(0, num_old, fwd, r)
 
 
-@base.register(
+@registry.register(
     family="Team SGD",
     summary="L-BFGS as torch.optim.LBFGS: max_iter inner iterations per update, strong-Wolfe option.",
     paper="Liu & Nocedal, Math. Programming 1989; Nocedal & Wright 2006 (Alg. 3.5/3.6)",
@@ -265,16 +267,16 @@ def lbfgs(
     optimization <https://doi.org/10.1007/BF01589116>`_, 1989; Nocedal &
     Wright, Numerical Optimization, 2nd ed., 2006.
   """
-  base.check_lr(learning_rate)
-  base.check_int("max_iter", max_iter, minimum=1)
+  validation.check_lr(learning_rate)
+  validation.check_int("max_iter", max_iter, minimum=1)
   if max_eval is None:
     max_eval = int(max_iter) * 5 // 4
-  base.check_int("max_eval", max_eval, minimum=1)
-  base.check_nonneg("tolerance_grad", tolerance_grad)
-  base.check_nonneg("tolerance_change", tolerance_change)
-  base.check_int("history_size", history_size, minimum=1)
+  validation.check_int("max_eval", max_eval, minimum=1)
+  validation.check_nonneg("tolerance_grad", tolerance_grad)
+  validation.check_nonneg("tolerance_change", tolerance_change)
+  validation.check_int("history_size", history_size, minimum=1)
   if line_search_fn is not None:
-    base.check_choice("line_search_fn", line_search_fn, ("strong_wolfe",))
+    validation.check_choice("line_search_fn", line_search_fn, ("strong_wolfe",))
   if isinstance(history_size, jax.core.Tracer):
     raise TypeError("`history_size` must be static: use optax.inject_hyperparams("
                     "..., static_args=('max_iter', 'max_eval', 'history_size')).")
@@ -298,8 +300,8 @@ def lbfgs(
   def update_fn(updates, state, params=None, *, value_fn: Optional[Callable] = None,
                 value: Any = None, **extra):
     del extra
-    base.require_params(params, "lbfgs")
-    base.require_extra_arg(
+    validation.require_params(params, "lbfgs")
+    validation.require_extra_arg(
         value_fn, "value_fn", "lbfgs",
         "pass `value_fn=lambda params, i: loss(params)` (torch's closure).")
     x0, unravel = _flat(params)

@@ -14,13 +14,19 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optzoo._src import base
+from optzoo._src import registry
+from optzoo._src import tree as tree_lib
+from optzoo._src import validation
 from optzoo._src import transform
 
 __all__ = ["muon", "newton_schulz", "orthogonalize", "scale_by_muon"]
 
 DEFAULT_NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 ADJUST_LR_FNS = ("original", "match_rms_adamw")
+
+
+def _zeros_like(params):
+  return jax.tree.map(jnp.zeros_like, params)
 
 
 def newton_schulz(
@@ -75,11 +81,11 @@ def _check_ns(ns_coefficients, ns_steps, eps):
     raise ValueError(
         f"`ns_coefficients` must be a tuple of 3 numbers, got {ns_coefficients!r}.")
   for i, v in enumerate(ns_coefficients):
-    base.check_number(f"ns_coefficients[{i}]", v)
-  base.check_int("ns_steps", ns_steps, minimum=0)
+    validation.check_number(f"ns_coefficients[{i}]", v)
+  validation.check_int("ns_steps", ns_steps, minimum=0)
   if not isinstance(ns_steps, jax.core.Tracer) and int(ns_steps) >= 100:
     raise ValueError(f"`ns_steps` must be < 100 (as torch), got {ns_steps!r}.")
-  base.check_nonneg("eps", eps)
+  validation.check_nonneg("eps", eps)
 
 
 def _check_2d(updates, who):
@@ -151,28 +157,28 @@ def scale_by_muon(
   :math:`0.2\sqrt{\max(A, B)}` (``"match_rms_adamw"``, Moonshot) for an
   :math:`A \times B` leaf. Every leaf must be 2-D (see :func:`muon`).
   """
-  base.check_nonneg("momentum", momentum)
-  base.check_bool("nesterov", nesterov)
+  validation.check_nonneg("momentum", momentum)
+  validation.check_bool("nesterov", nesterov)
   _check_ns(ns_coefficients, ns_steps, eps)
   if adjust_lr_fn is not None:
-    base.check_choice("adjust_lr_fn", adjust_lr_fn, ADJUST_LR_FNS)
+    validation.check_choice("adjust_lr_fn", adjust_lr_fn, ADJUST_LR_FNS)
   ns_dtype = jnp.dtype(ns_dtype)
   coeffs = tuple(ns_coefficients)
 
   def init_fn(params):
-    return ScaleByMuonState(base.tree_zeros_like(params))
+    return ScaleByMuonState(_zeros_like(params))
 
   def leaf(g, buf):
     buf = (buf + (1 - momentum) * (g - buf)).astype(buf.dtype)
     direction = g + momentum * (buf - g) if nesterov else buf
     o = newton_schulz(direction, coeffs, ns_steps, eps, ns_dtype)
     ratio = _adjust_ratio(g.shape, adjust_lr_fn)
-    return (ratio * o.astype(base.compute_dtype(g))).astype(g.dtype), buf
+    return (ratio * o.astype(tree_lib.compute_dtype(g))).astype(g.dtype), buf
 
   def update_fn(updates, state, params=None):
     del params
     _check_2d(updates, "scale_by_muon")
-    new, buf = base.tree_unzip(
+    new, buf = tree_lib.tree_unzip(
         jax.tree.map(leaf, updates, state.momentum_buffer), updates, 2)
     return new, ScaleByMuonState(buf)
 
@@ -183,7 +189,7 @@ def _label(params):
   return jax.tree.map(lambda p: "muon" if jnp.ndim(p) == 2 else "fallback", params)
 
 
-@base.register(
+@registry.register(
     family="Team SGD",
     summary="Muon: Newton-Schulz orthogonalized momentum for 2-D leaves, fallback for the rest.",
     paper="Jordan et al., 2024 (kellerjordan.github.io/posts/muon); Liu et al., arXiv:2502.16982",
@@ -251,12 +257,12 @@ def muon(
     <https://kellerjordan.github.io/posts/muon/>`_, 2024; Liu et al., `Muon is
     Scalable for LLM Training <https://arxiv.org/abs/2502.16982>`_, 2025.
   """
-  base.check_lr(learning_rate)
-  base.check_nonneg("weight_decay", weight_decay)
+  validation.check_lr(learning_rate)
+  validation.check_nonneg("weight_decay", weight_decay)
   if fallback is None:
     from optzoo._src import alias  # pylint: disable=g-import-not-at-top
     fallback = alias.adamw(learning_rate)
-  base.check_transformation("fallback", fallback)
+  validation.check_transformation("fallback", fallback)
   core = optax.chain(
       scale_by_muon(momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn,
                     ns_dtype=ns_dtype),
