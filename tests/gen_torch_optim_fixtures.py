@@ -20,7 +20,8 @@ path). Outputs (``tests/fixtures/``):
     f = 1/2 mean_i |tanh(x_i W1 + b1) W2 - y_i|^2.
 
 * ``torch_optim_<name>.npz`` for name in adamax, adadelta, rprop, asgd, lbfgs,
-  muon, with, for each setting ``k``: ``s<k>_kwargs`` (JSON of the *optzoo*
+  muon and flags (``maximize`` / ``decoupled_weight_decay`` of the existing
+  aliases; the alias is ``_alias`` in the kwargs), with, for each setting ``k``: ``s<k>_kwargs`` (JSON of the *optzoo*
   keyword arguments), ``s<k>_torch`` (the torch call), trajectories
   ``s<k>_<leaf>`` of shape (len(steps), *leaf shape) and, for asgd,
   ``s<k>_ax_<leaf>`` (torch's averaged parameters). ``steps`` lists which
@@ -302,6 +303,53 @@ def gen_muon():
   save("muon", settings)
 
 
+# ---------------------------------------------------------------------------
+# Flags of the existing torch-family aliases: maximize, decoupled_weight_decay
+# ---------------------------------------------------------------------------
+
+
+def gen_flags():
+  """``torch_optim_flags.npz``: settings name the optzoo alias in ``_alias``."""
+  t = torch.optim
+  rows = [
+      ("sgd", {"learning_rate": 0.02, "momentum": 0.9, "weight_decay": 0.01,
+               "maximize": True},
+       t.SGD, {"lr": 0.02, "momentum": 0.9, "weight_decay": 0.01, "maximize": True}),
+      ("sgd", {"learning_rate": 0.02, "momentum": 0.8, "nesterov": True,
+               "maximize": True},
+       t.SGD, {"lr": 0.02, "momentum": 0.8, "nesterov": True, "maximize": True}),
+      ("adam", {"learning_rate": 0.01, "weight_decay": 0.05, "maximize": True},
+       t.Adam, {"lr": 0.01, "weight_decay": 0.05, "maximize": True}),
+      ("amsgrad", {"learning_rate": 0.01, "maximize": True},
+       t.Adam, {"lr": 0.01, "amsgrad": True, "maximize": True}),
+      ("adamw", {"learning_rate": 0.01, "weight_decay": 0.1, "maximize": True},
+       t.AdamW, {"lr": 0.01, "weight_decay": 0.1, "maximize": True}),
+      ("nadam", {"learning_rate": 0.01, "weight_decay": 0.05, "maximize": True},
+       t.NAdam, {"lr": 0.01, "weight_decay": 0.05, "maximize": True}),
+      ("nadam", {"learning_rate": 0.01, "weight_decay": 0.1,
+                 "decoupled_weight_decay": True},
+       t.NAdam, {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True}),
+      ("radam", {"learning_rate": 0.01, "weight_decay": 0.05, "maximize": True},
+       t.RAdam, {"lr": 0.01, "weight_decay": 0.05, "maximize": True}),
+      ("radam", {"learning_rate": 0.01, "weight_decay": 0.1,
+                 "decoupled_weight_decay": True, "maximize": True},
+       t.RAdam, {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True,
+                 "maximize": True}),
+      ("adagrad", {"learning_rate": 0.05, "weight_decay": 0.01, "maximize": True},
+       t.Adagrad, {"lr": 0.05, "weight_decay": 0.01, "maximize": True}),
+      ("rmsprop", {"learning_rate": 0.005, "momentum": 0.5, "centered": True,
+                   "maximize": True},
+       t.RMSprop, {"lr": 0.005, "momentum": 0.5, "centered": True, "maximize": True}),
+  ]
+  settings = []
+  for alias, kw, cls, tkw in rows:
+    maximize = bool(tkw.get("maximize", False))
+    traj = run_first_order(lambda ps, cls=cls, tkw=tkw: cls(ps, foreach=False, **tkw),
+                           maximize=maximize)
+    settings.append((dict(kw, _alias=alias), f"torch.optim.{cls.__name__}({tkw})", traj))
+  save("flags", settings)
+
+
 if __name__ == "__main__":
   assert torch.__version__.startswith("2.13"), torch.__version__
   os.makedirs(OUT, exist_ok=True)
@@ -309,3 +357,4 @@ if __name__ == "__main__":
   gen_classic()
   gen_lbfgs()
   gen_muon()
+  gen_flags()

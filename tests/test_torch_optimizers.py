@@ -227,3 +227,49 @@ def test_jit_compiles_once_and_keeps_dtype(name):
 def test_bad_input_names_parameter(name, kwargs, param):
   with pytest.raises((ValueError, TypeError), match=param):
     getattr(optzoo, name)(**kwargs)
+
+
+# ---------------------------------------------------------------------------
+# torch flags of the existing aliases: maximize, decoupled_weight_decay
+# ---------------------------------------------------------------------------
+
+
+def _flag_cases():
+  _, settings = load("flags")
+  return [pytest.param(k, id=f"{s['kwargs']['_alias']}-s{k}")
+          for k, s in enumerate(settings)]
+
+
+def _flag_tx(kwargs, **over):
+  kw = {k: v for k, v in kwargs.items() if not k.startswith("_")}
+  kw.update(over)
+  return getattr(optzoo, kwargs["_alias"])(**kw)
+
+
+@pytest.mark.parametrize("k", _flag_cases())
+def test_alias_flags_match_torch(k):
+  steps, settings = load("flags")
+  s = settings[k]
+  err = trajectory_error(_flag_tx(s["kwargs"]), s["kwargs"]["_alias"], s, steps)
+  assert err <= RTOL, (s["torch"], err)
+
+
+def test_alias_flags_negative_controls():
+  steps, settings = load("flags")
+  by_torch = {s["torch"]: s for s in settings}
+  # decoupled_weight_decay ignored (coupled L2 instead) must fail.
+  s = next(s for s in settings if "NAdam" in s["torch"] and "decoupled" in s["torch"])
+  tx = _flag_tx(s["kwargs"], decoupled_weight_decay=False)
+  assert trajectory_error(tx, "nadam", s, steps) > 1e-3
+  # maximize ignored: descending the negated loss must fail.
+  s = next(s for s in settings if s["kwargs"]["_alias"] == "adamw")
+  tx = _flag_tx(s["kwargs"], maximize=False)
+  assert trajectory_error(tx, "adamw", s, steps) > 1e-3
+  del by_torch
+
+
+@pytest.mark.parametrize("alias", ["sgd", "adagrad", "rmsprop", "adam", "amsgrad",
+                                   "adamw", "nadam", "radam"])
+def test_alias_maximize_bad_input(alias):
+  with pytest.raises(TypeError, match="maximize"):
+    getattr(optzoo, alias)(maximize="yes")

@@ -21,6 +21,7 @@ import optax
 from optzoo._src import registry
 from optzoo._src import tree
 from optzoo._src import validation
+from optzoo._src import classic
 from optzoo._src import transform
 
 __all__ = [
@@ -42,6 +43,25 @@ __all__ = [
 _NEG_LR = ({"learning_rate": -1e-3}, ValueError)
 _ADAM_BAD = (_NEG_LR, ({"b1": 1.0}, ValueError), ({"b2": -0.5}, ValueError),
              ({"eps": -1e-8}, ValueError), ({"weight_decay": -1.0}, ValueError))
+
+
+def _maximize(maximize: bool) -> list:
+  """torch's ``maximize=True``: negate the gradient first (before any L2)."""
+  validation.check_bool("maximize", maximize)
+  return [classic.negate()] if maximize else []
+
+
+def _coupled_or_not(weight_decay: Any, decoupled: bool) -> list:
+  """The coupled-L2 link unless torch's ``decoupled_weight_decay=True``."""
+  validation.check_bool("decoupled_weight_decay", decoupled)
+  return [] if decoupled else _l2(weight_decay)
+
+
+def _decoupled(weight_decay: Any, decoupled: bool) -> list:
+  """The decoupled link (after the preconditioner) when asked for."""
+  if not decoupled or tree.is_literal_zero(weight_decay):
+    return []
+  return [transform.add_decayed_weights(weight_decay)]
 
 
 def _l2(weight_decay: Any) -> list:
@@ -75,6 +95,8 @@ def sgd(
     dampening: float = 0.0,
     nesterov: bool = False,
     weight_decay: float = 0.0,
+    *,
+    maximize: bool = False,
 ) -> optax.GradientTransformation:
   r"""Stochastic gradient descent, exactly ``torch.optim.SGD``.
 
@@ -103,7 +125,7 @@ def sgd(
   validation.check_beta("momentum", momentum)
   if nesterov and tree.is_literal_zero(momentum):
     raise ValueError("`nesterov=True` requires `momentum > 0` (as torch.optim.SGD).")
-  links = _l2(weight_decay)
+  links = _maximize(maximize) + _l2(weight_decay)
   if not (tree.is_literal_zero(momentum) and not nesterov):
     links.append(transform.trace(momentum, dampening, nesterov))
   else:
@@ -217,6 +239,8 @@ def adagrad(
     weight_decay: float = 0.0,
     initial_accumulator_value: float = 0.0,
     eps: float = 1e-10,
+    *,
+    maximize: bool = False,
 ) -> optax.GradientTransformation:
   r"""Adagrad, exactly ``torch.optim.Adagrad``.
 
@@ -231,6 +255,7 @@ def adagrad(
   """
   validation.check_lr(learning_rate)
   return optax.chain(
+      *_maximize(maximize),
       *_l2(weight_decay),
       transform.scale_by_adagrad(initial_accumulator_value, eps, lr_decay),
       transform.scale_by_learning_rate(learning_rate),
@@ -253,6 +278,8 @@ def rmsprop(
     weight_decay: float = 0.0,
     momentum: float = 0.0,
     centered: bool = False,
+    *,
+    maximize: bool = False,
 ) -> optax.GradientTransformation:
   r"""RMSProp, exactly ``torch.optim.RMSprop`` (``decay`` is torch's ``alpha``).
 
@@ -270,7 +297,7 @@ def rmsprop(
   """
   validation.check_lr(learning_rate)
   validation.check_beta("momentum", momentum)
-  links = _l2(weight_decay)
+  links = _maximize(maximize) + _l2(weight_decay)
   links.append(transform.scale_by_rms(decay, eps, 0.0, centered))
   if not tree.is_literal_zero(momentum):
     links.append(transform.trace(momentum))
@@ -294,6 +321,7 @@ def adam(
     weight_decay: float = 0.0,
     amsgrad: bool = False,
     *,
+    maximize: bool = False,
     mu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
   r"""Adam, exactly ``torch.optim.Adam``.
@@ -324,6 +352,7 @@ def adam(
   """
   validation.check_lr(learning_rate)
   return optax.chain(
+      *_maximize(maximize),
       *_l2(weight_decay),
       transform.scale_by_adam(b1, b2, eps, amsgrad=amsgrad, mu_dtype=mu_dtype),
       transform.scale_by_learning_rate(learning_rate),
@@ -344,6 +373,8 @@ def amsgrad(
     b2: float = 0.999,
     eps: float = 1e-8,
     weight_decay: float = 0.0,
+    *,
+    maximize: bool = False,
 ) -> optax.GradientTransformation:
   r"""AMSGrad, exactly ``torch.optim.Adam(amsgrad=True)``.
 
@@ -356,7 +387,8 @@ def amsgrad(
   The max is over the *raw* :math:`v_t` (torch); ``optax.amsgrad`` maxes the
   bias-corrected moment and does not reproduce torch (optax #1389).
   """
-  return adam(learning_rate, b1, b2, eps, weight_decay, amsgrad=True)
+  return adam(learning_rate, b1, b2, eps, weight_decay, amsgrad=True,
+              maximize=maximize)
 
 
 @registry.register(
@@ -376,6 +408,7 @@ def adamw(
     weight_decay: float = 1e-2,
     amsgrad: bool = False,
     *,
+    maximize: bool = False,
     mu_dtype: Optional[Any] = None,
     mask: Optional[Any] = None,
 ) -> optax.GradientTransformation:
@@ -397,6 +430,7 @@ def adamw(
   """
   validation.check_lr(learning_rate)
   return optax.chain(
+      *_maximize(maximize),
       transform.scale_by_adam(b1, b2, eps, amsgrad=amsgrad, mu_dtype=mu_dtype),
       transform.add_decayed_weights(weight_decay, mask),
       transform.scale_by_learning_rate(learning_rate),
@@ -418,16 +452,25 @@ def nadam(
     eps: float = 1e-8,
     weight_decay: float = 0.0,
     momentum_decay: float = 4e-3,
+    *,
+    decoupled_weight_decay: bool = False,
+    maximize: bool = False,
 ) -> optax.GradientTransformation:
   r"""NAdam, exactly ``torch.optim.NAdam`` (see :func:`scale_by_nadam`).
 
   ``optax.nadam`` is the simplified Nadam without the momentum schedule and
-  differs. Chain: ``add_l2 -> scale_by_nadam -> scale_by_learning_rate``.
+  differs. Chain: ``add_l2 -> scale_by_nadam -> scale_by_learning_rate``;
+  with ``decoupled_weight_decay=True`` (torch's flag, "NAdamW")
+  ``scale_by_nadam -> add_decayed_weights -> scale_by_learning_rate``, i.e.
+  :math:`\theta \leftarrow \theta(1-\eta\lambda) - \eta\,\Delta`.
+  ``maximize=True`` negates the gradient first (torch).
   """
   validation.check_lr(learning_rate)
   return optax.chain(
-      *_l2(weight_decay),
+      *_maximize(maximize),
+      *_coupled_or_not(weight_decay, decoupled_weight_decay),
       transform.scale_by_nadam(b1, b2, eps, momentum_decay),
+      *_decoupled(weight_decay, decoupled_weight_decay),
       transform.scale_by_learning_rate(learning_rate),
   )
 
@@ -448,6 +491,8 @@ def radam(
     weight_decay: float = 0.0,
     threshold: float = 5.0,
     *,
+    decoupled_weight_decay: bool = False,
+    maximize: bool = False,
     fallback: str = "sgdm",
     strict: bool = True,
 ) -> optax.GradientTransformation:
@@ -457,12 +502,17 @@ def radam(
   variance is intractable (torch). ``fallback='skip', strict=False``
   reproduces the official repository / ``pytorch_optimizer.RAdam``;
   ``threshold=4.0`` the paper's :math:`\rho_t > 4`. ``weight_decay`` is
-  coupled L2 as in torch (the official repo decouples it).
+  coupled L2 as in torch (the official repo decouples it);
+  ``decoupled_weight_decay=True`` (torch's flag) gives
+  :math:`\theta \leftarrow \theta(1-\eta\lambda) - \eta\,\Delta`.
+  ``maximize=True`` negates the gradient first (torch).
   """
   validation.check_lr(learning_rate)
   return optax.chain(
-      *_l2(weight_decay),
+      *_maximize(maximize),
+      *_coupled_or_not(weight_decay, decoupled_weight_decay),
       transform.rectify(b1, b2, eps, threshold, fallback=fallback, strict=strict),
+      *_decoupled(weight_decay, decoupled_weight_decay),
       transform.scale_by_learning_rate(learning_rate),
   )
 
