@@ -116,6 +116,8 @@ def sgd(
     dampening: :math:`d` in [0, 1]; torch's first step is undampened.
     nesterov: Nesterov momentum (needs ``momentum > 0`` and ``dampening = 0``).
     weight_decay: coupled L2 coefficient :math:`\lambda \ge 0`.
+    maximize: ascend the objective (torch's flag: the gradient is negated
+      first, before the L2 term).
 
   References:
     Sutskever et al., `On the importance of initialization and momentum in
@@ -251,7 +253,8 @@ def adagrad(
                \frac{g_t}{\sqrt{s_t} + \epsilon}.
 
   Differs from ``optax.adagrad`` (eps inside the sqrt, accumulator 0.1).
-  Chain: ``add_l2 -> scale_by_adagrad -> scale_by_learning_rate``.
+  Chain: ``add_l2 -> scale_by_adagrad -> scale_by_learning_rate``;
+  ``maximize=True`` (torch's flag) puts :func:`negate` first.
   """
   validation.check_lr(learning_rate)
   return optax.chain(
@@ -294,6 +297,7 @@ def rmsprop(
   Compare Adam: the momentum there averages raw gradients *before* the
   division and both moments are bias-corrected (see :mod:`optzoo` transform
   docs). Equal to ``optax.rmsprop(..., eps_in_sqrt=False)``.
+  ``maximize=True`` (torch's flag) puts :func:`negate` first.
   """
   validation.check_lr(learning_rate)
   validation.check_beta("momentum", momentum)
@@ -344,6 +348,8 @@ def adam(
     eps: >= 0, added to :math:`\sqrt{\hat v}`.
     weight_decay: coupled L2 coefficient.
     amsgrad: AMSGrad as torch (max over the raw second moment).
+    maximize: ascend the objective (torch's flag: the gradient is negated
+      first, before the L2 term).
     mu_dtype: optional dtype of the first moment (e.g. bf16).
 
   References:
@@ -386,6 +392,7 @@ def amsgrad(
 
   The max is over the *raw* :math:`v_t` (torch); ``optax.amsgrad`` maxes the
   bias-corrected moment and does not reproduce torch (optax #1389).
+  ``maximize=True`` (torch's flag) negates the gradient first.
   """
   return adam(learning_rate, b1, b2, eps, weight_decay, amsgrad=True,
               maximize=maximize)
@@ -427,6 +434,8 @@ def adamw(
   Args:
     mask: optional pytree/callable selecting the leaves to decay (e.g. not
       biases or norm scales).
+    maximize: ascend the objective (torch's flag: the gradient is negated
+      first).
   """
   validation.check_lr(learning_rate)
   return optax.chain(
