@@ -58,6 +58,8 @@ DECAY_ON_ZERO_GRADS = {
     # torch.optim.ASGD's decay term lambd (default 1e-4) acts on zero grads.
     "asgd": lambda lr, wd, p: -lr * (1e-4 + wd) * p,
     "scale_by_asgd": lambda lr, wd, p: -lr * 1e-4 * p,
+    # Muon's decoupled decay on 2-D leaves, its AdamW fallback's (1e-2) on the rest.
+    "muon": lambda lr, wd, p: -lr * (wd if p.ndim == 2 else 1e-2) * p,
 }
 
 

@@ -40,6 +40,8 @@ TRANSFORMS = {i.name: i for i in optzoo.list_optimizers(kind="transformation")}
 RESHARDING_OK: dict = {
     "entropy_sgd": "its grad_fn closure evaluates the model inside the step;"
                    " the model's sharded matmul (not the optimizer) gathers",
+    "lbfgs": "torch.optim.LBFGS's algorithm works on all parameters flattened"
+             " into one vector (ravel_pytree), which gathers the sharded leaves",
 }
 
 

@@ -45,7 +45,8 @@ def newton_schulz(
 
     A = X X^\top, \qquad X \leftarrow aX + (bA + cA^2)X,
 
-  computed in ``ns_dtype`` (torch: bfloat16) and returned in ``x.dtype``.
+  computed in ``ns_dtype`` (torch: bfloat16; ``None``: ``x``'s dtype, at
+  least float32) and returned in ``x.dtype``.
   The result approximates :math:`UV^\top` of the SVD :math:`G = USV^\top`
   (with singular values roughly in [0.5, 1.5] for the default coefficients).
   """
@@ -53,7 +54,8 @@ def newton_schulz(
     raise ValueError(f"newton_schulz needs a 2-D matrix, got shape {x.shape}.")
   a, b, c = ns_coefficients
   out_dtype = x.dtype
-  ns_dtype = jnp.dtype(ns_dtype)
+  ns_dtype = (jnp.promote_types(x.dtype, jnp.float32) if ns_dtype is None
+              else jnp.dtype(ns_dtype))
   # Arithmetic in at least float32, rounded to ns_dtype where torch's bf16
   # kernels round: after the norm, the division, each matmul / addmm.
   w = jnp.promote_types(ns_dtype, jnp.float32)
@@ -104,7 +106,7 @@ def orthogonalize(
 ) -> optax.GradientTransformation:
   """Stateless: replace every (2-D) update by :func:`newton_schulz` of it."""
   _check_ns(ns_coefficients, ns_steps, eps)
-  ns_dtype = jnp.dtype(ns_dtype)
+  ns_dtype = None if ns_dtype is None else jnp.dtype(ns_dtype)
   coeffs = tuple(ns_coefficients)
 
   def init_fn(params):
@@ -162,7 +164,7 @@ def scale_by_muon(
   _check_ns(ns_coefficients, ns_steps, eps)
   if adjust_lr_fn is not None:
     validation.check_choice("adjust_lr_fn", adjust_lr_fn, ADJUST_LR_FNS)
-  ns_dtype = jnp.dtype(ns_dtype)
+  ns_dtype = None if ns_dtype is None else jnp.dtype(ns_dtype)
   coeffs = tuple(ns_coefficients)
 
   def init_fn(params):
@@ -194,7 +196,7 @@ def _label(params):
     summary="Muon: Newton-Schulz orthogonalized momentum for 2-D leaves, fallback for the rest.",
     paper="Jordan et al., 2024 (kellerjordan.github.io/posts/muon); Liu et al., arXiv:2502.16982",
     reference="torch.optim.Muon (+ torch.optim.AdamW for non-2-D leaves)",
-    example={"learning_rate": 0.02, "ns_dtype": "float32"},
+    example={"learning_rate": 0.02, "ns_dtype": None},
     needs_params=True,
     invalid=(({"learning_rate": -1.0}, ValueError), ({"momentum": -0.1}, ValueError),
              ({"weight_decay": -1.0}, ValueError), ({"ns_steps": 100}, ValueError),
@@ -238,7 +240,8 @@ def muon(
 
   ``ns_dtype``: torch runs Newton-Schulz in bfloat16 (the default here too);
   pass ``jnp.float32`` / ``jnp.float64`` for a more precise orthogonalization
-  (the float64 path equals torch's algorithm at float64 to round-off).
+  (the float64 path equals torch's algorithm at float64 to round-off), or
+  ``None`` for each leaf's own dtype (at least float32).
 
   Args:
     learning_rate: :math:`\eta` (torch default 1e-3) or a schedule.
