@@ -19,6 +19,7 @@ import pytest
 
 import optzoo
 from helpers import TraceCounter
+import registry_cases
 
 ALIASES = ("sgd", "nag", "sgdw", "adagrad", "rmsprop", "adam", "amsgrad",
            "adamw", "nadam", "radam", "adabound")
@@ -325,10 +326,10 @@ def test_registered(alias):
   assert info.family == ("Team SGD" if alias in ("sgd", "nag", "sgdw")
                          else "Team Adam")
   assert info.reference and info.paper
-  tx = info.build()
+  tx = registry_cases.build(info)
   params = tree()
   u, _ = tx.update(grads_of(params), tx.init(params), params)
   assert jax.tree.structure(u) == jax.tree.structure(params)
-  for override, exc in info.invalid:
+  for override, exc in registry_cases.invalid(info.name):
     with pytest.raises(exc):
-      info.build(**override)
+      registry_cases.build(info, **override)
