@@ -273,3 +273,23 @@ def test_alias_flags_negative_controls():
 def test_alias_maximize_bad_input(alias):
   with pytest.raises(TypeError, match="maximize"):
     getattr(optzoo, alias)(maximize="yes")
+
+
+@pytest.mark.parametrize("name,k,make", [
+    ("adamax", 1, lambda kw: optax.chain(
+        optzoo.scale_by_adamax(kw["b1"], kw["b2"], kw["eps"]),
+        optzoo.scale_by_learning_rate(kw["learning_rate"]))),
+    ("adadelta", 2, lambda kw: optax.chain(
+        optzoo.negate(), optzoo.add_l2(kw["weight_decay"]),
+        optzoo.scale_by_adadelta(kw["rho"]),
+        optzoo.scale_by_learning_rate(kw["learning_rate"]))),
+    ("rprop", 1, lambda kw: optax.chain(
+        optzoo.scale_by_rprop(kw["learning_rate"], kw["eta_minus"], kw["eta_plus"],
+                              kw["min_step_size"], kw["max_step_size"]),
+        optax.scale(-1.0))),
+])
+def test_primitives_chain_to_the_torch_optimizer(name, k, make):
+  """The aliases are these chains: scale_by_adamax / scale_by_adadelta /
+  scale_by_rprop composed by hand reproduce torch."""
+  steps, settings = load(name)
+  assert trajectory_error(make(settings[k]["kwargs"]), name, settings[k], steps) <= RTOL

@@ -36,7 +36,6 @@ __all__ = [
     "scale_by_rprop",
 ]
 
-_NEG_LR = ({"learning_rate": -1e-3}, ValueError)
 
 
 def _zeros_like(params):
@@ -63,7 +62,7 @@ def _lerp(a, b, w):
     summary="Negate the gradient (torch's maximize=True: ascend the objective).",
     paper="-",
     reference="torch.optim.* maximize=True",
-    example={},
+    verified="torch.optim maximize=True 2.13, float64, 300 steps (tests/test_torch_optimizers.py)",
 )
 def negate() -> optax.GradientTransformation:
   r"""Negate the updates: :math:`g \leftarrow -g`.
@@ -111,9 +110,7 @@ class ScaleByAdamaxState(NamedTuple):
     summary="Adamax scaling: first moment over an exponentially weighted infinity norm.",
     paper="Kingma & Ba, ICLR 2015 (Section 7.1)",
     reference="torch.optim.Adamax",
-    example={},
-    invalid=(({"b1": 1.0}, ValueError), ({"b2": -0.1}, ValueError),
-             ({"eps": -1.0}, ValueError)),
+    verified="torch.optim.Adamax 2.13, float64, 300 steps, via adamax (tests/test_torch_optimizers.py)",
 )
 def scale_by_adamax(
     b1: float = 0.9,
@@ -166,10 +163,7 @@ def scale_by_adamax(
     summary="Adamax: Adam with the infinity norm in place of the second moment.",
     paper="Kingma & Ba, ICLR 2015 (Section 7.1)",
     reference="torch.optim.Adamax",
-    example={"learning_rate": 0.01},
-    invalid=(_NEG_LR, ({"b1": 1.0}, ValueError), ({"b2": -0.5}, ValueError),
-             ({"eps": -1e-8}, ValueError), ({"weight_decay": -1.0}, ValueError),
-             ({"maximize": "yes"}, TypeError)),
+    verified="torch.optim.Adamax 2.13, float64, 300 steps (tests/test_torch_optimizers.py)",
 )
 def adamax(
     learning_rate: optax.ScalarOrSchedule = 2e-3,
@@ -224,8 +218,7 @@ class ScaleByAdadeltaState(NamedTuple):
     summary="Adadelta scaling: ratio of the RMS of past steps to the RMS of gradients.",
     paper="Zeiler, arXiv:1212.5701, 2012",
     reference="torch.optim.Adadelta",
-    example={},
-    invalid=(({"rho": 1.5}, ValueError), ({"eps": -1.0}, ValueError)),
+    verified="torch.optim.Adadelta 2.13, float64, 300 steps, via adadelta (tests/test_torch_optimizers.py)",
 )
 def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> optax.GradientTransformation:
   r"""Adadelta's scaling, as ``torch.optim.Adadelta`` computes it.
@@ -270,9 +263,7 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> optax.GradientTran
     summary="Adadelta: unit-corrected per-coordinate steps without a tuned learning rate.",
     paper="Zeiler, arXiv:1212.5701, 2012",
     reference="torch.optim.Adadelta",
-    example={"learning_rate": 1.0},
-    invalid=(_NEG_LR, ({"rho": 1.5}, ValueError), ({"eps": -1.0}, ValueError),
-             ({"weight_decay": -1.0}, ValueError), ({"maximize": 1}, TypeError)),
+    verified="torch.optim.Adadelta 2.13, float64, 300 steps (tests/test_torch_optimizers.py)",
 )
 def adadelta(
     learning_rate: optax.ScalarOrSchedule = 1.0,
@@ -321,9 +312,7 @@ class ScaleByRpropState(NamedTuple):
     summary="Rprop: sign of the gradient times an adaptive per-coordinate step size.",
     paper="Riedmiller & Braun, ICNN 1993",
     reference="torch.optim.Rprop",
-    example={"initial_step_size": 0.01},
-    invalid=(({"initial_step_size": -1.0}, ValueError), ({"eta_minus": 1.0}, ValueError),
-             ({"eta_plus": 0.9}, ValueError), ({"min_step_size": -1.0}, ValueError)),
+    verified="torch.optim.Rprop 2.13, float64, 300 steps, via rprop (tests/test_torch_optimizers.py)",
 )
 def scale_by_rprop(
     initial_step_size: float = 1e-2,
@@ -389,9 +378,7 @@ def scale_by_rprop(
     summary="Rprop: resilient backpropagation (sign-based, per-coordinate step sizes).",
     paper="Riedmiller & Braun, ICNN 1993",
     reference="torch.optim.Rprop",
-    example={"learning_rate": 0.01},
-    invalid=(_NEG_LR, ({"eta_minus": 1.5}, ValueError), ({"eta_plus": 1.0}, ValueError),
-             ({"min_step_size": -1.0}, ValueError), ({"maximize": None}, TypeError)),
+    verified="torch.optim.Rprop 2.13, float64, 300 steps (tests/test_torch_optimizers.py)",
 )
 def rprop(
     learning_rate: optax.ScalarOrSchedule = 1e-2,
@@ -442,9 +429,8 @@ class ScaleByAsgdState(NamedTuple):
     summary="Averaged SGD step with decay, and the Polyak-Ruppert average of the iterates.",
     paper="Polyak & Juditsky, SIAM J. Control Optim. 1992",
     reference="torch.optim.ASGD",
-    example={"learning_rate": 0.01},
+    verified="torch.optim.ASGD 2.13, float64, 300 steps, via asgd (tests/test_torch_optimizers.py)",
     needs_params=True,
-    invalid=(({"learning_rate": -1.0}, ValueError), ({"lambd": "a"}, TypeError)),
 )
 def scale_by_asgd(
     learning_rate: optax.ScalarOrSchedule = 1e-2,
@@ -516,10 +502,8 @@ def scale_by_asgd(
     summary="ASGD: averaged SGD (Polyak-Ruppert averaging with a decaying step size).",
     paper="Polyak & Juditsky, SIAM J. Control Optim. 1992",
     reference="torch.optim.ASGD",
-    example={"learning_rate": 0.01},
+    verified="torch.optim.ASGD 2.13 incl. its averaged params, float64, 300 steps (tests/test_torch_optimizers.py)",
     needs_params=True,
-    invalid=(_NEG_LR, ({"weight_decay": -1.0}, ValueError), ({"alpha": "x"}, TypeError),
-             ({"maximize": "no"}, TypeError)),
 )
 def asgd(
     learning_rate: optax.ScalarOrSchedule = 1e-2,
