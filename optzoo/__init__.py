@@ -25,6 +25,23 @@ from optzoo._src.transform import scale_by_radam
 from optzoo._src.transform import scale_by_rms
 from optzoo._src.transform import trace
 
+# The rest of torch.optim.
+from optzoo._src.classic import adadelta
+from optzoo._src.classic import adamax
+from optzoo._src.classic import asgd
+from optzoo._src.classic import asgd_averaged_params
+from optzoo._src.classic import negate
+from optzoo._src.classic import rprop
+from optzoo._src.classic import scale_by_adadelta
+from optzoo._src.classic import scale_by_adamax
+from optzoo._src.classic import scale_by_asgd
+from optzoo._src.classic import scale_by_rprop
+from optzoo._src.lbfgs import lbfgs
+from optzoo._src.muon import muon
+from optzoo._src.muon import newton_schulz
+from optzoo._src.muon import orthogonalize
+from optzoo._src.muon import scale_by_muon
+
 # Team SGD and Team Adam.
 from optzoo._src.alias import adabound
 from optzoo._src.alias import adagrad
@@ -295,6 +312,22 @@ __all__ = [
     "weightnorm_data_init",
     "weightnorm_layers",
     "WeightRescalingState",
+    # The rest of torch.optim.
+    "adadelta",
+    "adamax",
+    "asgd",
+    "asgd_averaged_params",
+    "negate",
+    "rprop",
+    "scale_by_adadelta",
+    "scale_by_adamax",
+    "scale_by_asgd",
+    "scale_by_rprop",
+    "lbfgs",
+    "muon",
+    "newton_schulz",
+    "orthogonalize",
+    "scale_by_muon",
 ]
 
 #  / Please don't use symbols in `_src`: they \

@@ -112,6 +112,18 @@ EXAMPLES: dict[str, dict] = {
     'weight_rescaling': {},
     'weightnorm_data_init': {"apply_fn": lambda v, x: x @ v["params"]["w"],
              "variables": {"params": {"w": np.ones((2, 2))}}, "x": np.ones((3, 2))},
+    # The rest of torch.optim (optzoo/_src/classic.py, muon.py, lbfgs.py).
+    'adadelta': {"learning_rate": 1.0},
+    'adamax': {"learning_rate": 0.01},
+    'asgd': {"learning_rate": 0.01},
+    'lbfgs': {"learning_rate": 0.5, "max_iter": 5, "history_size": 4},
+    'muon': {"learning_rate": 0.02, "ns_dtype": None},
+    'negate': {},
+    'rprop': {"learning_rate": 0.01},
+    'scale_by_adadelta': {},
+    'scale_by_adamax': {},
+    'scale_by_asgd': {"learning_rate": 0.01},
+    'scale_by_rprop': {"initial_step_size": 0.01},
 # --- examples: end
 }
 
@@ -410,6 +422,32 @@ INVALID: dict[str, tuple] = {
         ({"every": 1.5}, TypeError),
     ),
     'weightnorm_data_init': (({"eps": -1.0}, ValueError), ({"init_scale": 0.0}, ValueError)),
+    # The rest of torch.optim.
+    'adadelta': (_NEG_LR, ({"rho": 1.5}, ValueError), ({"eps": -1.0}, ValueError),
+             ({"weight_decay": -1.0}, ValueError), ({"maximize": 1}, TypeError)),
+    'adamax': (_NEG_LR, ({"b1": 1.0}, ValueError), ({"b2": -0.5}, ValueError),
+             ({"eps": -1e-8}, ValueError), ({"weight_decay": -1.0}, ValueError),
+             ({"maximize": "yes"}, TypeError)),
+    'asgd': (_NEG_LR, ({"weight_decay": -1.0}, ValueError), ({"alpha": "x"}, TypeError),
+             ({"maximize": "no"}, TypeError)),
+    'lbfgs': (({"learning_rate": -1.0}, ValueError), ({"max_iter": 0}, ValueError),
+             ({"max_iter": 2.5}, TypeError), ({"max_eval": 0}, ValueError),
+             ({"history_size": 0}, ValueError), ({"tolerance_grad": -1.0}, ValueError),
+             ({"tolerance_change": -1.0}, ValueError),
+             ({"line_search_fn": "armijo"}, ValueError)),
+    'muon': (({"learning_rate": -1.0}, ValueError), ({"momentum": -0.1}, ValueError),
+             ({"weight_decay": -1.0}, ValueError), ({"ns_steps": 100}, ValueError),
+             ({"ns_steps": 2.5}, TypeError), ({"adjust_lr_fn": "rms"}, ValueError),
+             ({"ns_coefficients": (1.0, 2.0)}, ValueError),
+             ({"fallback": "adamw"}, TypeError)),
+    'rprop': (_NEG_LR, ({"eta_minus": 1.5}, ValueError), ({"eta_plus": 1.0}, ValueError),
+             ({"min_step_size": -1.0}, ValueError), ({"maximize": None}, TypeError)),
+    'scale_by_adadelta': (({"rho": 1.5}, ValueError), ({"eps": -1.0}, ValueError)),
+    'scale_by_adamax': (({"b1": 1.0}, ValueError), ({"b2": -0.1}, ValueError),
+             ({"eps": -1.0}, ValueError)),
+    'scale_by_asgd': (({"learning_rate": -1.0}, ValueError), ({"lambd": "a"}, TypeError)),
+    'scale_by_rprop': (({"initial_step_size": -1.0}, ValueError), ({"eta_minus": 1.0}, ValueError),
+             ({"eta_plus": 0.9}, ValueError), ({"min_step_size": -1.0}, ValueError)),
 # --- invalid: end
 }
 

@@ -84,6 +84,14 @@ def _rel_err(u, ref):
 # Norm-wise relative tolerance of a low-precision update vs float64: a few
 # ulps of the format, amplified by the update's few operations.
 _TOL = {"bfloat16": 6e-2, "float16": 1e-2}
+# Methods whose step-1 update is not a few operations on the gradient, with
+# the reason; their low-precision run is only checked for dtype, finiteness
+# and counter saturation.
+_NOT_FORMAT_BOUND = {
+    "lbfgs": "several quasi-Newton iterations per update: y = g_new - g_old of"
+             " low-precision gradients cancels, and the curvature pairs amplify"
+             " the format's rounding far beyond a few ulps",
+}
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
@@ -107,7 +115,7 @@ def test_low_precision_and_counter_saturation(info, dtype):
     for a, p in zip(jax.tree.leaves(u), jax.tree.leaves(params0)):
       assert a.dtype == p.dtype and a.shape == p.shape, (
           f"{info.name}: update dtype {a.dtype} for a {p.dtype} param")
-    if i == 0 and not noisy:
+    if i == 0 and not noisy and info.name not in _NOT_FORMAT_BOUND:
       _, _, u64 = step64(p64, tx64.init(p64), 0)
       err, size = _rel_err(u, u64)
       assert err <= _TOL[dtype] or size < 1e-6, (

@@ -56,6 +56,11 @@ DECAY_ON_ZERO_GRADS = {
     "add_l2": lambda lr, wd, p: wd * p,
     "adamw": lambda lr, wd, p: -lr * wd * p,
     "sgdw": lambda lr, wd, p: -lr * wd * p,
+    # torch.optim.ASGD's decay term lambd (default 1e-4) acts on zero grads.
+    "asgd": lambda lr, wd, p: -lr * (1e-4 + wd) * p,
+    "scale_by_asgd": lambda lr, wd, p: -lr * 1e-4 * p,
+    # Muon's decoupled decay on 2-D leaves, its AdamW fallback's (1e-2) on the rest.
+    "muon": lambda lr, wd, p: -lr * (wd if p.ndim == 2 else 1e-2) * p,
 }
 
 
@@ -164,7 +169,8 @@ def test_awkward_pytree(info):
     kw = _kwargs(info)
     expect = jax.tree.map(
         lambda p: DECAY_ON_ZERO_GRADS[info.name](
-            kw.get("learning_rate", 1.0), kw["weight_decay"], np.asarray(p, np.float64)),
+            kw.get("learning_rate", 1.0), kw.get("weight_decay", 0.0),
+            np.asarray(p, np.float64)),
         params)
     _assert_close(u0, expect, info.name + " zero-grad decay")
 

@@ -41,6 +41,8 @@ TRANSFORMS = {i.name: i for i in optzoo.list_optimizers(kind="transformation")}
 RESHARDING_OK: dict = {
     "entropy_sgd": "its grad_fn closure evaluates the model inside the step;"
                    " the model's sharded matmul (not the optimizer) gathers",
+    "lbfgs": "torch.optim.LBFGS's algorithm works on all parameters flattened"
+             " into one vector (ravel_pytree), which gathers the sharded leaves",
     "quantize_state": "8-bit state in the paper's flat blocks of contiguous"
                       " entries: a sharded parameter's blocks cross device"
                       " boundaries, so its state is gathered in the step",

@@ -21,6 +21,7 @@ import optax
 from optzoo._src import registry
 from optzoo._src import tree
 from optzoo._src import validation
+from optzoo._src import classic
 from optzoo._src import transform
 from optzoo._src.complex_view import per_part, real_dot
 
@@ -39,6 +40,29 @@ __all__ = [
     "sgd",
     "sgdw",
 ]
+
+
+def _maximize(maximize: bool) -> list:
+  """torch's ``maximize=True``: negate the gradient first (before any L2)."""
+  validation.check_bool("maximize", maximize)
+  return [classic.negate()] if maximize else []
+
+
+def _coupled_or_not(weight_decay: Any, decoupled: bool) -> list:
+  """The coupled-L2 link unless torch's ``decoupled_weight_decay=True``."""
+  validation.check_bool("decoupled_weight_decay", decoupled)
+  return [] if decoupled else _l2(weight_decay)
+
+
+def _decoupled(weight_decay: Any, decoupled: bool) -> list:
+  """The decoupled link (after the preconditioner) when asked for.
+
+  A literal 0 keeps the (then no-op) link: the state has the same structure
+  as with an injected weight decay.
+  """
+  if not decoupled:
+    return []
+  return [transform.add_decayed_weights(weight_decay)]
 
 
 def _l2(weight_decay: Any) -> list:
@@ -78,6 +102,7 @@ def sgd(
     weight_decay: float = 0.0,
     *,
     accumulator_dtype: Optional[Any] = None,
+    maximize: bool = False,
 ) -> optax.GradientTransformation:
   r"""Stochastic gradient descent, exactly ``torch.optim.SGD``.
 
@@ -102,6 +127,8 @@ def sgd(
     weight_decay: coupled L2 coefficient :math:`\lambda \ge 0`.
     accumulator_dtype: dtype of the momentum buffer (default: the params'),
       as ``optax.sgd``.
+    maximize: ascend the objective (torch's flag: the gradient is negated
+      first, before the L2 term).
 
   References:
     Sutskever et al., `On the importance of initialization and momentum in
@@ -109,7 +136,7 @@ def sgd(
   """
   validation.check_lr(learning_rate)
   _check_momentum(momentum, nesterov)
-  links = _l2(weight_decay)
+  links = _maximize(maximize) + _l2(weight_decay)
   if momentum is not None:
     links.append(transform.trace(momentum, nesterov, dampening=dampening,
                                  accumulator_dtype=accumulator_dtype))
@@ -223,6 +250,8 @@ def adagrad(
     weight_decay: float = 0.0,
     initial_accumulator_value: float = 0.0,
     eps: float = 1e-10,
+    *,
+    maximize: bool = False,
 ) -> optax.GradientTransformation:
   r"""Adagrad, exactly ``torch.optim.Adagrad``.
 
@@ -233,10 +262,12 @@ def adagrad(
                \frac{g_t}{\sqrt{s_t} + \epsilon}.
 
   Differs from ``optax.adagrad`` (eps inside the sqrt, accumulator 0.1).
-  Chain: ``add_l2 -> scale_by_adagrad -> scale_by_learning_rate``.
+  Chain: ``add_l2 -> scale_by_adagrad -> scale_by_learning_rate``;
+  ``maximize=True`` (torch's flag) puts :func:`negate` first.
   """
   validation.check_lr(learning_rate)
   return optax.chain(
+      *_maximize(maximize),
       *_l2(weight_decay),
       transform.scale_by_adagrad(initial_accumulator_value, eps, lr_decay),
       transform.scale_by_learning_rate(learning_rate),
@@ -257,6 +288,8 @@ def rmsprop(
     weight_decay: float = 0.0,
     momentum: Optional[float] = None,
     centered: bool = False,
+    *,
+    maximize: bool = False,
 ) -> optax.GradientTransformation:
   r"""RMSProp, exactly ``torch.optim.RMSprop`` (``decay`` is torch's ``alpha``).
 
@@ -273,10 +306,11 @@ def rmsprop(
   docs). Equal to ``optax.rmsprop(..., eps_in_sqrt=False)``. ``momentum=None``
   (the default) keeps no momentum buffer; any number, ``0.0`` included, keeps
   one (the same state structure as under ``optax.inject_hyperparams``).
+  ``maximize=True`` (torch's flag) puts :func:`negate` first.
   """
   validation.check_lr(learning_rate)
   _check_momentum(momentum, False)
-  links = _l2(weight_decay)
+  links = _maximize(maximize) + _l2(weight_decay)
   links.append(transform.scale_by_rms(decay, eps, 0.0, centered=centered))
   if momentum is not None:
     links.append(transform.trace(momentum))
@@ -299,6 +333,7 @@ def adam(
     weight_decay: float = 0.0,
     amsgrad: bool = False,
     *,
+    maximize: bool = False,
     mu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
   r"""Adam, exactly ``torch.optim.Adam``.
@@ -321,6 +356,8 @@ def adam(
     eps: >= 0, added to :math:`\sqrt{\hat v}`.
     weight_decay: coupled L2 coefficient.
     amsgrad: AMSGrad as torch (max over the raw second moment).
+    maximize: ascend the objective (torch's flag: the gradient is negated
+      first, before the L2 term).
     mu_dtype: optional dtype of the first moment (e.g. bf16).
 
   References:
@@ -329,6 +366,7 @@ def adam(
   """
   validation.check_lr(learning_rate)
   return optax.chain(
+      *_maximize(maximize),
       *_l2(weight_decay),
       transform.scale_by_adam(b1, b2, eps, amsgrad=amsgrad, mu_dtype=mu_dtype),
       transform.scale_by_learning_rate(learning_rate),
@@ -348,6 +386,8 @@ def amsgrad(
     b2: float = 0.999,
     eps: float = 1e-8,
     weight_decay: float = 0.0,
+    *,
+    maximize: bool = False,
 ) -> optax.GradientTransformation:
   r"""AMSGrad, exactly ``torch.optim.Adam(amsgrad=True)``.
 
@@ -359,8 +399,10 @@ def amsgrad(
 
   The max is over the *raw* :math:`v_t` (torch); ``optax.amsgrad`` maxes the
   bias-corrected moment and does not reproduce torch (optax #1389).
+  ``maximize=True`` (torch's flag) negates the gradient first.
   """
-  return adam(learning_rate, b1, b2, eps, weight_decay, amsgrad=True)
+  return adam(learning_rate, b1, b2, eps, weight_decay, amsgrad=True,
+              maximize=maximize)
 
 
 @registry.register(
@@ -379,6 +421,7 @@ def adamw(
     weight_decay: float = 1e-2,
     amsgrad: bool = False,
     *,
+    maximize: bool = False,
     mu_dtype: Optional[Any] = None,
     mask: Optional[Any] = None,
 ) -> optax.GradientTransformation:
@@ -397,9 +440,12 @@ def adamw(
   Args:
     mask: optional pytree/callable selecting the leaves to decay (e.g. not
       biases or norm scales).
+    maximize: ascend the objective (torch's flag: the gradient is negated
+      first).
   """
   validation.check_lr(learning_rate)
   return optax.chain(
+      *_maximize(maximize),
       transform.scale_by_adam(b1, b2, eps, amsgrad=amsgrad, mu_dtype=mu_dtype),
       transform.add_decayed_weights(weight_decay, mask),
       transform.scale_by_learning_rate(learning_rate),
@@ -420,16 +466,25 @@ def nadam(
     eps: float = 1e-8,
     weight_decay: float = 0.0,
     momentum_decay: float = 4e-3,
+    *,
+    decoupled_weight_decay: bool = False,
+    maximize: bool = False,
 ) -> optax.GradientTransformation:
   r"""NAdam, exactly ``torch.optim.NAdam`` (see :func:`scale_by_nadam`).
 
   ``optax.nadam`` is the simplified Nadam without the momentum schedule and
-  differs. Chain: ``add_l2 -> scale_by_nadam -> scale_by_learning_rate``.
+  differs. Chain: ``add_l2 -> scale_by_nadam -> scale_by_learning_rate``;
+  with ``decoupled_weight_decay=True`` (torch's flag, "NAdamW")
+  ``scale_by_nadam -> add_decayed_weights -> scale_by_learning_rate``, i.e.
+  :math:`\theta \leftarrow \theta(1-\eta\lambda) - \eta\,\Delta`.
+  ``maximize=True`` negates the gradient first (torch).
   """
   validation.check_lr(learning_rate)
   return optax.chain(
-      *_l2(weight_decay),
+      *_maximize(maximize),
+      *_coupled_or_not(weight_decay, decoupled_weight_decay),
       transform.scale_by_nadam(b1, b2, eps, momentum_decay),
+      *_decoupled(weight_decay, decoupled_weight_decay),
       transform.scale_by_learning_rate(learning_rate),
   )
 
@@ -449,6 +504,8 @@ def radam(
     weight_decay: float = 0.0,
     threshold: float = 5.0,
     *,
+    decoupled_weight_decay: bool = False,
+    maximize: bool = False,
     fallback: str = "sgdm",
     strict: bool = True,
 ) -> optax.GradientTransformation:
@@ -458,13 +515,18 @@ def radam(
   variance is intractable (torch). ``fallback='skip', strict=False``
   reproduces the official repository / ``pytorch_optimizer.RAdam``;
   ``threshold=4.0`` the paper's :math:`\rho_t > 4`. ``weight_decay`` is
-  coupled L2 as in torch (the official repo decouples it).
+  coupled L2 as in torch (the official repo decouples it);
+  ``decoupled_weight_decay=True`` (torch's flag) gives
+  :math:`\theta \leftarrow \theta(1-\eta\lambda) - \eta\,\Delta`.
+  ``maximize=True`` negates the gradient first (torch).
   """
   validation.check_lr(learning_rate)
   return optax.chain(
-      *_l2(weight_decay),
+      *_maximize(maximize),
+      *_coupled_or_not(weight_decay, decoupled_weight_decay),
       transform.rectify(b1, b2, eps, threshold=threshold, fallback=fallback,
                        strict=strict),
+      *_decoupled(weight_decay, decoupled_weight_decay),
       transform.scale_by_learning_rate(learning_rate),
   )
 

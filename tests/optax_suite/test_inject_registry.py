@@ -41,6 +41,7 @@ STATIC_ARGS: dict = {
     "adam_8bit": ("block_size", "min_size"),
     "adamw_8bit": ("block_size", "min_size"),
     "quantize_state": ("block_size", "min_size"),
+    "lbfgs": ("max_iter", "max_eval", "history_size"),
 }
 # Same state, same steps, but XLA rounds some expression with a runtime
 # hyperparameter differently from the constant-folded literal (last bit).
