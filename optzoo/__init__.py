@@ -46,6 +46,10 @@ from optzoo._src.perf import __all__ as _perf_all
 from optzoo._src.reliability import *  # noqa: F401,F403
 from optzoo._src.reliability import __all__ as _reliability_all
 
+# torch.optim.lr_scheduler as optax schedules.
+from optzoo._src.torch_schedules import __all__ as _torch_sched_all
+from optzoo._src.torch_schedules import *  # noqa: F401,F403
+
 # Registry.
 from optzoo._src.base import MethodInfo
 from optzoo._src.registry import list_optimizers
@@ -84,7 +88,7 @@ __all__ = [
     "sgd",
     "sgdw",
     "trace",
-] + list(_dynamics_all) + list(_research_all) + list(_perf_all) + list(
+] + list(_torch_sched_all) + list(_dynamics_all) + list(_research_all) + list(_perf_all) + list(
     _reliability_all)
 
 #  / Please don't use symbols in `_src`: they \
