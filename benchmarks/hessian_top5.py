@@ -1,6 +1,6 @@
 """Benchmark: top-5 Hessian eigenvalues of a >=100k-parameter Flax MLP.
 
-Goal (issue 5): under one minute on 2 CPU cores, without materializing the
+Goal: under one minute on 2 CPU cores, without materializing the
 Hessian (a dense float32 Hessian of this model would need n^2 * 4 bytes,
 about 51 GB). Run on demand:
 
@@ -24,7 +24,7 @@ import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
 import optzoo.diagnostics as dg  # noqa: E402
-from optzoo._src.data import load_digits  # noqa: E402
+from optzoo.apps.data import load_digits  # noqa: E402
 
 
 class MLP(nn.Module):

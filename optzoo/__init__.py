@@ -12,7 +12,9 @@ __version__ = "0.1.0"
 
 # Composable primitives.
 from optzoo._src.transform import add_decayed_weights
+from optzoo._src.transform import add_gradient_noise
 from optzoo._src.transform import add_l2
+from optzoo._src.transform import AddGradientNoiseState
 from optzoo._src.transform import rectify
 from optzoo._src.transform import scale_by_adagrad
 from optzoo._src.transform import scale_by_adam
@@ -35,61 +37,250 @@ from optzoo._src.alias import radam
 from optzoo._src.alias import rmsprop
 from optzoo._src.alias import sgd
 from optzoo._src.alias import sgdw
+from optzoo._src.alias import swats
+from optzoo._src.alias import SwatsState
 
-# Training dynamics (schedules, wrappers, tools), research methods.
-from optzoo._src.dynamics import *  # noqa: F401,F403
-from optzoo._src.dynamics import __all__ as _dynamics_all
-from optzoo._src.research import *  # noqa: F401,F403
-from optzoo._src.research import __all__ as _research_all
-from optzoo._src.perf import *  # noqa: F401,F403
-from optzoo._src.perf import __all__ as _perf_all
-from optzoo._src.reliability import *  # noqa: F401,F403
-from optzoo._src.reliability import __all__ as _reliability_all
+# Wrappers.
+from optzoo._src.wrappers.cast_state import cast_state
+from optzoo._src.wrappers.cast_state import CastStateState
+from optzoo._src.wrappers.ema import ema_params
+from optzoo._src.wrappers.ema import param_ema
+from optzoo._src.wrappers.ema import ParamEmaState
+from optzoo._src.wrappers.group_leaves import group_leaves
+from optzoo._src.wrappers.group_leaves import GroupLeavesState
+from optzoo._src.wrappers.lookahead import lookahead
+from optzoo._src.wrappers.lookahead import lookahead_slow_params
+from optzoo._src.wrappers.lookahead import LookaheadState
+from optzoo._src.wrappers.nonfinite import skip_nonfinite
+from optzoo._src.wrappers.nonfinite import SkipNonfiniteState
 
-# torch.optim.lr_scheduler as optax schedules.
-from optzoo._src.torch_schedules import __all__ as _torch_sched_all
-from optzoo._src.torch_schedules import *  # noqa: F401,F403
+# Schedules (also in optzoo.schedules).
+from optzoo._src.schedules import byol_tau_schedule
+from optzoo._src.schedules import cyclical
+from optzoo._src.schedules import exponential_warmup
+from optzoo._src.schedules import linear_warmup
+from optzoo._src.schedules import one_cycle
+from optzoo._src.schedules import one_cycle_momentum
+from optzoo._src.schedules import radam_warmup
+from optzoo._src.schedules import scale_for_batch_size
+from optzoo._src.schedules import sgdr
+
+# Research methods (also in optzoo.research).
+from optzoo._src.research.entropy_sgd import EntropySGDState
+from optzoo._src.research.entropy_sgd import entropy_sgd
+from optzoo._src.research.entropy_sgd import local_energy
+from optzoo._src.research.entropy_sgd import scoped_gamma
+from optzoo._src.research.generic_adam import GenericAdamReport
+from optzoo._src.research.generic_adam import GenericAdamState
+from optzoo._src.research.generic_adam import generic_adam
+from optzoo._src.research.generic_adam import generic_adam_condition
+from optzoo._src.research.gradient_noise import gradient_noise
+from optzoo._src.research.gradinit import GradInitResult
+from optzoo._src.research.gradinit import gradinit
+from optzoo._src.research.gradinit import gradinit_objective
+from optzoo._src.research.gradmax import GradMaxResult
+from optzoo._src.research.gradmax import gradmax_fanout
+from optzoo._src.research.gradmax import gradmax_grow
+from optzoo._src.research.gradmax import gradmax_matrix
+from optzoo._src.research.gradmax import grow_optimizer_state
+from optzoo._src.research.koala import KoalaMState
+from optzoo._src.research.koala import KoalaVState
+from optzoo._src.research.koala import koala
+from optzoo._src.research.koala import koala_loss_stats
+from optzoo._src.research.mbf import ScaleByMiniBlockFisherState
+from optzoo._src.research.mbf import mini_block_fisher
+from optzoo._src.research.mbf import mini_block_partition
+from optzoo._src.research.mbf import per_example_grads
+from optzoo._src.research.mbf import scale_by_mini_block_fisher
+from optzoo._src.research.nsgd import ScaleByInputPowerState
+from optzoo._src.research.nsgd import collect_input_power
+from optzoo._src.research.nsgd import nsgd
+from optzoo._src.research.nsgd import scale_by_input_power
+from optzoo._src.research.projection import SphereSgdState
+from optzoo._src.research.projection import WeightRescalingState
+from optzoo._src.research.projection import project_to_sphere
+from optzoo._src.research.projection import sphere_sgd
+from optzoo._src.research.projection import weight_rescaling
+from optzoo._src.research.replicated_sgd import ReplicaCouplingState
+from optzoo._src.research.replicated_sgd import replica_coupling
+from optzoo._src.research.replicated_sgd import replicate_params
+from optzoo._src.research.replicated_sgd import replicated_center
+from optzoo._src.research.replicated_sgd import replicated_sgd
+from optzoo._src.research.scl import MaskedConv
+from optzoo._src.research.scl import MaskedDense
+from optzoo._src.research.scl import add_count_penalty
+from optzoo._src.research.scl import connection_count
+from optzoo._src.research.scl import normalize_mask_gradients
+from optzoo._src.research.scl import scl_labels
+from optzoo._src.research.scl import sparse_connectivity
+from optzoo._src.research.scl import step_ste
+from optzoo._src.research.svi import SVIDense
+from optzoo._src.research.svi import SVIMLP
+from optzoo._src.research.svi import svi_gradients
+from optzoo._src.research.svi import svi_mse_loss
+from optzoo._src.research.weightnorm import weightnorm_data_init
+from optzoo._src.research.weightnorm import weightnorm_layers
+
+# Tools.
+from optzoo._src.lr_finder import lr_range_test
+from optzoo._src.lr_finder import LRRangeTestResult
+from optzoo._src.tree import tree_all_finite
+
+# torch.optim.lr_scheduler as optax schedules (also in optzoo.schedules).
+from optzoo._src.torch_schedules import lambda_lr
+from optzoo._src.torch_schedules import multiplicative_lr
+from optzoo._src.torch_schedules import step_lr
+from optzoo._src.torch_schedules import multi_step_lr
+from optzoo._src.torch_schedules import constant_lr
+from optzoo._src.torch_schedules import linear_lr
+from optzoo._src.torch_schedules import exponential_lr
+from optzoo._src.torch_schedules import polynomial_lr
+from optzoo._src.torch_schedules import cosine_annealing_lr
+from optzoo._src.torch_schedules import sequential_lr
+from optzoo._src.torch_schedules import chained_scheduler
+from optzoo._src.torch_schedules import cyclic_momentum
+from optzoo._src.torch_schedules import reduce_lr_on_plateau
+from optzoo._src.torch_schedules import ReduceLROnPlateauState
 
 # Registry.
-from optzoo._src.base import MethodInfo
-from optzoo._src.registry import list_optimizers
 from optzoo._src.registry import get_info
+from optzoo._src.registry import list_optimizers
+from optzoo._src.registry import MethodInfo
 
-from optzoo import diagnostics  # noqa: E402  (public submodule)
-from optzoo import schedules  # noqa: E402  (public submodule)
+# Public submodules.
+from optzoo import diagnostics
+from optzoo import research
+from optzoo import schedules
 from optzoo.diagnostics import monitor_norms
 
 __all__ = [
-    "MethodInfo",
-    "diagnostics",
-    "monitor_norms",
     "adabound",
     "adagrad",
     "adam",
     "adamw",
+    "add_count_penalty",
     "add_decayed_weights",
+    "add_gradient_noise",
     "add_l2",
+    "AddGradientNoiseState",
     "amsgrad",
+    "byol_tau_schedule",
+    "cast_state",
+    "CastStateState",
+    "collect_input_power",
+    "connection_count",
+    "cyclical",
+    "diagnostics",
+    "ema_params",
+    "entropy_sgd",
+    "EntropySGDState",
+    "exponential_warmup",
+    "generic_adam",
+    "generic_adam_condition",
+    "GenericAdamReport",
+    "GenericAdamState",
     "get_info",
+    "gradient_noise",
+    "gradinit",
+    "gradinit_objective",
+    "GradInitResult",
+    "gradmax_fanout",
+    "gradmax_grow",
+    "gradmax_matrix",
+    "GradMaxResult",
+    "group_leaves",
+    "GroupLeavesState",
+    "grow_optimizer_state",
+    "koala",
+    "koala_loss_stats",
+    "KoalaMState",
+    "KoalaVState",
+    "linear_warmup",
     "list_optimizers",
+    "local_energy",
+    "lookahead",
+    "lookahead_slow_params",
+    "LookaheadState",
+    "lr_range_test",
+    "LRRangeTestResult",
+    "MaskedConv",
+    "MaskedDense",
+    "MethodInfo",
+    "mini_block_fisher",
+    "mini_block_partition",
+    "monitor_norms",
     "nadam",
     "nag",
+    "normalize_mask_gradients",
+    "nsgd",
+    "one_cycle",
+    "one_cycle_momentum",
+    "param_ema",
+    "ParamEmaState",
+    "per_example_grads",
+    "project_to_sphere",
     "radam",
+    "radam_warmup",
     "rectify",
+    "replica_coupling",
+    "ReplicaCouplingState",
+    "replicate_params",
+    "replicated_center",
+    "replicated_sgd",
+    "research",
     "rmsprop",
     "scale_by_adagrad",
     "scale_by_adam",
     "scale_by_bounds",
+    "scale_by_input_power",
     "scale_by_learning_rate",
+    "scale_by_mini_block_fisher",
     "scale_by_nadam",
     "scale_by_radam",
     "scale_by_rms",
+    "scale_for_batch_size",
+    "ScaleByInputPowerState",
+    "ScaleByMiniBlockFisherState",
     "schedules",
+    "scl_labels",
+    "scoped_gamma",
     "sgd",
+    "sgdr",
     "sgdw",
+    "skip_nonfinite",
+    "SkipNonfiniteState",
+    "sparse_connectivity",
+    "sphere_sgd",
+    "SphereSgdState",
+    "step_ste",
+    "svi_gradients",
+    "svi_mse_loss",
+    "SVIDense",
+    "SVIMLP",
+    "swats",
+    "SwatsState",
     "trace",
-] + list(_torch_sched_all) + list(_dynamics_all) + list(_research_all) + list(_perf_all) + list(
-    _reliability_all)
+    "tree_all_finite",
+    "weight_rescaling",
+    "weightnorm_data_init",
+    "weightnorm_layers",
+    "WeightRescalingState",
+    # torch.optim.lr_scheduler
+    "lambda_lr",
+    "multiplicative_lr",
+    "step_lr",
+    "multi_step_lr",
+    "constant_lr",
+    "linear_lr",
+    "exponential_lr",
+    "polynomial_lr",
+    "cosine_annealing_lr",
+    "sequential_lr",
+    "chained_scheduler",
+    "cyclic_momentum",
+    "reduce_lr_on_plateau",
+    "ReduceLROnPlateauState",
+]
 
 #  / Please don't use symbols in `_src`: they \
 #  \ are not part of the optzoo public API.   /

@@ -18,31 +18,31 @@
 ...                            {"x": 0.0, "y": 0.0}).label
 'saddle point'
 """
-from optzoo._src.diagnostics._batch_size import BatchSizeReport
-from optzoo._src.diagnostics._batch_size import BatchSizeRun
-from optzoo._src.diagnostics._batch_size import batch_size_experiment
-from optzoo._src.diagnostics._batch_size import scaled_learning_rate
-from optzoo._src.diagnostics._hessian import HessianEigenResult
-from optzoo._src.diagnostics._hessian import LanczosResult
-from optzoo._src.diagnostics._hessian import SpectralDensity
-from optzoo._src.diagnostics._hessian import dense_hessian
-from optzoo._src.diagnostics._hessian import hessian_eigenvalues
-from optzoo._src.diagnostics._hessian import hessian_spectral_density
-from optzoo._src.diagnostics._hessian import hvp
-from optzoo._src.diagnostics._hessian import lanczos
-from optzoo._src.diagnostics._hessian import make_hvp_fn
-from optzoo._src.diagnostics._landscape import CriticalPoint
-from optzoo._src.diagnostics._landscape import FlatnessResult
-from optzoo._src.diagnostics._landscape import SharpnessResult
-from optzoo._src.diagnostics._landscape import classify_critical_point
-from optzoo._src.diagnostics._landscape import local_entropy_flatness
-from optzoo._src.diagnostics._landscape import minimum_ratio
-from optzoo._src.diagnostics._landscape import sharpness
-from optzoo._src.diagnostics._monitor import MonitorNormsState
-from optzoo._src.diagnostics._monitor import NormHistory
-from optzoo._src.diagnostics._monitor import find_monitor_states
-from optzoo._src.diagnostics._monitor import monitor_norms
-from optzoo._src.diagnostics._monitor import norm_history
+from optzoo._src.diagnostics.batch_size import BatchSizeReport
+from optzoo._src.diagnostics.batch_size import BatchSizeRun
+from optzoo._src.diagnostics.batch_size import batch_size_experiment
+from optzoo._src.diagnostics.batch_size import scaled_learning_rate
+from optzoo._src.diagnostics.hessian import HessianEigenResult
+from optzoo._src.diagnostics.hessian import LanczosResult
+from optzoo._src.diagnostics.hessian import SpectralDensity
+from optzoo._src.diagnostics.hessian import dense_hessian
+from optzoo._src.diagnostics.hessian import hessian_eigenvalues
+from optzoo._src.diagnostics.hessian import hessian_spectral_density
+from optzoo._src.diagnostics.hessian import hvp
+from optzoo._src.diagnostics.hessian import lanczos
+from optzoo._src.diagnostics.hessian import make_hvp_fn
+from optzoo._src.diagnostics.landscape import CriticalPoint
+from optzoo._src.diagnostics.landscape import FlatnessResult
+from optzoo._src.diagnostics.landscape import SharpnessResult
+from optzoo._src.diagnostics.landscape import classify_critical_point
+from optzoo._src.diagnostics.landscape import local_entropy_flatness
+from optzoo._src.diagnostics.landscape import minimum_ratio
+from optzoo._src.diagnostics.landscape import sharpness
+from optzoo._src.diagnostics.monitor import MonitorNormsState
+from optzoo._src.diagnostics.monitor import NormHistory
+from optzoo._src.diagnostics.monitor import find_monitor_states
+from optzoo._src.diagnostics.monitor import monitor_norms
+from optzoo._src.diagnostics.monitor import norm_history
 
 __all__ = [
     "BatchSizeReport",

@@ -37,12 +37,12 @@ import optax
 from flax import nnx
 from flax.training import train_state
 
-from optzoo._src.data import Dataset
-from optzoo._src.data import DatasetError
-from optzoo._src.data import batches
-from optzoo._src.data import load_dataset
-from optzoo._src.data import load_digits
-from optzoo._src.data import load_fashion_mnist
+from optzoo.apps.data import Dataset
+from optzoo.apps.data import DatasetError
+from optzoo.apps.data import batches
+from optzoo.apps.data import load_dataset
+from optzoo.apps.data import load_digits
+from optzoo.apps.data import load_fashion_mnist
 
 __all__ = [
     "NORMS",
@@ -271,7 +271,7 @@ def train_step(state: TrainState, x: jax.Array, y: jax.Array, *,
 
   BatchNorm runs on batch statistics and its moving averages are updated in
   ``state.batch_stats``. The optimizer receives, when it accepts extra args,
-  those named in ``extra_args`` (methods.md 0.3): ``value`` (mean loss),
+  those named in ``extra_args``: ``value`` (mean loss),
   ``value_sq`` (mean squared per-example loss), ``batch_size``,
   ``grad_fn(params, i)`` / ``value_fn(params, i)`` (gradient / loss on this
   batch, BatchNorm statistics frozen) and ``key``.

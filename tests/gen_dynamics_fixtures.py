@@ -1,4 +1,4 @@
-"""Generates the golden fixtures of the training-dynamics area (issue 3).
+"""Generates the golden fixtures of the training-dynamics area.
 
 Run with the torch oracle venv (never in CI; the tests only read the .npz):
 

@@ -1,8 +1,7 @@
 """A generic harness to drive every registered optzoo transformation.
 
-Used by tests/test_sharding.py (issue 7) and reusable by registry-wide tests
-(issue 8). It builds one small, smooth problem with a data batch, and
-supplies each method's extra arguments (methods.md 0.3) generically:
+Used by tests/test_sharding.py and the other registry-wide tests. It builds one small, smooth problem with a data batch, and
+supplies each method's extra arguments generically:
 
 >>> prob = make_problem()
 >>> info = optzoo.get_info("koala")

@@ -10,7 +10,7 @@ every alias. This file needs no torch.
 Besides the optzoo checks, the fixtures themselves are checked:
 
 * positive controls: optax transformations documented to equal torch
-  (reference-semantics.md, section 0) reproduce the fixtures to 1e-6, which
+  reproduce the fixtures to 1e-6, which
   validates the problem rebuild and the kwargs mapping independently of optzoo;
 * negative controls: the known non-torch variants (optax.nadam, optax.amsgrad,
   optax.adagrad, eps inside the sqrt, a zero-initialised dampened momentum

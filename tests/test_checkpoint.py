@@ -1,4 +1,4 @@
-"""Optimizer state survives checkpoints, for every registered method (issue 8).
+"""Optimizer state survives checkpoints, for every registered method.
 
 * The state is a pytree of arrays only: every leaf is a ``jax.Array`` /
   ``np.ndarray`` (no Python numbers, strings, callables), and

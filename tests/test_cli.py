@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import optzoo
-from optzoo import cli
-from optzoo._src import race
+from optzoo.apps import cli
+from optzoo.apps import race
 
 
 def _write_idx(directory, n=64, hw=28, seed=0):
@@ -212,7 +212,7 @@ def test_fashion_mnist_missing_and_present(capsys, tmp_path, monkeypatch):
 def test_console_script_error_has_no_traceback(tmp_path):
   """The real process: exit status 2, one stderr line, no traceback."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  p = subprocess.run([sys.executable, "-m", "optzoo.cli", "race", "--optimizers", "nope",
+  p = subprocess.run([sys.executable, "-m", "optzoo.apps.cli", "race", "--optimizers", "nope",
                       "--out", str(tmp_path)], capture_output=True, text=True, env=env,
                      timeout=120)
   assert p.returncode == 2

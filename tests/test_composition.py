@@ -199,7 +199,7 @@ def test_rms_then_trace_is_not_adam(problem):
 
 
 # ---------------------------------------------------------------------------
-# Equalities with optax (documented in reference-semantics.md).
+# Equalities with optax (documented in the docstrings).
 # ---------------------------------------------------------------------------
 
 

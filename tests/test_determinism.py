@@ -1,4 +1,4 @@
-"""Determinism: the same seed gives bit-identical results (issue 8).
+"""Determinism: the same seed gives bit-identical results.
 
 * ``optzoo race`` run twice in fresh processes with the same ``--seed`` writes
   identical ``results.json`` numbers (config, losses, accuracies, curves;
@@ -32,7 +32,7 @@ RACE = ["race", "--optimizers", "sgdm,adam", "--epochs", "1", "--limit", "128",
 
 
 def _race(out_dir, seed):
-  code = "import sys; from optzoo.cli import main; sys.exit(main(sys.argv[1:]))"
+  code = "import sys; from optzoo.apps.cli import main; sys.exit(main(sys.argv[1:]))"
   env = dict(os.environ)
   env.setdefault("JAX_PLATFORMS", "cpu")
   env["MPLBACKEND"] = "Agg"
@@ -49,10 +49,6 @@ def _race(out_dir, seed):
 
 @pytest.mark.slow
 def test_race_same_seed_bit_identical(tmp_path):
-  try:
-    import optzoo.cli  # noqa: F401
-  except ImportError:
-    pytest.skip("optzoo.cli is not there yet (issue 6)")
   a = _race(tmp_path / "a", seed=3)
   b = _race(tmp_path / "b", seed=3)
   # JSON floats are written with repr(): equal text means equal bits.

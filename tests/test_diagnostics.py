@@ -1,4 +1,4 @@
-"""Tests for optzoo.diagnostics (issue 5).
+"""Tests for optzoo.diagnostics.
 
 Oracles: closed-form Hessians (x^2 - y^2, quadratics with a chosen spectrum,
 a two-layer linear network), ``numpy.linalg.eigvalsh`` of a dense Hessian
@@ -20,7 +20,7 @@ import optax
 import pytest
 
 import optzoo.diagnostics as dg
-from optzoo._src import base
+from optzoo._src import registry
 
 from helpers import TraceCounter, pytree_problem
 
@@ -515,7 +515,7 @@ def test_lanczos_compiles_once_per_loss():
 
 
 def test_monitor_registered_and_validates():
-  info = base.registry()["monitor_norms"]
+  info = registry.registry()["monitor_norms"]
   assert info.family == "tool" and info.kind == "transformation"
   tx = info.build()
   params = {"w": jnp.ones(2)}
@@ -580,7 +580,7 @@ def test_float32_mlp_top_eigenvalues():
 
 
 def test_batch_size_experiment_small():
-  from optzoo._src.data import load_digits
+  from optzoo.apps.data import load_digits
   ds = load_digits().subset(256, 128)
   x_tr = ds.x_train.reshape(len(ds.x_train), -1)
   x_te = ds.x_test.reshape(len(ds.x_test), -1)

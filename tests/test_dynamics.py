@@ -1,4 +1,4 @@
-"""Gradient noise, parameter EMA, generic Adam and the LR range test (issue 3),
+"""Gradient noise, parameter EMA, generic Adam and the LR range test,
 plus jit / dtype / pytree / sharding properties of every issue-3 transformation.
 """
 import functools

@@ -1,8 +1,8 @@
-"""Entropy-SGD, Replicated-SGD and local energy (issue 4, methods.md 15).
+"""Entropy-SGD, Replicated-SGD and local energy.
 
 The oracles below are NumPy re-derivations of the update equations
 (ucla-vision/entropy-sgd python/optim.py and the paper's Algorithm 1 for
-Entropy-SGD; methods.md 15.2 for rSGD), written from the equations, not from
+Entropy-SGD; Pittorino et al., ICLR 2021, eqs. 4-6 for rSGD), written from the equations, not from
 optzoo's code. The Langevin noise of Entropy-SGD is reproduced by re-drawing
 it with jax.random from the documented key scheme (split per update, fold_in
 per inner step, split per leaf), then used in float64 NumPy.
@@ -16,7 +16,7 @@ import optax
 import pytest
 
 import optzoo
-from optzoo._src.research import entropy as entropy_lib
+
 from helpers import TraceCounter
 
 SHAPES = {"b": (4,), "s": (), "w": (3, 4)}  # sorted = jax leaf order
@@ -289,14 +289,14 @@ def test_entropy_and_replicated_preserve_sharding():
 
 
 # ---------------------------------------------------------------------------
-# Long runs: the scoped gamma never overflows (issue: NaN after ~88k steps).
+# Long runs: the scoped gamma never overflows (it used to give NaN after ~88k steps).
 # ---------------------------------------------------------------------------
 
 BIG = 2**31 - 2
 
 
 def test_scoped_gamma_is_finite_and_bit_identical_to_the_plain_power():
-  scoped_gamma = entropy_lib.scoped_gamma
+  scoped_gamma = optzoo.research.scoped_gamma
   with jax.enable_x64(False):
     f = jax.jit(lambda t: scoped_gamma(1e-4, 1e-3, t))
     plain = jax.jit(lambda t: jnp.float32(1e-4) * jnp.power(jnp.float32(1.001),

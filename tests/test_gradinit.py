@@ -1,4 +1,4 @@
-"""GradInit (issue 4, methods.md 6).
+"""GradInit.
 
 Oracle: a NumPy re-derivation of the official algorithm (zhuchen03/gradinit
 ``gradinit_utils.gradinit`` + ``RescaleAdam``) for a linear model, where the

@@ -1,4 +1,4 @@
-"""GradMax growth (issue 4, methods.md 9)."""
+"""GradMax growth."""
 from __future__ import annotations
 
 from typing import Sequence

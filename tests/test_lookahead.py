@@ -1,4 +1,4 @@
-"""lookahead (issue 3) vs pytorch_optimizer.Lookahead fixtures.
+"""lookahead vs pytorch_optimizer.Lookahead fixtures.
 
 Fixture: tests/fixtures/dynamics_lookahead.npz (tests/gen_dynamics_fixtures.py):
 pytorch_optimizer 4.1.0 Lookahead around torch.optim.Adam / SGD(momentum),

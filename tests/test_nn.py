@@ -1,8 +1,8 @@
-"""optzoo.nn (Flax helpers) and optzoo._src.data (offline datasets).
+"""optzoo.nn (Flax helpers) and optzoo.apps.data (offline datasets).
 
 The BatchNorm / WeightNorm / GroupNorm checks compare the Flax models against
 independent NumPy forward passes written here from the equations
-(methods.md 3 and 18), not against the modules themselves.
+(Salimans & Kingma 2016; Ioffe & Szegedy 2015; Wu & He 2018), not against the modules themselves.
 """
 import gzip
 import os

@@ -1,4 +1,4 @@
-"""Performance helpers (issue 7): group_leaves, cast_state, low-precision
+"""Performance helpers: group_leaves, cast_state, low-precision
 state options, and smoke runs of the benchmark scripts."""
 from __future__ import annotations
 

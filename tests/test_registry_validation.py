@@ -1,4 +1,4 @@
-"""Bad input is rejected at construction, for every registered method (issue 8).
+"""Bad input is rejected at construction, for every registered method.
 
 Generated cases, one pytest id per ``method x bad value``:
 

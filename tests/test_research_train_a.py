@@ -1,4 +1,4 @@
-"""Each research method of issue 4 (first half) trains a small Flax MLP on digits.
+"""Each research method trains a small Flax MLP on digits.
 
 sklearn digits (10 classes, chance = 10 %), float32, a few hundred steps.
 """

@@ -1,4 +1,4 @@
-"""Schedules (issue 3) against torch.optim.lr_scheduler fixtures and closed forms.
+"""Schedules against torch.optim.lr_scheduler fixtures and closed forms.
 
 Fixtures: tests/fixtures/dynamics_schedules.npz, written by
 tests/gen_dynamics_fixtures.py (torch 2.13, float64). Step i of a trace is the

@@ -1,4 +1,4 @@
-"""SCL (sparse connectivity learning, issue 4, methods.md 10)."""
+"""SCL (sparse connectivity learning, Tang et al. 2021)."""
 from __future__ import annotations
 
 import jax

@@ -1,4 +1,4 @@
-"""Every registered transformation under jax.sharding (issue 7).
+"""Every registered transformation under jax.sharding.
 
 For each method (``optzoo.list_optimizers(kind="transformation")``) and two
 layouts over a Mesh of the 8 simulated CPU devices (conftest.py):

@@ -1,4 +1,4 @@
-"""SVI pseudo-gradients (issue 4, methods.md 12) vs explicit NumPy backprop."""
+"""SVI pseudo-gradients vs explicit NumPy backprop."""
 from __future__ import annotations
 
 import flax.linen as nn

@@ -1,6 +1,6 @@
-"""swats (issue 3) vs an independent NumPy re-derivation of Algorithm 1 of
+"""swats vs an independent NumPy re-derivation of Algorithm 1 of
 Keskar & Socher (2017). The PyTorch ports are not used as oracles: see the
-bugs listed in reference-semantics.md 3.8 / 7 and in swats' docstring."""
+bugs listed in swats' docstring."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -1,4 +1,4 @@
-"""Weight normalization data-dependent init (issue 4, methods.md 3)."""
+"""Weight normalization data-dependent init."""
 from __future__ import annotations
 
 import flax.linen as nn

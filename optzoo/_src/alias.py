@@ -12,15 +12,20 @@ run time without recompiling.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
+import jax.numpy as jnp
 import optax
 
-from optzoo._src import base
+from optzoo._src import registry
+from optzoo._src import tree
+from optzoo._src import validation
 from optzoo._src import transform
 
 __all__ = [
+    "SwatsState",
+    "swats",
     "adabound",
     "adagrad",
     "adam",
@@ -45,8 +50,8 @@ def _l2(weight_decay: Any) -> list:
   Omitting it saves a read of the params every step; an injected (array)
   weight decay always keeps the link, so the state structure is stable.
   """
-  base.check_nonneg("weight_decay", weight_decay)
-  return [] if base.is_literal_zero(weight_decay) else [transform.add_l2(weight_decay)]
+  validation.check_nonneg("weight_decay", weight_decay)
+  return [] if tree.is_literal_zero(weight_decay) else [transform.add_l2(weight_decay)]
 
 
 # ---------------------------------------------------------------------------
@@ -54,7 +59,7 @@ def _l2(weight_decay: Any) -> list:
 # ---------------------------------------------------------------------------
 
 
-@base.register(
+@registry.register(
     family="Team SGD",
     summary="SGD with optional momentum, dampening, Nesterov and coupled L2.",
     paper="Robbins & Monro 1951; Polyak 1964; Sutskever et al., ICML 2013",
@@ -94,20 +99,20 @@ def sgd(
     Sutskever et al., `On the importance of initialization and momentum in
     deep learning <https://proceedings.mlr.press/v28/sutskever13.html>`_, 2013.
   """
-  base.check_lr(learning_rate)
-  base.check_beta("momentum", momentum)
-  if nesterov and base.is_literal_zero(momentum):
+  validation.check_lr(learning_rate)
+  validation.check_beta("momentum", momentum)
+  if nesterov and tree.is_literal_zero(momentum):
     raise ValueError("`nesterov=True` requires `momentum > 0` (as torch.optim.SGD).")
   links = _l2(weight_decay)
-  if not (base.is_literal_zero(momentum) and not nesterov):
+  if not (tree.is_literal_zero(momentum) and not nesterov):
     links.append(transform.trace(momentum, dampening, nesterov))
   else:
-    base.check_unit_interval("dampening", dampening)
+    validation.check_unit_interval("dampening", dampening)
   links.append(transform.scale_by_learning_rate(learning_rate))
   return optax.chain(*links)
 
 
-@base.register(
+@registry.register(
     family="Team SGD",
     summary="Nesterov accelerated gradient (SGD with Nesterov momentum).",
     paper="Nesterov 1983; Sutskever et al., ICML 2013",
@@ -135,7 +140,7 @@ def nag(
              nesterov=True, weight_decay=weight_decay)
 
 
-@base.register(
+@registry.register(
     family="Team SGD",
     summary="SGD with momentum and decoupled weight decay (SGDW).",
     paper="Loshchilov & Hutter, ICLR 2019",
@@ -178,13 +183,13 @@ def sgdw(
     Loshchilov & Hutter, `Decoupled Weight Decay Regularization
     <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
   """
-  base.check_lr(learning_rate)
-  base.check_beta("momentum", momentum)
-  base.check_nonneg("weight_decay", weight_decay)
-  if nesterov and base.is_literal_zero(momentum):
+  validation.check_lr(learning_rate)
+  validation.check_beta("momentum", momentum)
+  validation.check_nonneg("weight_decay", weight_decay)
+  if nesterov and tree.is_literal_zero(momentum):
     raise ValueError("`nesterov=True` requires `momentum > 0`.")
   links = []
-  if not (base.is_literal_zero(momentum) and not nesterov):
+  if not (tree.is_literal_zero(momentum) and not nesterov):
     links.append(transform.trace(momentum, dampening, nesterov))
   links.append(transform.add_decayed_weights(weight_decay))
   links.append(transform.scale_by_learning_rate(learning_rate))
@@ -196,7 +201,7 @@ def sgdw(
 # ---------------------------------------------------------------------------
 
 
-@base.register(
+@registry.register(
     family="Team Adam",
     summary="Adagrad: per-coordinate steps from the sum of squared gradients.",
     paper="Duchi, Hazan & Singer, JMLR 2011",
@@ -224,7 +229,7 @@ def adagrad(
   Differs from ``optax.adagrad`` (eps inside the sqrt, accumulator 0.1).
   Chain: ``add_l2 -> scale_by_adagrad -> scale_by_learning_rate``.
   """
-  base.check_lr(learning_rate)
+  validation.check_lr(learning_rate)
   return optax.chain(
       *_l2(weight_decay),
       transform.scale_by_adagrad(initial_accumulator_value, eps, lr_decay),
@@ -232,7 +237,7 @@ def adagrad(
   )
 
 
-@base.register(
+@registry.register(
     family="Team Adam",
     summary="RMSProp: divide by an EMA of squared gradients; centered and momentum options.",
     paper="Tieleman & Hinton, Coursera Lecture 6.5, 2012",
@@ -263,17 +268,17 @@ def rmsprop(
   division and both moments are bias-corrected (see :mod:`optzoo` transform
   docs). Equal to ``optax.rmsprop(..., eps_in_sqrt=False)``.
   """
-  base.check_lr(learning_rate)
-  base.check_beta("momentum", momentum)
+  validation.check_lr(learning_rate)
+  validation.check_beta("momentum", momentum)
   links = _l2(weight_decay)
   links.append(transform.scale_by_rms(decay, eps, 0.0, centered))
-  if not base.is_literal_zero(momentum):
+  if not tree.is_literal_zero(momentum):
     links.append(transform.trace(momentum))
   links.append(transform.scale_by_learning_rate(learning_rate))
   return optax.chain(*links)
 
 
-@base.register(
+@registry.register(
     family="Team Adam",
     summary="Adam (coupled L2 weight decay; AMSGrad option as torch).",
     paper="Kingma & Ba, ICLR 2015",
@@ -317,7 +322,7 @@ def adam(
     Kingma & Ba, `Adam: A Method for Stochastic Optimization
     <https://arxiv.org/abs/1412.6980>`_, ICLR 2015.
   """
-  base.check_lr(learning_rate)
+  validation.check_lr(learning_rate)
   return optax.chain(
       *_l2(weight_decay),
       transform.scale_by_adam(b1, b2, eps, amsgrad=amsgrad, mu_dtype=mu_dtype),
@@ -325,7 +330,7 @@ def adam(
   )
 
 
-@base.register(
+@registry.register(
     family="Team Adam",
     summary="AMSGrad: Adam with the running max of the raw second moment.",
     paper="Reddi, Kale & Kumar, ICLR 2018",
@@ -354,7 +359,7 @@ def amsgrad(
   return adam(learning_rate, b1, b2, eps, weight_decay, amsgrad=True)
 
 
-@base.register(
+@registry.register(
     family="Team Adam",
     summary="AdamW: Adam with decoupled weight decay.",
     paper="Loshchilov & Hutter, ICLR 2019",
@@ -390,7 +395,7 @@ def adamw(
     mask: optional pytree/callable selecting the leaves to decay (e.g. not
       biases or norm scales).
   """
-  base.check_lr(learning_rate)
+  validation.check_lr(learning_rate)
   return optax.chain(
       transform.scale_by_adam(b1, b2, eps, amsgrad=amsgrad, mu_dtype=mu_dtype),
       transform.add_decayed_weights(weight_decay, mask),
@@ -398,7 +403,7 @@ def adamw(
   )
 
 
-@base.register(
+@registry.register(
     family="Team Adam",
     summary="NAdam: Adam with Nesterov momentum and Dozat's momentum-decay schedule.",
     paper="Dozat, ICLR Workshop 2016",
@@ -419,7 +424,7 @@ def nadam(
   ``optax.nadam`` is the simplified Nadam without the momentum schedule and
   differs. Chain: ``add_l2 -> scale_by_nadam -> scale_by_learning_rate``.
   """
-  base.check_lr(learning_rate)
+  validation.check_lr(learning_rate)
   return optax.chain(
       *_l2(weight_decay),
       transform.scale_by_nadam(b1, b2, eps, momentum_decay),
@@ -427,7 +432,7 @@ def nadam(
   )
 
 
-@base.register(
+@registry.register(
     family="Team Adam",
     summary="RAdam: Adam with variance rectification (no warm-up needed).",
     paper="Liu et al., ICLR 2020",
@@ -454,7 +459,7 @@ def radam(
   ``threshold=4.0`` the paper's :math:`\rho_t > 4`. ``weight_decay`` is
   coupled L2 as in torch (the official repo decouples it).
   """
-  base.check_lr(learning_rate)
+  validation.check_lr(learning_rate)
   return optax.chain(
       *_l2(weight_decay),
       transform.rectify(b1, b2, eps, threshold, fallback=fallback, strict=strict),
@@ -462,7 +467,7 @@ def radam(
   )
 
 
-@base.register(
+@registry.register(
     family="Team Adam",
     summary="AdaBound / AMSBound: Adam whose step is clipped into bounds converging to SGD.",
     paper="Luo, Xiong, Liu & Sun, ICLR 2019",
@@ -502,7 +507,7 @@ def adabound(
   (they stay at ``final_lr``-scale); use a schedule to reproduce the
   reference's moving bounds.
   """
-  base.check_lr(learning_rate)
+  validation.check_lr(learning_rate)
   if callable(learning_rate):
     base_lr = learning_rate(0)
     try:
@@ -520,3 +525,281 @@ def adabound(
                                 amsbound=amsbound),
       transform.scale_by_learning_rate(learning_rate),
   )
+
+
+# ---------------------------------------------------------------------------
+# SWATS: Adam, then SGD (Keskar & Socher, 2017)
+# ---------------------------------------------------------------------------
+
+
+class SwatsState(NamedTuple):
+  """State of :func:`swats`.
+
+  With ``granularity="global"`` the switch fields are scalars; with
+  ``"leaf"`` they are trees of scalars shaped like the params.
+
+  Attributes:
+    count: steps taken so far (int32; the paper's :math:`k` after the step).
+    mu: Adam first moment :math:`m`.
+    nu: Adam second moment :math:`a`.
+    momentum: the SGD-phase buffer :math:`v` (zero until the switch).
+    lam: the running average :math:`\\lambda` of the projected SGD lr
+      :math:`\\gamma` (not bias-corrected).
+    sgd_phase: ``True`` once switched to SGD.
+    switch_step: the step :math:`k` at which the switch happened (0 = not
+      yet). The first SGD step is ``switch_step + 1``.
+    sgd_lr: the learned SGD learning rate :math:`\\Lambda` (0 before the
+      switch).
+    lr_at_switch: the Adam learning rate :math:`\\alpha_k` at the switch (the
+      SGD lr follows later changes of a learning-rate schedule).
+  """
+
+  count: jax.Array
+  mu: optax.Updates
+  nu: optax.Updates
+  momentum: optax.Updates
+  lam: Any
+  sgd_phase: Any
+  switch_step: Any
+  sgd_lr: Any
+  lr_at_switch: Any
+
+
+def _fdtype():
+  return jnp.result_type(float)
+
+
+@registry.register(
+    family="Team Adam",
+    summary="SWATS: Adam, then SGD with momentum at the learning rate"
+    " estimated by projection, switched on device.",
+    paper="Keskar & Socher, Improving Generalization Performance by Switching"
+    " from Adam to SGD, 2017, https://arxiv.org/abs/1712.07628",
+    reference="NumPy re-derivation of the paper's Algorithm 1 (the"
+    " torch_optimizer / pytorch_optimizer ports have bugs, see docstring)",
+    example=dict(learning_rate=1e-3),
+    invalid=(
+        (dict(learning_rate=-1.0), ValueError),
+        (dict(b1=1.0), ValueError),
+        (dict(b2=-0.1), ValueError),
+        (dict(eps=-1e-8), ValueError),
+        (dict(weight_decay=-1.0), ValueError),
+        (dict(switch_atol=-1.0), ValueError),
+        (dict(switch_rtol=-1.0), ValueError),
+        (dict(granularity="tensor"), ValueError),
+        (dict(nesterov=1), TypeError),
+    ),
+)
+def swats(
+    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-9,
+    weight_decay: float = 0.0,
+    nesterov: bool = False,
+    *,
+    switch_atol: float = 1e-9,
+    switch_rtol: float = 0.0,
+    granularity: str = "global",
+) -> optax.GradientTransformation:
+  r"""SWATS: start with Adam, switch to SGD with momentum (Algorithm 1).
+
+  Adam phase (step :math:`k`, gradient :math:`g_k`, eps on the raw
+  :math:`\sqrt{a_k}` as in the paper):
+
+  .. math::
+
+    m_k = \beta_1 m_{k-1} + (1-\beta_1) g_k, \quad
+    a_k = \beta_2 a_{k-1} + (1-\beta_2) g_k^2, \quad
+    p_k = -\alpha_k \frac{\sqrt{1-\beta_2^k}}{1-\beta_1^k}
+          \frac{m_k}{\sqrt{a_k} + \epsilon}, \quad w_k = w_{k-1} + p_k.
+
+  Projection estimate of the SGD learning rate (if :math:`p_k^\top g_k \ne
+  0`):
+
+  .. math::
+
+    \gamma_k = \frac{p_k^\top p_k}{-p_k^\top g_k}, \quad
+    \lambda_k = \beta_2 \lambda_{k-1} + (1-\beta_2)\gamma_k, \quad
+    \Lambda_k = \frac{\lambda_k}{1-\beta_2^k}.
+
+  Switch when :math:`k > 1` and :math:`|\Lambda_k - \gamma_k| <
+  \text{atol} + \text{rtol}\,|\gamma_k|` (paper: absolute tolerance
+  :math:`10^{-9}`, ``switch_rtol=0``); then :math:`\Lambda = \Lambda_k`,
+  :math:`v = 0`, and every later step is SGD with momentum
+
+  .. math::
+
+    v_k = \beta_1 v_{k-1} + g_k, \qquad w_k = w_{k-1} - (1-\beta_1)\Lambda v_k
+
+  (``nesterov=True`` uses :math:`g_k + \beta_1 v_k` instead of :math:`v_k`,
+  the torch SGD convention). The switch decision is taken at the end of step
+  :math:`k` (that step is still an Adam step). Everything runs on device: both
+  branches are computed and selected with ``jnp.where``; the phase, switch
+  step and :math:`\Lambda` are in the state (:class:`SwatsState`). Safety
+  guard beyond the paper: a switch also requires :math:`\Lambda_k > 0`.
+
+  With a learning-rate schedule the SGD lr follows its relative changes:
+  the SGD step uses :math:`\Lambda\,\alpha_k/\alpha_{\text{switch}}` (equal
+  to :math:`\Lambda` for a constant lr). ``weight_decay`` is coupled L2
+  (added to the gradient in both phases). ``granularity="global"`` (paper:
+  one parameter vector, one switch) sums :math:`p^\top g` and :math:`p^\top
+  p` over all leaves; ``"leaf"`` gives every leaf its own estimate and switch
+  (as the PyTorch ports do per tensor).
+
+  Defaults follow the paper (``eps = switch_atol = 1e-9``). Known problems of
+  the PyTorch ports:
+  ``torch_optimizer.SWATS`` rescales its SGD momentum buffer in place by
+  :math:`(1-\beta_1)` every step (effective momentum
+  :math:`\beta_1(1-\beta_1)`), mutates ``p.grad``, uses a hard-coded
+  ``allclose(rtol=1e-6)`` test and switches the whole group mid-loop;
+  ``pytorch_optimizer.SWATS`` ties the switch tolerance to ``eps``
+  (``rtol=eps``) and adds ``1e-15`` inside the square root. Neither is
+  reproduced here; the tests use a NumPy re-derivation of Algorithm 1.
+
+  Args:
+    learning_rate: Adam's :math:`\alpha` (float or schedule).
+    b1: :math:`\beta_1` in [0, 1) (Adam and the SGD momentum).
+    b2: :math:`\beta_2` in [0, 1) (Adam and the average of :math:`\gamma`).
+    eps: :math:`\epsilon` >= 0 in the Adam denominator.
+    weight_decay: coupled L2 coefficient >= 0.
+    nesterov: Nesterov momentum in the SGD phase.
+    switch_atol: absolute tolerance of the switch test (>= 0).
+    switch_rtol: relative tolerance of the switch test (>= 0).
+    granularity: ``"global"`` (paper) or ``"leaf"``.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Examples:
+    >>> import jax.numpy as jnp, optzoo
+    >>> tx = optzoo.swats(1e-3)
+    >>> state = tx.init({"w": jnp.zeros(3)})
+    >>> bool(state.sgd_phase), int(state.switch_step)
+    (False, 0)
+
+  References:
+    Keskar & Socher, `Improving Generalization Performance by Switching from
+    Adam to SGD <https://arxiv.org/abs/1712.07628>`_, 2017.
+  """
+  validation.check_lr(learning_rate)
+  validation.check_beta("b1", b1)
+  validation.check_beta("b2", b2)
+  validation.check_nonneg("eps", eps)
+  validation.check_nonneg("weight_decay", weight_decay)
+  validation.check_bool("nesterov", nesterov)
+  validation.check_nonneg("switch_atol", switch_atol)
+  validation.check_nonneg("switch_rtol", switch_rtol)
+  validation.check_choice("granularity", granularity, ("global", "leaf"))
+  per_leaf = granularity == "leaf"
+
+  def _scalars(params, value, dtype):
+    if per_leaf:
+      return jax.tree.map(lambda _: jnp.full([], value, dtype), params)
+    return jnp.full([], value, dtype)
+
+  def init_fn(params):
+    fd = _fdtype()
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    return SwatsState(
+        count=jnp.zeros([], jnp.int32),
+        mu=zeros,
+        nu=jax.tree.map(jnp.zeros_like, params),
+        momentum=jax.tree.map(jnp.zeros_like, params),
+        lam=_scalars(params, 0.0, fd),
+        sgd_phase=_scalars(params, False, jnp.bool_),
+        switch_step=_scalars(params, 0, jnp.int32),
+        sgd_lr=_scalars(params, 0.0, fd),
+        lr_at_switch=_scalars(params, 0.0, fd),
+    )
+
+  def update_fn(updates, state, params=None):
+    fd = _fdtype()
+    grads = updates
+    if not tree.is_literal_zero(weight_decay):
+      validation.require_params(params, "swats(weight_decay > 0)")
+      grads = jax.tree.map(lambda g, p: g + weight_decay * p.astype(g.dtype),
+                           grads, params)
+    count = optax.safe_increment(state.count)
+    k = count.astype(fd)
+    lr = (learning_rate(state.count) if callable(learning_rate)
+          else learning_rate)
+    lr = jnp.asarray(lr, fd)
+    b1_ = jnp.asarray(b1, fd)
+    b2_ = jnp.asarray(b2, fd)
+    bc1 = 1.0 - b1_ ** k
+    bc2 = 1.0 - b2_ ** k
+
+    # --- Adam phase (always computed) ---------------------------------------
+    mu = jax.tree.map(lambda m, g: b1 * m + (1.0 - b1) * g, state.mu, grads)
+    nu = jax.tree.map(lambda a, g: b2 * a + (1.0 - b2) * g * g, state.nu, grads)
+    step_size = -lr * jnp.sqrt(bc2) / bc1
+    adam_p = jax.tree.map(
+        lambda m, a: step_size * m / (jnp.sqrt(a) + eps), mu, nu)
+
+    def dot(x, y):
+      return jnp.sum(x.astype(fd) * y.astype(fd))
+
+    pg = jax.tree.map(dot, adam_p, grads)
+    pp = jax.tree.map(dot, adam_p, adam_p)
+    if not per_leaf:
+      pg = sum(jax.tree.leaves(pg), jnp.zeros([], fd))
+      pp = sum(jax.tree.leaves(pp), jnp.zeros([], fd))
+
+    def switch_logic(pg, pp, lam, phase, sw_step, sgd_lr, lr_sw):
+      nonzero = pg != 0
+      gamma = pp / jnp.where(nonzero, -pg, 1.0)
+      lam_new = jnp.where(nonzero, b2_ * lam + (1.0 - b2_) * gamma, lam)
+      big_lam = lam_new / bc2
+      close = jnp.abs(big_lam - gamma) < switch_atol + switch_rtol * jnp.abs(
+          gamma)
+      switch = (~phase) & nonzero & (count > 1) & close & (big_lam > 0)
+      return (
+          jnp.where(phase, lam, lam_new),
+          phase | switch,
+          jnp.where(switch, count, sw_step),
+          jnp.where(switch, big_lam, sgd_lr),
+          jnp.where(switch, lr, lr_sw),
+      )
+
+    if per_leaf:
+      outs = jax.tree.map(switch_logic, pg, pp, state.lam, state.sgd_phase,
+                          state.switch_step, state.sgd_lr, state.lr_at_switch)
+      lam, new_phase, sw_step, sgd_lr, lr_sw = tree.tree_unzip(outs, pg, 5)
+      old_phase = state.sgd_phase
+      eff_lr = jax.tree.map(
+          lambda lam_, lsw: lam_ * jnp.where(lsw > 0, lr / jnp.where(
+              lsw > 0, lsw, 1.0), 1.0), state.sgd_lr, state.lr_at_switch)
+    else:
+      lam, new_phase, sw_step, sgd_lr, lr_sw = switch_logic(
+          pg, pp, state.lam, state.sgd_phase, state.switch_step,
+          state.sgd_lr, state.lr_at_switch)
+      lsw = state.lr_at_switch
+      scalar_eff = state.sgd_lr * jnp.where(
+          lsw > 0, lr / jnp.where(lsw > 0, lsw, 1.0), 1.0)
+      old_phase = jax.tree.map(lambda _: state.sgd_phase, grads)
+      eff_lr = jax.tree.map(lambda _: scalar_eff, grads)
+
+    # --- SGD phase (for leaves already switched before this step) ----------
+    buf = jax.tree.map(lambda v, g: b1 * v + g, state.momentum, grads)
+    if nesterov:
+      direction = jax.tree.map(lambda v, g: g + b1 * v, buf, grads)
+    else:
+      direction = buf
+    sgd_u = jax.tree.map(lambda d, e: -(1.0 - b1_) * e * d, direction, eff_lr)
+
+    new_updates = jax.tree.map(
+        lambda ph, s, a, g: jnp.where(ph, s, a).astype(g.dtype),
+        old_phase, sgd_u, adam_p, updates)
+    keep = lambda ph, old, new: jnp.where(ph, old, new).astype(old.dtype)
+    mu = jax.tree.map(keep, old_phase, state.mu, mu)
+    nu = jax.tree.map(keep, old_phase, state.nu, nu)
+    momentum = jax.tree.map(
+        lambda ph, b, old: jnp.where(ph, b, jnp.zeros_like(b)).astype(
+            old.dtype), old_phase, buf, state.momentum)
+    return new_updates, SwatsState(
+        count=count, mu=mu, nu=nu, momentum=momentum, lam=lam,
+        sgd_phase=new_phase, switch_step=sw_step, sgd_lr=sgd_lr,
+        lr_at_switch=lr_sw)
+
+  return optax.GradientTransformation(init_fn, update_fn)

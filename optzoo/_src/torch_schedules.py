@@ -39,7 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optzoo._src import base
+from optzoo._src import registry
+from optzoo._src import validation
 
 __all__ = [
     "lambda_lr",
@@ -124,7 +125,7 @@ def _check_base_lr(learning_rate):
         "`learning_rate` must be a float (torch's initial lr), got the"
         f" callable {learning_rate!r}; use sequential_lr/chained_scheduler to"
         " compose schedules.")
-  base.check_nonneg("learning_rate", learning_rate)
+  validation.check_nonneg("learning_rate", learning_rate)
 
 
 def _multiplicative(torch_class, learning_rate, factor, *, ratio, init_factor):
@@ -146,7 +147,7 @@ _SCHED = dict(family="schedule", kind="schedule")
 # ---------------------------------------------------------------------------
 
 
-@base.register(
+@registry.register(
     **_SCHED,
     summary="torch LambdaLR: lr = base_lr * lr_lambda(step).",
     paper="PyTorch, torch.optim.lr_scheduler.LambdaLR,"
@@ -187,7 +188,7 @@ def lambda_lr(learning_rate: float,
       restart=lambda lr: lr0 * _f(lr_lambda(zero())))
 
 
-@base.register(
+@registry.register(
     **_SCHED,
     summary="torch MultiplicativeLR: lr_t = lr_{t-1} * lr_lambda(t).",
     paper="PyTorch, torch.optim.lr_scheduler.MultiplicativeLR,"
@@ -243,7 +244,7 @@ def multiplicative_lr(
   if isinstance(lr_lambda, str):
     raise TypeError(f"`lr_lambda` must be a float factor or a callable, got"
                     f" {lr_lambda!r}.")
-  base.check_nonneg("lr_lambda", lr_lambda)
+  validation.check_nonneg("lr_lambda", lr_lambda)
   g = float(lr_lambda)
   s = _multiplicative("MultiplicativeLR", lr0, lambda t: g ** _f(t),
                       ratio=lambda t: g, init_factor=1.0)
@@ -258,7 +259,7 @@ def multiplicative_lr(
 # ---------------------------------------------------------------------------
 
 
-@base.register(
+@registry.register(
     **_SCHED,
     summary="torch StepLR: decay by gamma every step_size steps.",
     paper="PyTorch, torch.optim.lr_scheduler.StepLR,"
@@ -285,8 +286,8 @@ def step_lr(learning_rate: float, step_size: int, gamma: float = 0.1
     A :class:`TorchSchedule`.
   """
   _check_base_lr(learning_rate)
-  base.check_int("step_size", step_size, minimum=1)
-  base.check_nonneg("gamma", gamma)
+  validation.check_int("step_size", step_size, minimum=1)
+  validation.check_nonneg("gamma", gamma)
   n, g = int(step_size), float(gamma)
   return _multiplicative(
       "StepLR", learning_rate, lambda t: g ** _f(t // n),
@@ -310,7 +311,7 @@ def _check_milestones(name, milestones, minimum):
   return out
 
 
-@base.register(
+@registry.register(
     **_SCHED,
     summary="torch MultiStepLR: decay by gamma at each milestone.",
     paper="PyTorch, torch.optim.lr_scheduler.MultiStepLR,"
@@ -346,7 +347,7 @@ def multi_step_lr(learning_rate: float, milestones: Sequence[int],
     if ms[k] < ms[k - 1]:
       raise ValueError(f"`milestones` must be non-decreasing, got {ms!r}"
                        f" (milestones[{k}] < milestones[{k - 1}]).")
-  base.check_nonneg("gamma", gamma)
+  validation.check_nonneg("gamma", gamma)
   g = float(gamma)
   arr = np.asarray(ms, np.int64)
 
@@ -363,7 +364,7 @@ def multi_step_lr(learning_rate: float, milestones: Sequence[int],
       init_factor=g ** n0)
 
 
-@base.register(
+@registry.register(
     **_SCHED,
     summary="torch ConstantLR: lr * factor until total_iters, then lr.",
     paper="PyTorch, torch.optim.lr_scheduler.ConstantLR,"
@@ -396,15 +397,15 @@ def constant_lr(learning_rate: float, factor: float = 1.0 / 3.0,
     A :class:`TorchSchedule`.
   """
   _check_base_lr(learning_rate)
-  base.check_unit_interval("factor", factor, low_open=True)
-  base.check_int("total_iters", total_iters, minimum=1)
+  validation.check_unit_interval("factor", factor, low_open=True)
+  validation.check_int("total_iters", total_iters, minimum=1)
   f, n = float(factor), int(total_iters)
   return _multiplicative(
       "ConstantLR", learning_rate, lambda t: jnp.where(t >= n, 1.0, f),
       ratio=lambda t: jnp.where(t == n, 1.0 / f, 1.0), init_factor=f)
 
 
-@base.register(
+@registry.register(
     **_SCHED,
     summary="torch LinearLR: factor goes linearly start -> end over"
     " total_iters.",
@@ -442,9 +443,9 @@ def linear_lr(learning_rate: float, start_factor: float = 1.0 / 3.0,
     A :class:`TorchSchedule`.
   """
   _check_base_lr(learning_rate)
-  base.check_unit_interval("start_factor", start_factor, low_open=True)
-  base.check_unit_interval("end_factor", end_factor)
-  base.check_int("total_iters", total_iters, minimum=1)
+  validation.check_unit_interval("start_factor", start_factor, low_open=True)
+  validation.check_unit_interval("end_factor", end_factor)
+  validation.check_int("total_iters", total_iters, minimum=1)
   s, e, n = float(start_factor), float(end_factor), int(total_iters)
 
   def ratio(t):
@@ -458,7 +459,7 @@ def linear_lr(learning_rate: float, start_factor: float = 1.0 / 3.0,
       ratio=ratio, init_factor=s)
 
 
-@base.register(
+@registry.register(
     **_SCHED,
     summary="torch ExponentialLR: lr * gamma^t.",
     paper="PyTorch, torch.optim.lr_scheduler.ExponentialLR,"
@@ -481,14 +482,14 @@ def exponential_lr(learning_rate: float, gamma: float) -> TorchSchedule:
     A :class:`TorchSchedule`.
   """
   _check_base_lr(learning_rate)
-  base.check_nonneg("gamma", gamma)
+  validation.check_nonneg("gamma", gamma)
   g = float(gamma)
   return _multiplicative("ExponentialLR", learning_rate,
                          lambda t: g ** _f(t), ratio=lambda t: g,
                          init_factor=1.0)
 
 
-@base.register(
+@registry.register(
     **_SCHED,
     summary="torch PolynomialLR: lr * (1 - min(t, T)/T)^power.",
     paper="PyTorch, torch.optim.lr_scheduler.PolynomialLR,"
@@ -518,8 +519,8 @@ def polynomial_lr(learning_rate: float, total_iters: int = 5,
     A :class:`TorchSchedule`.
   """
   _check_base_lr(learning_rate)
-  base.check_int("total_iters", total_iters, minimum=1)
-  base.check_nonneg("power", power)
+  validation.check_int("total_iters", total_iters, minimum=1)
+  validation.check_nonneg("power", power)
   n, p = int(total_iters), float(power)
 
   def frac(t):  # 1 - t/T in [0, 1]; computed as (T - t)/T so that XLA's
@@ -540,7 +541,7 @@ def polynomial_lr(learning_rate: float, total_iters: int = 5,
 # ---------------------------------------------------------------------------
 
 
-@base.register(
+@registry.register(
     **_SCHED,
     summary="torch CosineAnnealingLR (closed form standalone, torch's"
     " recursive form inside sequential_lr / chained_scheduler).",
@@ -590,8 +591,8 @@ def cosine_annealing_lr(learning_rate: float, t_max: int,
     Loshchilov & Hutter, `SGDR <https://arxiv.org/abs/1608.03983>`_, 2017.
   """
   _check_base_lr(learning_rate)
-  base.check_int("t_max", t_max, minimum=1)
-  base.check_nonneg("eta_min", eta_min)
+  validation.check_int("t_max", t_max, minimum=1)
+  validation.check_nonneg("eta_min", eta_min)
   lr0, n, lo = float(learning_rate), int(t_max), float(eta_min)
 
   def c(t):  # 1 + cos(pi t / T), with t reduced mod 2T in integers
@@ -652,7 +653,7 @@ def _segment(t, milestones):
   return jnp.sum(t[..., None] >= jnp.asarray(milestones, t.dtype), axis=-1)
 
 
-@base.register(
+@registry.register(
     **_SCHED,
     summary="torch SequentialLR: hand over between schedules at milestones.",
     paper="PyTorch, torch.optim.lr_scheduler.SequentialLR,"
@@ -757,7 +758,7 @@ def _flatten_chain(members):
   return out
 
 
-@base.register(
+@registry.register(
     **_SCHED,
     summary="torch ChainedScheduler: every member steps the same lr in turn"
     " (torch's recursive forms composed).",
@@ -834,7 +835,7 @@ def chained_scheduler(schedulers: Sequence[TorchSchedule]) -> TorchSchedule:
 # ---------------------------------------------------------------------------
 
 
-@base.register(
+@registry.register(
     **_SCHED,
     summary="The momentum (or Adam b1) schedule of torch CyclicLR"
     "(cycle_momentum=True), matching optzoo.schedules.cyclical.",
@@ -886,14 +887,14 @@ def cyclic_momentum(
   Returns:
     An ``optax.Schedule``.
   """
-  base.check_int("step_size_up", step_size_up, minimum=1)
+  validation.check_int("step_size_up", step_size_up, minimum=1)
   if step_size_down is None:
     step_size_down = step_size_up
-  base.check_int("step_size_down", step_size_down, minimum=1)
-  base.check_choice("mode", mode, ("triangular", "triangular2", "exp_range"))
-  base.check_positive("gamma", gamma)
-  base.check_beta("base_momentum", base_momentum)
-  base.check_beta("max_momentum", max_momentum)
+  validation.check_int("step_size_down", step_size_down, minimum=1)
+  validation.check_choice("mode", mode, ("triangular", "triangular2", "exp_range"))
+  validation.check_positive("gamma", gamma)
+  validation.check_beta("base_momentum", base_momentum)
+  validation.check_beta("max_momentum", max_momentum)
   total = float(step_size_up + step_size_down)
   ratio = float(step_size_up) / total
   hi, lo = float(max_momentum), float(base_momentum)
@@ -928,7 +929,7 @@ class ReduceLROnPlateauState(NamedTuple):
   cooldown_left: jax.Array    # int32 (torch's cooldown_counter)
 
 
-@base.register(
+@registry.register(
     family="wrapper",
     summary="torch ReduceLROnPlateau: scale updates by lr/learning_rate,"
     " reduced by factor when the loss `value` stops improving.",
@@ -997,17 +998,17 @@ def reduce_lr_on_plateau(
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
   """
-  base.check_positive("learning_rate", learning_rate)
-  base.check_choice("mode", mode, ("min", "max"))
-  base.check_choice("threshold_mode", threshold_mode, ("rel", "abs"))
-  base.check_number("factor", factor)
+  validation.check_positive("learning_rate", learning_rate)
+  validation.check_choice("mode", mode, ("min", "max"))
+  validation.check_choice("threshold_mode", threshold_mode, ("rel", "abs"))
+  validation.check_number("factor", factor)
   if not 0.0 < float(factor) < 1.0:
     raise ValueError(f"`factor` must be in (0, 1), got {factor!r}.")
-  base.check_int("patience", patience, minimum=0)
-  base.check_int("cooldown", cooldown, minimum=0)
-  base.check_nonneg("threshold", threshold)
-  base.check_nonneg("min_lr", min_lr)
-  base.check_nonneg("eps", eps)
+  validation.check_int("patience", patience, minimum=0)
+  validation.check_int("cooldown", cooldown, minimum=0)
+  validation.check_nonneg("threshold", threshold)
+  validation.check_nonneg("min_lr", min_lr)
+  validation.check_nonneg("eps", eps)
 
   def init_fn(params):
     del params
@@ -1020,7 +1021,7 @@ def reduce_lr_on_plateau(
 
   def update_fn(updates, state, params=None, *, value=None, **extra_args):
     del params, extra_args
-    base.require_extra_arg(
+    validation.require_extra_arg(
         value, "value", "reduce_lr_on_plateau",
         "call `tx.update(grads, state, params, value=loss)` with the loss"
         " (or validation metric) of this step.")

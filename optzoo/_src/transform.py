@@ -39,9 +39,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optzoo._src import base
+from optzoo._src import registry
+from optzoo._src import tree
+from optzoo._src import validation
 
 __all__ = [
+    "AddGradientNoiseState",
+    "add_gradient_noise",
     "add_decayed_weights",
     "add_l2",
     "rectify",
@@ -74,7 +78,7 @@ def _count_float(count: chex.Array) -> chex.Array:
 
 
 def _bias_correction(decay: Any, t: chex.Array) -> chex.Array:
-  """``1 - decay**t`` in high precision (optax does the same, see style.md)."""
+  """``1 - decay**t`` in high precision (as optax does)."""
   return 1.0 - jnp.asarray(decay, _float_dtype()) ** t
 
 
@@ -102,7 +106,7 @@ class TraceState(NamedTuple):
   trace: optax.Updates
 
 
-@base.register(
+@registry.register(
     family="primitive",
     summary="Heavy-ball / Nesterov momentum with dampening (torch.optim.SGD's buffer).",
     paper="Polyak 1964; Nesterov 1983; Sutskever et al., ICML 2013",
@@ -142,16 +146,16 @@ def trace(
     Sutskever et al., `On the importance of initialization and momentum in
     deep learning <https://proceedings.mlr.press/v28/sutskever13.html>`_, 2013.
   """
-  base.check_beta("decay", decay)
-  base.check_unit_interval("dampening", dampening)
-  base.check_bool("nesterov", nesterov)
+  validation.check_beta("decay", decay)
+  validation.check_unit_interval("dampening", dampening)
+  validation.check_bool("nesterov", nesterov)
   if nesterov and not isinstance(dampening, jax.core.Tracer) and dampening != 0:
     raise ValueError("`nesterov=True` requires `dampening=0` (as torch.optim.SGD).")
 
   # With a literal dampening of 0 the zero-initialised buffer already gives
   # b_1 = g_1 exactly, so neither the counter nor the select (one more pass
   # per element) is needed; an injected (array) dampening keeps both.
-  static_zero = base.is_literal_zero(dampening)
+  static_zero = tree.is_literal_zero(dampening)
 
   def init_fn(params):
     return TraceState(count=None if static_zero else _zero_count(),
@@ -170,7 +174,7 @@ def trace(
       out = g + decay * new_b if nesterov else new_b
       return out.astype(g.dtype), new_b
 
-    new_updates, new_trace = base.tree_unzip(
+    new_updates, new_trace = tree.tree_unzip(
         jax.tree.map(leaf, updates, state.trace), updates, 2)
     count = None if static_zero else optax.safe_increment(state.count)
     return new_updates, TraceState(count, new_trace)
@@ -190,7 +194,7 @@ class ScaleByRmsState(NamedTuple):
   mu: Optional[optax.Updates]  # EMA of g (centered only; None otherwise: no memory)
 
 
-@base.register(
+@registry.register(
     family="primitive",
     summary="Divide by the root of an EMA of squared gradients (RMSProp; centered option).",
     paper="Tieleman & Hinton, Lecture 6.5, 2012; Graves 2013 (centered)",
@@ -230,11 +234,11 @@ def scale_by_rms(
   Returns:
     An ``optax.GradientTransformation``.
   """
-  base.check_beta("decay", decay)
-  base.check_nonneg("eps", eps)
-  base.check_nonneg("initial_scale", initial_scale)
-  base.check_bool("centered", centered)
-  base.check_bool("eps_in_sqrt", eps_in_sqrt)
+  validation.check_beta("decay", decay)
+  validation.check_nonneg("eps", eps)
+  validation.check_nonneg("initial_scale", initial_scale)
+  validation.check_bool("centered", centered)
+  validation.check_bool("eps_in_sqrt", eps_in_sqrt)
 
   def init_fn(params):
     nu = jax.tree.map(lambda p: jnp.full_like(p, initial_scale), params)
@@ -276,7 +280,7 @@ class ScaleByAdagradState(NamedTuple):
   sum_of_squares: optax.Updates
 
 
-@base.register(
+@registry.register(
     family="primitive",
     summary="Divide by the root of the running sum of squared gradients, with lr decay.",
     paper="Duchi, Hazan & Singer, JMLR 2011",
@@ -310,10 +314,10 @@ def scale_by_adagrad(
     lr_decay: :math:`\delta \ge 0`, torch's per-step learning-rate decay.
     eps_in_sqrt: use :math:`g/\sqrt{s + \epsilon}` (optax's form).
   """
-  base.check_nonneg("initial_accumulator_value", initial_accumulator_value)
-  base.check_nonneg("eps", eps)
-  base.check_nonneg("lr_decay", lr_decay)
-  base.check_bool("eps_in_sqrt", eps_in_sqrt)
+  validation.check_nonneg("initial_accumulator_value", initial_accumulator_value)
+  validation.check_nonneg("eps", eps)
+  validation.check_nonneg("lr_decay", lr_decay)
+  validation.check_bool("eps_in_sqrt", eps_in_sqrt)
 
   def init_fn(params):
     s = jax.tree.map(lambda p: jnp.full_like(p, initial_accumulator_value), params)
@@ -354,7 +358,7 @@ def _moments(updates, mu, nu, b1, b2):
   return mu, nu
 
 
-@base.register(
+@registry.register(
     family="primitive",
     summary="Adam's bias-corrected moment scaling; AMSGrad as torch defines it.",
     paper="Kingma & Ba, ICLR 2015; Reddi, Kale & Kumar, ICLR 2018 (AMSGrad)",
@@ -408,11 +412,11 @@ def scale_by_adam(
     Reddi et al., `On the Convergence of Adam and Beyond
     <https://openreview.net/forum?id=ryQu7f-RZ>`_, 2018.
   """
-  base.check_beta("b1", b1)
-  base.check_beta("b2", b2)
-  base.check_nonneg("eps", eps)
-  base.check_nonneg("eps_root", eps_root)
-  base.check_bool("amsgrad", amsgrad)
+  validation.check_beta("b1", b1)
+  validation.check_beta("b2", b2)
+  validation.check_nonneg("eps", eps)
+  validation.check_nonneg("eps_root", eps_root)
+  validation.check_bool("amsgrad", amsgrad)
 
   def init_fn(params):
     nu = _zeros(params, nu_dtype)
@@ -461,7 +465,7 @@ class ScaleByNadamState(NamedTuple):
   nu: optax.Updates
 
 
-@base.register(
+@registry.register(
     family="primitive",
     summary="NAdam scaling with Dozat's momentum-decay schedule (torch.optim.NAdam).",
     paper="Dozat, ICLR Workshop 2016",
@@ -495,10 +499,10 @@ def scale_by_nadam(
     Dozat, `Incorporating Nesterov Momentum into Adam
     <https://openreview.net/forum?id=OM0jvwB8jIp57ZJjtNEZ>`_, 2016.
   """
-  base.check_beta("b1", b1)
-  base.check_beta("b2", b2)
-  base.check_nonneg("eps", eps)
-  base.check_nonneg("momentum_decay", momentum_decay)
+  validation.check_beta("b1", b1)
+  validation.check_beta("b2", b2)
+  validation.check_nonneg("eps", eps)
+  validation.check_nonneg("momentum_decay", momentum_decay)
 
   def init_fn(params):
     return ScaleByNadamState(
@@ -537,7 +541,7 @@ def scale_by_nadam(
 # ---------------------------------------------------------------------------
 
 
-@base.register(
+@registry.register(
     family="primitive",
     summary="Adam moments with RAdam's variance rectification and momentum fallback.",
     paper="Liu et al., ICLR 2020",
@@ -583,12 +587,12 @@ def rectify(
     Liu et al., `On the Variance of the Adaptive Learning Rate and Beyond
     <https://arxiv.org/abs/1908.03265>`_, ICLR 2020.
   """
-  base.check_beta("b1", b1)
-  base.check_beta("b2", b2)
-  base.check_nonneg("eps", eps)
-  base.check_nonneg("threshold", threshold)
-  base.check_choice("fallback", fallback, ("sgdm", "skip"))
-  base.check_bool("strict", strict)
+  validation.check_beta("b1", b1)
+  validation.check_beta("b2", b2)
+  validation.check_nonneg("eps", eps)
+  validation.check_nonneg("threshold", threshold)
+  validation.check_choice("fallback", fallback, ("sgdm", "skip"))
+  validation.check_bool("strict", strict)
 
   def init_fn(params):
     return ScaleByAdamState(count=_zero_count(), mu=_zeros(params), nu=_zeros(params),
@@ -632,7 +636,7 @@ scale_by_radam = rectify
 # ---------------------------------------------------------------------------
 
 
-@base.register(
+@registry.register(
     family="primitive",
     summary="AdaBound/AMSBound: Adam step size clipped into bounds converging to final_lr.",
     paper="Luo, Xiong, Liu & Sun, ICLR 2019",
@@ -679,13 +683,13 @@ def scale_by_bounds(
     Luo et al., `Adaptive Gradient Methods with Dynamic Bound of Learning
     Rate <https://openreview.net/forum?id=Bkg3g2R9FX>`_, ICLR 2019.
   """
-  base.check_nonneg("final_lr", final_lr)
-  base.check_positive("base_lr", base_lr)
-  base.check_beta("b1", b1)
-  base.check_beta("b2", b2)
-  base.check_nonneg("gamma", gamma)
-  base.check_nonneg("eps", eps)
-  base.check_bool("amsbound", amsbound)
+  validation.check_nonneg("final_lr", final_lr)
+  validation.check_positive("base_lr", base_lr)
+  validation.check_beta("b1", b1)
+  validation.check_beta("b2", b2)
+  validation.check_nonneg("gamma", gamma)
+  validation.check_nonneg("eps", eps)
+  validation.check_bool("amsbound", amsbound)
 
   def init_fn(params):
     return ScaleByAdamState(
@@ -721,7 +725,7 @@ def scale_by_bounds(
 # ---------------------------------------------------------------------------
 
 
-@base.register(
+@registry.register(
     family="primitive",
     summary="Coupled L2: add weight_decay * params to the gradient (torch weight_decay).",
     paper="Hanson & Pratt 1988; Loshchilov & Hutter, ICLR 2019 (for the contrast)",
@@ -738,7 +742,7 @@ def add_l2(weight_decay: float = 0.0) -> optax.GradientTransformation:
   RAdam``. For decoupled decay (AdamW) use :func:`add_decayed_weights` after
   the preconditioner.
   """
-  base.check_nonneg("weight_decay", weight_decay)
+  validation.check_nonneg("weight_decay", weight_decay)
   return _add_scaled_params(weight_decay, "add_l2 (coupled weight decay)")
 
 
@@ -750,7 +754,7 @@ def _add_scaled_params(weight_decay: Any, who: str) -> optax.GradientTransformat
     return optax.EmptyState()
 
   def update_fn(updates, state, params=None):
-    base.require_params(params, who)
+    validation.require_params(params, who)
     new = jax.tree.map(lambda u, p: (u + weight_decay * p).astype(u.dtype),
                        updates, params)
     return new, state
@@ -758,7 +762,7 @@ def _add_scaled_params(weight_decay: Any, who: str) -> optax.GradientTransformat
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-@base.register(
+@registry.register(
     family="primitive",
     summary="Decoupled weight decay: add weight_decay * params to the update (AdamW/SGDW).",
     paper="Loshchilov & Hutter, ICLR 2019",
@@ -778,21 +782,21 @@ def add_decayed_weights(
   :math:`\theta \leftarrow \theta - \eta(u + \lambda\theta)`, i.e. torch's
   :math:`\theta(1-\eta\lambda) - \eta u` (AdamW). The paper scales the decay by
   the schedule multiplier only; with ``lr = alpha * eta_t`` the paper's
-  :math:`\lambda` equals this :math:`\lambda\cdot\alpha` (methods.md 13).
+  :math:`\lambda` equals this :math:`\lambda\cdot\alpha` (Loshchilov & Hutter, ICLR 2019).
 
   Args:
     weight_decay: :math:`\lambda \ge 0`.
     mask: optional pytree of bools (or a callable of params) selecting the
       leaves to decay, as ``optax.add_decayed_weights``.
   """
-  base.check_nonneg("weight_decay", weight_decay)
+  validation.check_nonneg("weight_decay", weight_decay)
   tx = _add_scaled_params(weight_decay, "add_decayed_weights (decoupled weight decay)")
   if mask is not None:
     return optax.masked(tx, mask)
   return tx
 
 
-@base.register(
+@registry.register(
     family="primitive",
     summary="Multiply by -learning_rate (a float or an optax schedule).",
     paper="-",
@@ -810,8 +814,8 @@ def scale_by_learning_rate(
   A schedule is called with the 0-based step count (the value used by the
   first update is ``schedule(0)``).
   """
-  base.check_lr(learning_rate)
-  base.check_bool("flip_sign", flip_sign)
+  validation.check_lr(learning_rate)
+  validation.check_bool("flip_sign", flip_sign)
   m = -1.0 if flip_sign else 1.0
   if callable(learning_rate):
     def fn(count):
@@ -828,3 +832,100 @@ def scale_by_learning_rate(
     return jax.tree.map(lambda n, u: n.astype(u.dtype), new, updates), state
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+# ---------------------------------------------------------------------------
+# Gradient noise
+# ---------------------------------------------------------------------------
+
+
+class AddGradientNoiseState(NamedTuple):
+  """State of :func:`add_gradient_noise`.
+
+  Attributes:
+    count: number of updates so far (int32; :math:`t` of the current update).
+    key: the PRNG key used for the next update.
+  """
+
+  count: jax.Array
+  key: jax.Array
+
+
+@registry.register(
+    family="primitive",
+    summary="Add annealed Gaussian noise N(0, eta/(1+t)^gamma) to the"
+    " gradients; key kept in state.",
+    paper="Neelakantan et al., Adding Gradient Noise Improves Learning for"
+    " Very Deep Networks, 2015, https://arxiv.org/abs/1511.06807",
+    reference="statistical test of the variance schedule (same law as"
+    " optax.add_noise)",
+    example=dict(eta=0.01, gamma=0.55, seed=0),
+    extra_args=("key",),
+    invalid=(
+        (dict(eta=-1.0), ValueError),
+        (dict(gamma=-0.5), ValueError),
+        (dict(seed=1.5), TypeError),
+    ),
+)
+def add_gradient_noise(
+    eta: float = 0.01,
+    gamma: float = 0.55,
+    seed: int = 0,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Adds annealed Gaussian noise to the updates (gradients).
+
+  .. math::
+
+    \tilde g_t = g_t + \mathcal N(0, \sigma_t^2), \qquad
+    \sigma_t^2 = \frac{\eta}{(1 + t)^{\gamma}}
+
+  with :math:`t = 0` for the first update (the same law as
+  ``optax.add_noise``). The paper uses :math:`\gamma = 0.55` and
+  :math:`\eta \in \{0.01, 0.3, 1.0\}` and adds the noise after gradient
+  clipping, before the optimizer: put this first in an ``optax.chain``.
+
+  The PRNG key lives in the state (seeded by ``seed``) and is split at every
+  update; an extra argument ``key=`` (a PRNG key) overrides it for that
+  update (the state key then stays unchanged). Unknown extra arguments are
+  ignored. Noise is drawn in each leaf's dtype (bf16 stays bf16).
+
+  Args:
+    eta: :math:`\eta` >= 0, the variance at :math:`t = 0`.
+    gamma: :math:`\gamma` >= 0, the annealing exponent.
+    seed: integer seed of the state's key.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  References:
+    Neelakantan et al., `Adding Gradient Noise Improves Learning for Very Deep
+    Networks <https://arxiv.org/abs/1511.06807>`_, 2015.
+  """
+  validation.check_nonneg("eta", eta)
+  validation.check_nonneg("gamma", gamma)
+  validation.check_int("seed", seed)
+
+  def init_fn(params):
+    del params
+    return AddGradientNoiseState(count=jnp.zeros([], jnp.int32),
+                                 key=jax.random.PRNGKey(seed))
+
+  def update_fn(updates, state, params=None, *, key=None, **extra_args):
+    del params, extra_args
+    if key is None:
+      next_key, use_key = jax.random.split(state.key)
+    else:
+      next_key, use_key = state.key, key
+    t = state.count.astype(jnp.result_type(float))
+    std = jnp.sqrt(eta / (1.0 + t) ** gamma)
+    leaves, treedef = jax.tree.flatten(updates)
+    leaves = [jnp.asarray(g) for g in leaves]
+    keys = jax.random.split(use_key, max(len(leaves), 1))
+    noisy = [
+        (g + std.astype(g.dtype) * jax.random.normal(k, g.shape, g.dtype))
+        for g, k in zip(leaves, keys)
+    ]
+    return treedef.unflatten(noisy), AddGradientNoiseState(
+        count=optax.safe_increment(state.count), key=next_key)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -1,4 +1,4 @@
-"""GradInit: learn one scale per parameter tensor before training (methods.md 6).
+"""GradInit: learn one scale per parameter tensor before training (Zhu et al., NeurIPS 2021).
 
 Zhu et al., "GradInit: Learning to Initialize Neural Networks for Stable and
 Efficient Training", NeurIPS 2021; official code ``zhuchen03/gradinit``
@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optzoo._src import base
+from optzoo._src import registry
+from optzoo._src import validation
 
 __all__ = ["GradInitResult", "gradinit", "gradinit_objective"]
 
@@ -62,7 +63,7 @@ def _gnorm(g, target):
   return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(g)))
 
 
-@base.register(
+@registry.register(
     family="research",
     summary="GradInit one-step objective L(S~; theta - eta A[g(S; theta)]) (for checking an initialization).",
     paper="Zhu et al., GradInit, NeurIPS 2021",
@@ -80,15 +81,15 @@ def gradinit_objective(loss_fn: Callable[[Any, Any], jax.Array], params: Any, ba
   ``A[g]`` is :math:`g/\lVert g\rVert_2` (SGD, ``normalize_grad``), :math:`g`
   (SGD) or :math:`\mathrm{sign}(g)` (Adam's first step). Not divided by η.
   """
-  base.check_choice("target", target, ("sgd", "adam"))
-  base.check_positive("eta", eta)
+  validation.check_choice("target", target, ("sgd", "adam"))
+  validation.check_positive("eta", eta)
   g = jax.grad(loss_fn)(params, batch)
   a = _step_direction(g, target, normalize_grad)
   stepped = jax.tree.map(lambda p, d: p - eta * d, params, a)
   return loss_fn(stepped, next_batch)
 
 
-@base.register(
+@registry.register(
     family="research",
     summary="GradInit: Adam on one scalar per tensor so one SGD/Adam step lowers the loss most, under a gradient-norm bound.",
     paper="Zhu et al., GradInit: Learning to Initialize Neural Networks for Stable and Efficient Training, NeurIPS 2021",
@@ -186,20 +187,20 @@ def gradinit(
   """
   if not callable(loss_fn):
     raise TypeError("`loss_fn` must be a callable loss_fn(params, batch) -> scalar.")
-  base.check_choice("target", target, ("sgd", "adam"))
-  base.check_positive("eta", eta)
+  validation.check_choice("target", target, ("sgd", "adam"))
+  validation.check_positive("eta", eta)
   if not (isinstance(gamma, float) and gamma == float("inf")):
-    base.check_nonneg("gamma", gamma)
-  base.check_int("iters", iters, minimum=1)
-  base.check_positive("lr", lr)
-  base.check_nonneg("m_min", m_min)
-  base.check_nonneg("bias_m_min", bias_m_min)
-  base.check_nonneg("clip", clip)
-  base.check_bool("normalize_grad", normalize_grad)
-  base.check_bool("second_order", second_order)
-  base.check_beta("b1", b1)
-  base.check_beta("b2", b2)
-  base.check_nonneg("eps", eps)
+    validation.check_nonneg("gamma", gamma)
+  validation.check_int("iters", iters, minimum=1)
+  validation.check_positive("lr", lr)
+  validation.check_nonneg("m_min", m_min)
+  validation.check_nonneg("bias_m_min", bias_m_min)
+  validation.check_nonneg("clip", clip)
+  validation.check_bool("normalize_grad", normalize_grad)
+  validation.check_bool("second_order", second_order)
+  validation.check_beta("b1", b1)
+  validation.check_beta("b2", b2)
+  validation.check_nonneg("eps", eps)
 
   w0 = jax.tree.map(jnp.asarray, params)
   leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(w0)

@@ -1,4 +1,4 @@
-"""GradMax: grow neurons so that the new weights' gradient norm is maximal (methods.md 9).
+"""GradMax: grow neurons so that the new weights' gradient norm is maximal (Evci et al., ICLR 2022).
 
 Evci et al., "GradMax: Growing Neural Networks using Gradient Information",
 ICLR 2022; official code ``google-research/growneuron``.
@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optzoo._src import base
+from optzoo._src import registry
+from optzoo._src import validation
 
 __all__ = ["GradMaxResult", "gradmax_fanout", "gradmax_grow", "gradmax_matrix",
            "grow_optimizer_state"]
@@ -121,7 +122,7 @@ def gradmax_matrix(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch:
   return g.T
 
 
-@base.register(
+@registry.register(
     family="research",
     summary="GradMax fan-out: top-k left singular vectors of M, rescaled to scale * ref_norm.",
     paper="Evci et al., GradMax: Growing Neural Networks using Gradient Information, ICLR 2022",
@@ -139,9 +140,9 @@ def gradmax_fanout(m_matrix: Any, k: int, ref_norm: float, scale: float = 0.5) -
   of unit norm times ``scale * ref_norm`` (the official ``mean_norm``
   scaling: ``ref_norm`` = mean norm of the existing fan-out vectors).
   """
-  base.check_int("k", k, minimum=1)
-  base.check_nonneg("scale", scale)
-  base.check_nonneg("ref_norm", ref_norm)
+  validation.check_int("k", k, minimum=1)
+  validation.check_nonneg("scale", scale)
+  validation.check_nonneg("ref_norm", ref_norm)
   m = jnp.asarray(m_matrix)
   if k > min(m.shape):
     raise ValueError(f"`k`={k} exceeds the rank bound min{m.shape} of M; grow fewer"
@@ -150,7 +151,7 @@ def gradmax_fanout(m_matrix: Any, k: int, ref_norm: float, scale: float = 0.5) -
   return (u[:, :k].T * (scale * ref_norm)).astype(m.dtype)
 
 
-@base.register(
+@registry.register(
     family="research",
     summary="Grow k neurons in a Dense layer: zero fan-in, GradMax (SVD) fan-out; output unchanged, optimizer state padded.",
     paper="Evci et al., GradMax: Growing Neural Networks using Gradient Information, ICLR 2022",
@@ -225,9 +226,9 @@ def gradmax_grow(
     <https://arxiv.org/abs/2201.05125>`_, ICLR 2022; code
     `google-research/growneuron <https://github.com/google-research/growneuron>`_.
   """
-  base.check_int("k", k, minimum=1)
-  base.check_nonneg("scale", scale)
-  base.check_choice("method", method, ("gradmax", "random"))
+  validation.check_int("k", k, minimum=1)
+  validation.check_nonneg("scale", scale)
+  validation.check_choice("method", method, ("gradmax", "random"))
   if params is None:
     raise ValueError("gradmax_grow needs the model's `params`.")
   lpath, lnode = _find_layer(params, _as_path(layer), "layer")

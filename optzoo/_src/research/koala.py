@@ -19,8 +19,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optzoo._src import base
-from optzoo._src.reliability import tree_all_finite
+from optzoo._src import registry
+from optzoo._src import tree
+from optzoo._src import validation
+from optzoo._src.tree import tree_all_finite
 
 __all__ = ["koala", "koala_loss_stats", "KoalaVState", "KoalaMState"]
 
@@ -115,7 +117,7 @@ def koala_loss_stats(per_example_losses: chex.Array) -> dict:
   return {"value": jnp.mean(losses), "value_sq": jnp.mean(losses * losses)}
 
 
-base.register(
+registry.register(
     family="research",
     summary="KOALA's extra args (value, value_sq) from per-example losses.",
     paper=_PAPER,
@@ -125,7 +127,7 @@ base.register(
 )(koala_loss_stats)
 
 
-@base.register(
+@registry.register(
     family="research",
     summary="KOALA-V / KOALA-M: Kalman-filter optimizer driven by the loss.",
     paper=_PAPER,
@@ -283,24 +285,24 @@ def koala(
     Adaptivity <https://arxiv.org/abs/2107.03331>`_, AAAI 2022; official
     code `Araachie/koala <https://github.com/Araachie/koala>`_.
   """
-  base.check_lr(learning_rate)
-  base.check_choice("variant", variant, ("vanilla", "momentum"))
-  base.check_choice("direction", direction, ("code", "regularized"))
-  base.check_positive("sigma", sigma)
-  base.check_nonneg("q", q)
+  validation.check_lr(learning_rate)
+  validation.check_choice("variant", variant, ("vanilla", "momentum"))
+  validation.check_choice("direction", direction, ("code", "regularized"))
+  validation.check_positive("sigma", sigma)
+  validation.check_nonneg("q", q)
   if r is not None:
-    base.check_positive("r", r)
-  base.check_beta("r_decay", r_decay)
-  base.check_nonneg("weight_decay", weight_decay)
-  base.check_beta("momentum", momentum)
-  base.check_nonneg("sigma_v", sigma_v)
-  base.check_number("sigma_c", sigma_c)
-  base.check_nonneg("q_w", q_w)
-  base.check_nonneg("q_v", q_v)
-  base.check_beta("q_w_decay", q_w_decay)
-  base.check_beta("ema_decay", ema_decay)
-  base.check_positive("r_init", r_init)
-  base.check_nonneg("eps", eps)
+    validation.check_positive("r", r)
+  validation.check_beta("r_decay", r_decay)
+  validation.check_nonneg("weight_decay", weight_decay)
+  validation.check_beta("momentum", momentum)
+  validation.check_nonneg("sigma_v", sigma_v)
+  validation.check_number("sigma_c", sigma_c)
+  validation.check_nonneg("q_w", q_w)
+  validation.check_nonneg("q_v", q_v)
+  validation.check_beta("q_w_decay", q_w_decay)
+  validation.check_beta("ema_decay", ema_decay)
+  validation.check_positive("r_init", r_init)
+  validation.check_nonneg("eps", eps)
 
   name = f"koala(variant={variant!r})"
   raw_direction = variant == "vanilla" and direction == "code"
@@ -310,10 +312,10 @@ def koala(
 
   def measurement(state, value, value_sq, dt):
     """(loss, R used now, R for the state, inputs-finite flag)."""
-    base.require_extra_arg(value, "value", name, _HOW)
+    validation.require_extra_arg(value, "value", name, _HOW)
     loss = jnp.asarray(value, dt)
     if r is None:
-      base.require_extra_arg(value_sq, "value_sq", name, _HOW)
+      validation.require_extra_arg(value_sq, "value_sq", name, _HOW)
       loss_sq = jnp.asarray(value_sq, dt)
       r_new = r_decay * state.r + (1.0 - r_decay) * loss_sq
       return loss, r_new, r_new, tree_all_finite((loss, loss_sq))
@@ -339,7 +341,7 @@ def koala(
   def update_v(updates, state, params=None, *, value=None, value_sq=None,
                **extra_args):
     del extra_args
-    base.require_params(params, name)
+    validation.require_params(params, name)
     dt = state.sigma.dtype
     loss, cur_r, r_state, ok = measurement(state, value, value_sq, dt)
     ok = ok & tree_all_finite(updates)
@@ -355,7 +357,7 @@ def koala(
       h = jnp.where(active, lgn2 / s, jnp.zeros([], dt))
       return delta.astype(jnp.asarray(g).dtype), h
 
-    deltas, hs = base.tree_unzip(jax.tree.map(leaf, updates, params), updates, 2)
+    deltas, hs = tree.tree_unzip(jax.tree.map(leaf, updates, params), updates, 2)
     hh = _tree_max(jax.tree.leaves(hs), dt)
     sigma_post = sig - sig * sig * hh
     new_state = KoalaVState(
@@ -402,7 +404,7 @@ def koala(
   def update_m(updates, state, params=None, *, value=None, value_sq=None,
                **extra_args):
     del extra_args
-    base.require_params(params, name)
+    validation.require_params(params, name)
     dt = state.cov.dtype
     loss, cur_r, r_state, ok = measurement(state, value, value_sq, dt)
     ok = ok & tree_all_finite(updates)
@@ -428,7 +430,7 @@ def koala(
       return (delta.astype(gdt), (momentum * v1).astype(jnp.asarray(v).dtype),
               e1.astype(jnp.asarray(e).dtype), p1, h)
 
-    deltas, vel, ema, p1, hs = base.tree_unzip(
+    deltas, vel, ema, p1, hs = tree.tree_unzip(
         jax.tree.map(leaf, updates, params, state.velocity, state.param_ema),
         updates, 5)
     hs = jax.tree.leaves(hs)

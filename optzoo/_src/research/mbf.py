@@ -6,7 +6,7 @@ slice, one per Dense row or column, a diagonal for vectors), built from
 per-example gradients (extra arg ``per_example_grads``), averaged with an
 EMA, damped and inverted every ``inverse_every`` steps in one batched
 Cholesky solve. No public code exists: the concrete choices below are a
-reconstruction (methods.md section 7) and are all configurable.
+reconstruction from the paper and are all configurable.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optzoo._src import base
+from optzoo._src import registry
+from optzoo._src import tree
+from optzoo._src import validation
 from optzoo._src import transform
 
 __all__ = [
@@ -105,22 +107,22 @@ def mini_block_partition(shape: tuple, dense_block: str = "auto") -> tuple:
   * ``ndim >= 3`` (Conv kernel ``(*spatial, C_in, C_out)``): ``"conv"`` =
     one block of size ``prod(spatial)`` per (input, output) channel pair.
   """
-  base.check_choice("dense_block", dense_block, ("auto", "output", "input"))
+  validation.check_choice("dense_block", dense_block, ("auto", "output", "input"))
   layout = _layout(tuple(shape), dense_block)
   b = _to_blocks(jnp.zeros(shape), layout)
   return layout, int(b.shape[0]), int(b.shape[1])
 
 
-base.register(
+registry.register(
     family="research",
     summary="MBF's mini-block partition of a parameter leaf.",
     paper=_PAPER,
-    reference="definition ([recon], methods.md 7)",
+    reference="definition (reconstructed from the paper)",
     kind="utility",
 )(mini_block_partition)
 
 
-@base.register(
+@registry.register(
     family="research",
     summary="Per-example gradients with jax.vmap(jax.grad) (MBF's extra arg).",
     paper=_PAPER,
@@ -147,7 +149,7 @@ def per_example_grads(
     A pytree like ``params`` whose leaves have a leading batch axis; its
     mean over that axis is the minibatch gradient of the mean loss.
   """
-  base.check_bool("keep_batch_dim", keep_batch_dim)
+  validation.check_bool("keep_batch_dim", keep_batch_dim)
 
   def single(p, example):
     if keep_batch_dim:
@@ -175,7 +177,7 @@ def _spd_inverse(a: chex.Array) -> chex.Array:
 
 
 
-@base.register(
+@registry.register(
     family="research",
     summary="MBF preconditioner: EMA mini-block empirical Fisher, damped inverse refreshed every T steps.",
     paper=_PAPER,
@@ -233,18 +235,18 @@ def scale_by_mini_block_fisher(
     An ``optax.GradientTransformationExtraArgs`` that needs the extra arg
     ``per_example_grads`` (pytree like the params, leading batch axis).
   """
-  base.check_beta("momentum", momentum)
-  base.check_beta("ema_decay", ema_decay)
-  base.check_positive("damping", damping)
-  base.check_int("inverse_every", inverse_every, minimum=1)
-  base.check_choice("dense_block", dense_block, ("auto", "output", "input"))
-  base.check_bool("bias_correction", bias_correction)
+  validation.check_beta("momentum", momentum)
+  validation.check_beta("ema_decay", ema_decay)
+  validation.check_positive("damping", damping)
+  validation.check_int("inverse_every", inverse_every, minimum=1)
+  validation.check_choice("dense_block", dense_block, ("auto", "output", "input"))
+  validation.check_bool("bias_correction", bias_correction)
 
   def init_fn(params):
     def fisher0(p):
       layout = _layout(jnp.shape(p), dense_block)
       nb, d = _to_blocks(jnp.zeros(jnp.shape(p)), layout).shape
-      return jnp.zeros((nb, d, d), base.compute_dtype(p))
+      return jnp.zeros((nb, d, d), tree.compute_dtype(p))
 
     def inverse0(p):
       f = fisher0(p)
@@ -254,14 +256,14 @@ def scale_by_mini_block_fisher(
         count=jnp.zeros([], jnp.int32),
         fisher=jax.tree.map(fisher0, params),
         inverse=jax.tree.map(inverse0, params),
-        momentum=jax.tree.map(lambda p: jnp.zeros_like(p, dtype=base.compute_dtype(p)),
+        momentum=jax.tree.map(lambda p: jnp.zeros_like(p, dtype=tree.compute_dtype(p)),
                               params),
     )
 
   def update_fn(updates, state, params=None, *, per_example_grads=None,
                 **extra_args):
     del params, extra_args
-    base.require_extra_arg(per_example_grads, "per_example_grads",
+    validation.require_extra_arg(per_example_grads, "per_example_grads",
                            "mini_block_fisher", _HOW)
     t = optax.safe_increment(state.count)
 
@@ -293,7 +295,7 @@ def scale_by_mini_block_fisher(
       out = _from_blocks(d, layout, jnp.shape(u))
       return out.astype(jnp.asarray(u).dtype), m_new
 
-    new_updates, new_m = base.tree_unzip(
+    new_updates, new_m = tree.tree_unzip(
         jax.tree.map(direction, updates, state.momentum, inverse), updates, 2)
     return new_updates, ScaleByMiniBlockFisherState(
         count=t, fisher=fisher, inverse=inverse, momentum=new_m)
@@ -301,7 +303,7 @@ def scale_by_mini_block_fisher(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-@base.register(
+@registry.register(
     family="research",
     summary="MBF: SGD preconditioned by a mini-block empirical Fisher (EMA, damping, periodic inverse).",
     paper=_PAPER,
@@ -346,7 +348,7 @@ def mini_block_fisher(
   of many small mini-blocks inverted in parallel. The partition (conv: one
   :math:`k^2` block per channel pair; Dense: one block per output or input
   unit; vectors: diagonal), the EMA, the bias correction, the momentum form
-  and the refresh period are a reconstruction (methods.md 7), all
+  and the refresh period are a reconstruction from the paper, all
   configurable.
 
   Args:
@@ -379,8 +381,8 @@ def mini_block_fisher(
     Bahamou, Goldfarb, Ren, `A Mini-Block Fisher Method for Deep Neural
     Networks <https://arxiv.org/abs/2202.04124>`_, AISTATS 2023.
   """
-  base.check_lr(learning_rate)
-  base.check_nonneg("weight_decay", weight_decay)
+  validation.check_lr(learning_rate)
+  validation.check_nonneg("weight_decay", weight_decay)
   links = [scale_by_mini_block_fisher(
       momentum=momentum, ema_decay=ema_decay, damping=damping,
       inverse_every=inverse_every, dense_block=dense_block,

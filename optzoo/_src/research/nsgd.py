@@ -16,7 +16,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optzoo._src import base
+from optzoo._src import registry
+from optzoo._src import tree
+from optzoo._src import validation
 from optzoo._src import transform
 
 __all__ = [
@@ -51,7 +53,7 @@ class ScaleByInputPowerState(NamedTuple):
 
 
 
-@base.register(
+@registry.register(
     family="research",
     summary="Divide each leaf's update by its layer's input power (NSGD's normalization).",
     paper=_PAPER,
@@ -109,32 +111,32 @@ def scale_by_input_power(
     An ``optax.GradientTransformationExtraArgs`` that needs the extra arg
     ``input_power``.
   """
-  base.check_choice("mode", mode, ("nlms", "log_power"))
-  base.check_nonneg("eps", eps)
-  base.check_beta("power_decay", power_decay)
+  validation.check_choice("mode", mode, ("nlms", "log_power"))
+  validation.check_nonneg("eps", eps)
+  validation.check_beta("power_decay", power_decay)
   if power_accum is None:
     power_accum = "none" if mode == "nlms" else "leaky_sum"
-  base.check_choice("power_accum", power_accum, ("none", "leaky_sum", "ema"))
-  base.check_positive("floor", floor)
-  base.check_unit_interval("dampening", dampening)
+  validation.check_choice("power_accum", power_accum, ("none", "leaky_sum", "ema"))
+  validation.check_positive("floor", floor)
+  validation.check_unit_interval("dampening", dampening)
   accumulate = power_accum != "none"
 
   def init_fn(params):
     if not accumulate:
       return ScaleByInputPowerState(power=())
     return ScaleByInputPowerState(power=jax.tree.map(
-        lambda p: jnp.zeros_like(p, dtype=base.compute_dtype(p)), params))
+        lambda p: jnp.zeros_like(p, dtype=tree.compute_dtype(p)), params))
 
   def update_fn(updates, state, params=None, *, input_power=None,
                 **extra_args):
     del params, extra_args
-    base.require_extra_arg(input_power, "input_power", "nsgd", _HOW)
+    validation.require_extra_arg(input_power, "input_power", "nsgd", _HOW)
     acc = state.power if accumulate else jax.tree.map(lambda _: None, updates)
 
     def leaf(u, x, p_old):
       if x is None:
         return u, p_old
-      dt = base.compute_dtype(u)
+      dt = tree.compute_dtype(u)
       x = jnp.broadcast_to(jnp.asarray(x, dt), jnp.shape(u))
       if power_accum == "leaky_sum":
         p_new = power_decay * p_old + (1.0 - dampening) * x
@@ -150,7 +152,7 @@ def scale_by_input_power(
       return out, (p_new.astype(p_old.dtype) if accumulate else None)
 
     is_none = lambda z: z is None
-    new_updates, new_power = base.tree_unzip(
+    new_updates, new_power = tree.tree_unzip(
         jax.tree.map(leaf, updates, input_power, acc, is_leaf=is_none),
         updates, 2, is_leaf=is_none)
     if accumulate:
@@ -160,7 +162,7 @@ def scale_by_input_power(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-@base.register(
+@registry.register(
     family="research",
     summary="NSGD: SGD with each layer's step divided by its input power (NLMS-style).",
     paper=_PAPER,
@@ -272,9 +274,9 @@ def nsgd(
     `SalihFurkan/Normalized-SGD
     <https://github.com/SalihFurkan/Normalized-SGD>`_.
   """
-  base.check_lr(learning_rate)
-  base.check_beta("momentum", momentum)
-  base.check_nonneg("weight_decay", weight_decay)
+  validation.check_lr(learning_rate)
+  validation.check_beta("momentum", momentum)
+  validation.check_nonneg("weight_decay", weight_decay)
   if power_decay is None:
     power_decay = momentum
   links = []
@@ -331,7 +333,7 @@ def _conv_power(x, norm, standardize):
   return jnp.mean(_energy(x, spatial, norm), axis=0)  # (C_in,)
 
 
-@base.register(
+@registry.register(
     family="research",
     summary="Flax helper: run a model and collect each Dense/Conv input power for nsgd.",
     paper=_PAPER,
@@ -388,8 +390,8 @@ def collect_input_power(
   """
   import flax.linen as nn  # local: flax is only needed for this helper
 
-  base.check_choice("norm", norm, ("l2", "l1"))
-  base.check_bool("standardize", standardize)
+  validation.check_choice("norm", norm, ("l2", "l1"))
+  validation.check_bool("standardize", standardize)
   if layer_types is None:
     layer_types = (nn.Dense, nn.Conv)
   records: dict = {}

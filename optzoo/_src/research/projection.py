@@ -14,7 +14,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optzoo._src import base
+from optzoo._src import registry
+from optzoo._src import tree
+from optzoo._src import validation
 
 __all__ = [
     "project_to_sphere",
@@ -98,7 +100,7 @@ def project_to_sphere(
   Returns:
     The new updates (same structure as ``updates``).
   """
-  base.check_choice("granularity", granularity, _GRANULARITIES)
+  validation.check_choice("granularity", granularity, _GRANULARITIES)
   mask = _resolve_mask(mask, params)
   treedef = jax.tree.structure(updates, is_leaf=lambda z: z is None)
   us = treedef.flatten_up_to(updates)
@@ -109,7 +111,7 @@ def project_to_sphere(
     if u is None or not m:
       news.append(None)
       continue
-    dt = base.compute_dtype(u)
+    dt = tree.compute_dtype(u)
     news.append(jnp.asarray(p, dt) + jnp.asarray(u, dt))
 
   out = list(us)
@@ -136,7 +138,7 @@ def project_to_sphere(
   return treedef.unflatten(out)
 
 
-base.register(
+registry.register(
     family="research",
     summary="Increment that moves params + updates onto a sphere (per filter/tensor/joint).",
     paper=_WRS_PAPER + "; " + _SPHERE_PAPER,
@@ -151,11 +153,11 @@ class WeightRescalingState(NamedTuple):
   count: chex.Array
 
 
-@base.register(
+@registry.register(
     family="research",
     summary="WRS: rescale each selected filter to unit norm after every step.",
     paper=_WRS_PAPER,
-    reference="paper's rule (mechanics [recon], methods.md 11); tested for"
+    reference="paper's rule (mechanics reconstructed); tested for"
     " unit filter norms (tests/test_projection.py)",
     example={},
     needs_params=True,
@@ -219,18 +221,18 @@ def weight_rescaling(
     Deep Neural Networks with Batch Normalization
     <https://arxiv.org/abs/2102.03497>`_.
   """
-  base.check_choice("granularity", granularity, ("filter", "tensor"))
-  base.check_positive("target_norm", target_norm)
-  base.check_int("every", every, minimum=1)
-  base.check_int("axis", axis)
-  base.check_nonneg("eps", eps)
+  validation.check_choice("granularity", granularity, ("filter", "tensor"))
+  validation.check_positive("target_norm", target_norm)
+  validation.check_int("every", every, minimum=1)
+  validation.check_int("axis", axis)
+  validation.check_nonneg("eps", eps)
 
   def init_fn(params):
     del params
     return WeightRescalingState(count=jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None):
-    base.require_params(params, "weight_rescaling")
+    validation.require_params(params, "weight_rescaling")
     projected = project_to_sphere(params, updates, target_norm, mask=mask,
                                   granularity=granularity, axis=axis, eps=eps)
     if not isinstance(every, int) or every != 1:
@@ -257,7 +259,7 @@ class SphereSgdState(NamedTuple):
   lr_scale: chex.Array
 
 
-@base.register(
+@registry.register(
     family="research",
     summary="Projected SGD on the sphere with a fixed effective learning rate (Kodryan et al.).",
     paper=_SPHERE_PAPER,
@@ -333,13 +335,13 @@ def sphere_sgd(
     NeurIPS 2022; code `tipt0p/three_regimes_on_the_sphere
     <https://github.com/tipt0p/three_regimes_on_the_sphere>`_.
   """
-  base.check_lr(elr, "elr")
+  validation.check_lr(elr, "elr")
   if radius is not None:
-    base.check_positive("radius", radius)
-  base.check_bool("per_filter", per_filter)
-  base.check_lr(noninv_learning_rate, "noninv_learning_rate")
-  base.check_int("axis", axis)
-  base.check_nonneg("eps", eps)
+    validation.check_positive("radius", radius)
+  validation.check_bool("per_filter", per_filter)
+  validation.check_lr(noninv_learning_rate, "noninv_learning_rate")
+  validation.check_int("axis", axis)
+  validation.check_nonneg("eps", eps)
 
   def si_leaves(params):
     m = _resolve_mask(mask, params)
@@ -371,7 +373,7 @@ def sphere_sgd(
                           lr_scale=jnp.asarray(scale, dt))
 
   def update_fn(updates, state, params=None):
-    base.require_params(params, "sphere_sgd")
+    validation.require_params(params, "sphere_sgd")
     e = elr(state.count) if callable(elr) else elr
     lr = e * state.lr_scale
     nlr = (noninv_learning_rate(state.count) if callable(noninv_learning_rate)
@@ -379,7 +381,7 @@ def sphere_sgd(
     m = _resolve_mask(mask, params)
     steps = jax.tree.map(
         lambda g, k: None if g is None else (
-            -(lr if k else nlr) * jnp.asarray(g, base.compute_dtype(g))).astype(
+            -(lr if k else nlr) * jnp.asarray(g, tree.compute_dtype(g))).astype(
                 jnp.asarray(g).dtype),
         updates, m, is_leaf=lambda z: z is None)
     new = project_to_sphere(params, steps, state.radius, mask=m,

@@ -1,4 +1,4 @@
-"""SCL: automatic sparse connectivity learning (methods.md 10).
+"""SCL: automatic sparse connectivity learning (Tang et al., 2021).
 
 Tang et al., "Automatic Sparse Connectivity Learning for Neural Networks"
 (arXiv 2201.05020). Each weight is gated by a binary mask ``step(m)`` of a
@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optzoo._src import base
+from optzoo._src import registry
+from optzoo._src import validation
 from optzoo._src import transform
 
 __all__ = [
@@ -150,7 +151,7 @@ def _feature_normalize(g, norm, eps):
   return (g / (s + eps)).astype(g.dtype)
 
 
-@base.register(
+@registry.register(
     family="research",
     summary="SCL mask-gradient normalization: rescale each output feature's mask gradient (rms/l2/max).",
     paper="Tang et al., Automatic Sparse Connectivity Learning for Neural Networks, arXiv 2201.05020",
@@ -174,8 +175,8 @@ def normalize_mask_gradients(norm: str = "rms", eps: float = 1e-8
   Leaves with fewer than two axes are normalized as a whole. Apply it to the
   mask subtree (see :func:`sparse_connectivity` / :func:`scl_labels`).
   """
-  base.check_choice("norm", norm, ("rms", "l2", "max"))
-  base.check_nonneg("eps", eps)
+  validation.check_choice("norm", norm, ("rms", "l2", "max"))
+  validation.check_nonneg("eps", eps)
 
   def update_fn(updates, state, params=None):
     del params
@@ -184,7 +185,7 @@ def normalize_mask_gradients(norm: str = "rms", eps: float = 1e-8
   return optax.GradientTransformation(lambda p: optax.EmptyState(), update_fn)
 
 
-@base.register(
+@registry.register(
     family="research",
     summary="SCL connection-count penalty: add lam (the identity-STE gradient of lam * sum step(m)) to mask gradients.",
     paper="Tang et al., arXiv 2201.05020",
@@ -195,7 +196,7 @@ def normalize_mask_gradients(norm: str = "rms", eps: float = 1e-8
 def add_count_penalty(count_penalty: float = 1e-3) -> optax.GradientTransformation:
   r"""Adds :math:`\lambda` to every gradient entry: the gradient of
   :math:`\lambda\sum\mathrm{step}(m)` under the identity STE."""
-  base.check_nonneg("count_penalty", count_penalty)
+  validation.check_nonneg("count_penalty", count_penalty)
 
   def update_fn(updates, state, params=None):
     del params
@@ -204,7 +205,7 @@ def add_count_penalty(count_penalty: float = 1e-3) -> optax.GradientTransformati
   return optax.GradientTransformation(lambda p: optax.EmptyState(), update_fn)
 
 
-@base.register(
+@registry.register(
     family="research",
     summary="SCL optimizer: normalized + count-penalized SGD on `mask` leaves, any optimizer on the weights.",
     paper="Tang et al., Automatic Sparse Connectivity Learning for Neural Networks, arXiv 2201.05020",
@@ -255,15 +256,15 @@ def sparse_connectivity(
     <https://arxiv.org/abs/2201.05020>`_ (normalization form and λ scale are
     [recon]: no public code).
   """
-  base.check_lr(learning_rate)
+  validation.check_lr(learning_rate)
   if mask_learning_rate is not None:
-    base.check_lr(mask_learning_rate, "mask_learning_rate")
-  base.check_nonneg("count_penalty", count_penalty)
-  base.check_beta("momentum", momentum)
-  base.check_beta("mask_momentum", mask_momentum)
-  base.check_choice("norm", norm, ("rms", "l2", "max"))
+    validation.check_lr(mask_learning_rate, "mask_learning_rate")
+  validation.check_nonneg("count_penalty", count_penalty)
+  validation.check_beta("momentum", momentum)
+  validation.check_beta("mask_momentum", mask_momentum)
+  validation.check_choice("norm", norm, ("rms", "l2", "max"))
   if weight_optimizer is not None:
-    base.check_transformation("weight_optimizer", weight_optimizer)
+    validation.check_transformation("weight_optimizer", weight_optimizer)
   mlr = learning_rate if mask_learning_rate is None else mask_learning_rate
   w_tx = weight_optimizer if weight_optimizer is not None else optax.chain(
       transform.trace(momentum), transform.scale_by_learning_rate(learning_rate))

@@ -1,4 +1,4 @@
-"""SVI: training networks through a monotone variational inequality (methods.md 12).
+"""SVI: training networks through a monotone variational inequality.
 
 Xu, Cheng and Xie, "An alternative approach to train neural networks using
 monotone variational inequality" (arXiv 2202.08876); official notebooks
@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optzoo._src import base
+from optzoo._src import registry
 
 __all__ = ["SVIDense", "SVIMLP", "svi_gradients", "svi_mse_loss"]
 
@@ -113,7 +113,7 @@ def svi_mse_loss(probs: jax.Array, labels: jax.Array) -> jax.Array:
   return c * jnp.mean((probs - labels) ** 2)
 
 
-@base.register(
+@registry.register(
     family="research",
     summary="SVI pseudo-gradient of an SVIDense/SVIMLP model (each layer's own activation derivative dropped).",
     paper="Xu, Cheng & Xie, An alternative approach to train neural networks using monotone variational inequality, arXiv 2202.08876",

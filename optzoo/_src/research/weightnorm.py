@@ -1,4 +1,4 @@
-"""Weight normalization with data-dependent initialization (methods.md 3).
+"""Weight normalization with data-dependent initialization (Salimans & Kingma, NeurIPS 2016).
 
 Salimans & Kingma, "Weight Normalization: A Simple Reparameterization to
 Accelerate Training of Deep Neural Networks", NeurIPS 2016. The
@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optzoo._src import base
+from optzoo._src import registry
+from optzoo._src import validation
 
 __all__ = ["weightnorm_data_init", "weightnorm_layers"]
 
@@ -79,7 +80,7 @@ def _capture_output(apply_fn, variables, target, args, kwargs):
   return out["y"]
 
 
-@base.register(
+@registry.register(
     family="research",
     summary="Data-dependent init of flax.linen.WeightNorm layers: per-unit zero-mean, unit-std pre-activations.",
     paper="Salimans & Kingma, Weight Normalization, NeurIPS 2016",
@@ -142,8 +143,8 @@ def weightnorm_data_init(
     Accelerate Training of Deep Neural Networks
     <https://arxiv.org/abs/1602.07868>`_, NeurIPS 2016.
   """
-  base.check_nonneg("eps", eps)
-  base.check_positive("init_scale", init_scale)
+  validation.check_nonneg("eps", eps)
+  validation.check_positive("init_scale", init_scale)
   if not callable(apply_fn):
     raise TypeError("`apply_fn` must be callable (e.g. model.apply).")
   variables = jax.tree.map(lambda a: a, variables)  # shallow copy of the containers

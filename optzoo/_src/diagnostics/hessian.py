@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from optzoo._src import base
+from optzoo._src import validation
 
 __all__ = [
     "hvp",
@@ -232,7 +232,7 @@ def hvp(loss_fn: LossFn, params: Any, v: Any, batch: Any = None) -> Any:
 def make_hvp_fn(loss_fn: LossFn, batch: Any = None) -> Callable[[Any, Any], Any]:
   """Returns ``hvp_fn(params, v) -> Hv`` for the extra argument ``hvp_fn``.
 
-  This is the ``hvp_fn`` extra-argument convention of optzoo (methods.md 0.3):
+  This is the ``hvp_fn`` extra-argument convention of optzoo:
   a pure, jittable callable closing over ``loss_fn`` and ``batch``.
 
   Args:
@@ -292,7 +292,7 @@ def dense_hessian(
     A symmetric ``(n, n)`` NumPy array (symmetrized: :math:`(H + H^T)/2`).
   """
   flat, _ = check_loss(loss_fn, params, batch, "dense_hessian")
-  base.check_int("max_params", max_params, minimum=1)
+  validation.check_int("max_params", max_params, minimum=1)
   if flat.size > max_params:
     raise ValueError(
         f"dense_hessian: the model has {flat.size} parameters, more than"
@@ -405,7 +405,7 @@ def lanczos(
   Returns:
     A :class:`LanczosResult` ``(alphas, betas, basis)``.
   """
-  base.check_int("num_iters", num_iters, minimum=1)
+  validation.check_int("num_iters", num_iters, minimum=1)
   if v0.ndim != 1:
     raise ValueError(f"lanczos: `v0` must be a flat vector, got shape {v0.shape}.")
   if num_iters > v0.shape[0]:
@@ -552,14 +552,14 @@ def hessian_eigenvalues(
   where = "hessian_eigenvalues"
   flat, unravel = check_loss(loss_fn, params, batch, where)
   n = int(flat.size)
-  base.check_int("k", k, minimum=1)
+  validation.check_int("k", k, minimum=1)
   if k > n:
     raise ValueError(
         f"{where}: `k`={k} is larger than the number of parameters ({n}).")
-  base.check_choice("which", which, ("top", "bottom"))
+  validation.check_choice("which", which, ("top", "bottom"))
   if num_iters is None:
     num_iters = max(default_num_iters(k, n), k)
-  base.check_int("num_iters", num_iters, minimum=1)
+  validation.check_int("num_iters", num_iters, minimum=1)
   if num_iters < k:
     raise ValueError(f"{where}: `num_iters`={num_iters} must be >= k={k}.")
   if num_iters > n:
@@ -676,14 +676,14 @@ def hessian_spectral_density(
   where = "hessian_spectral_density"
   flat, _ = check_loss(loss_fn, params, batch, where)
   n = int(flat.size)
-  base.check_int("num_iters", num_iters, minimum=1)
+  validation.check_int("num_iters", num_iters, minimum=1)
   if num_iters > n:
     raise ValueError(
         f"{where}: `num_iters`={num_iters} exceeds the number of parameters ({n}).")
-  base.check_int("num_probes", num_probes, minimum=1)
-  base.check_int("num_points", num_points, minimum=2)
+  validation.check_int("num_probes", num_probes, minimum=1)
+  validation.check_int("num_points", num_points, minimum=2)
   if sigma is not None:
-    base.check_positive("sigma", sigma)
+    validation.check_positive("sigma", sigma)
   key = _check_key(key, where)
   nodes, weights = [], []
   for p in range(num_probes):

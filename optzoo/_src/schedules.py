@@ -1,4 +1,4 @@
-"""Learning-rate and momentum schedules (issue 3).
+"""Learning-rate and momentum schedules.
 
 Every schedule here is a plain ``optax.Schedule``: a function of the step count
 (a Python int or a traced integer array, starting at 0 = the value used by the
@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optzoo._src import base
+from optzoo._src import registry
+from optzoo._src import validation
 
 __all__ = [
     "cyclical",
@@ -59,7 +60,7 @@ def _value(x: ScalarOrSchedule, step) -> jax.Array:
 # ---------------------------------------------------------------------------
 
 
-@base.register(
+@registry.register(
     family="schedule",
     kind="schedule",
     summary="Cyclical learning rate: triangular, triangular2, exp_range.",
@@ -127,14 +128,14 @@ def cyclical(
     Smith, `Cyclical Learning Rates for Training Neural Networks
     <https://arxiv.org/abs/1506.01186>`_, WACV 2017.
   """
-  base.check_nonneg("base_lr", base_lr)
-  base.check_nonneg("max_lr", max_lr)
-  base.check_int("step_size_up", step_size_up, minimum=1)
+  validation.check_nonneg("base_lr", base_lr)
+  validation.check_nonneg("max_lr", max_lr)
+  validation.check_int("step_size_up", step_size_up, minimum=1)
   if step_size_down is None:
     step_size_down = step_size_up
-  base.check_int("step_size_down", step_size_down, minimum=1)
-  base.check_choice("mode", mode, ("triangular", "triangular2", "exp_range"))
-  base.check_positive("gamma", gamma)
+  validation.check_int("step_size_down", step_size_down, minimum=1)
+  validation.check_choice("mode", mode, ("triangular", "triangular2", "exp_range"))
+  validation.check_positive("gamma", gamma)
   total = float(step_size_up + step_size_down)
   ratio = float(step_size_up) / total
 
@@ -160,7 +161,7 @@ def cyclical(
 # ---------------------------------------------------------------------------
 
 
-@base.register(
+@registry.register(
     family="schedule",
     kind="schedule",
     summary="Cosine annealing with warm restarts (SGDR), T_mult, unbounded"
@@ -219,10 +220,10 @@ def sgdr(
     Loshchilov & Hutter, `SGDR: Stochastic Gradient Descent with Warm Restarts
     <https://arxiv.org/abs/1608.03983>`_, ICLR 2017.
   """
-  base.check_lr(learning_rate)
-  base.check_int("t_0", t_0, minimum=1)
-  base.check_int("t_mult", t_mult, minimum=1)
-  base.check_nonneg("eta_min", eta_min)
+  validation.check_lr(learning_rate)
+  validation.check_int("t_0", t_0, minimum=1)
+  validation.check_int("t_mult", t_mult, minimum=1)
+  validation.check_nonneg("eta_min", eta_min)
   t_0 = int(t_0)
   t_mult = int(t_mult)
 
@@ -258,11 +259,11 @@ def sgdr(
 
 
 def _check_one_cycle(total_steps, pct_start, anneal_strategy, three_phase):
-  base.check_int("total_steps", total_steps, minimum=2)
-  base.check_unit_interval("pct_start", pct_start, low_open=True,
+  validation.check_int("total_steps", total_steps, minimum=2)
+  validation.check_unit_interval("pct_start", pct_start, low_open=True,
                            high_open=True)
-  base.check_choice("anneal_strategy", anneal_strategy, ("cos", "linear"))
-  base.check_bool("three_phase", three_phase)
+  validation.check_choice("anneal_strategy", anneal_strategy, ("cos", "linear"))
+  validation.check_bool("three_phase", three_phase)
   up_end = float(pct_start * total_steps) - 1.0
   if up_end <= 0.0:
     raise ValueError(
@@ -313,7 +314,7 @@ def _one_cycle_eval(step, phases, anneal_strategy):
   return out
 
 
-@base.register(
+@registry.register(
     family="schedule",
     kind="schedule",
     summary="One-cycle learning rate (2- or 3-phase, cos/linear).",
@@ -395,9 +396,9 @@ def one_cycle(
     2018; Smith, `A disciplined approach to neural network hyper-parameters
     <https://arxiv.org/abs/1803.09820>`_, 2018.
   """
-  base.check_nonneg("max_lr", max_lr)
-  base.check_positive("div_factor", div_factor)
-  base.check_positive("final_div_factor", final_div_factor)
+  validation.check_nonneg("max_lr", max_lr)
+  validation.check_positive("div_factor", div_factor)
+  validation.check_positive("final_div_factor", final_div_factor)
   _check_one_cycle(total_steps, pct_start, anneal_strategy, three_phase)
   initial = max_lr / div_factor
   final = initial / final_div_factor
@@ -410,7 +411,7 @@ def one_cycle(
   return schedule
 
 
-@base.register(
+@registry.register(
     family="schedule",
     kind="schedule",
     summary="The momentum (or Adam b1) schedule matching one_cycle.",
@@ -452,8 +453,8 @@ def one_cycle_momentum(
   Returns:
     An ``optax.Schedule``.
   """
-  base.check_beta("base_momentum", base_momentum)
-  base.check_beta("max_momentum", max_momentum)
+  validation.check_beta("base_momentum", base_momentum)
+  validation.check_beta("max_momentum", max_momentum)
   _check_one_cycle(total_steps, pct_start, anneal_strategy, three_phase)
   # Same phase table as the lr, mirrored: max -> base (-> max) -> max.
   phases = _one_cycle_phases(total_steps, pct_start, three_phase,
@@ -470,7 +471,7 @@ def one_cycle_momentum(
 # ---------------------------------------------------------------------------
 
 
-@base.register(
+@registry.register(
     family="schedule",
     kind="schedule",
     summary="Linear warm-up (LinearLR), then hand over to any schedule.",
@@ -519,10 +520,10 @@ def linear_warmup(
   Returns:
     An ``optax.Schedule``.
   """
-  base.check_lr(learning_rate)
-  base.check_int("warmup_steps", warmup_steps, minimum=1)
-  base.check_nonneg("start_factor", start_factor)
-  base.check_nonneg("end_factor", end_factor)
+  validation.check_lr(learning_rate)
+  validation.check_int("warmup_steps", warmup_steps, minimum=1)
+  validation.check_nonneg("start_factor", start_factor)
+  validation.check_nonneg("end_factor", end_factor)
   w = float(warmup_steps)
 
   def schedule(step):
@@ -536,7 +537,7 @@ def linear_warmup(
   return schedule
 
 
-@base.register(
+@registry.register(
     family="schedule",
     kind="schedule",
     summary="Exponential warm-up 1 - exp(-(t+1)/tau) multiplying any"
@@ -574,8 +575,8 @@ def exponential_warmup(
   Returns:
     An ``optax.Schedule``.
   """
-  base.check_lr(learning_rate)
-  base.check_positive("time_constant", time_constant)
+  validation.check_lr(learning_rate)
+  validation.check_positive("time_constant", time_constant)
 
   def schedule(step):
     t = _as_float(step)
@@ -584,7 +585,7 @@ def exponential_warmup(
   return schedule
 
 
-@base.register(
+@registry.register(
     family="schedule",
     kind="schedule",
     summary="Untuned warm-up for Adam: linear over 2/(1-b2) steps (or"
@@ -631,9 +632,9 @@ def radam_warmup(
     Ma & Yarats, `On the adequacy of untuned warmup for adaptive optimization
     <https://arxiv.org/abs/1910.04209>`_, AAAI 2021.
   """
-  base.check_lr(learning_rate)
-  base.check_beta("b2", b2)
-  base.check_choice("kind", kind, ("linear", "exponential"))
+  validation.check_lr(learning_rate)
+  validation.check_beta("b2", b2)
+  validation.check_choice("kind", kind, ("linear", "exponential"))
   rate = 1.0 - float(b2)
 
   def schedule(step):
@@ -652,7 +653,7 @@ def radam_warmup(
 # ---------------------------------------------------------------------------
 
 
-@base.register(
+@registry.register(
     family="schedule",
     kind="schedule",
     summary="Rescale a learning rate (schedule) for a new batch size: linear"
@@ -694,10 +695,10 @@ def scale_for_batch_size(
   Returns:
     An ``optax.Schedule`` (a constant one for a float ``learning_rate``).
   """
-  base.check_lr(learning_rate)
-  base.check_int("base_batch_size", base_batch_size, minimum=1)
-  base.check_int("batch_size", batch_size, minimum=1)
-  base.check_choice("rule", rule, ("linear", "sqrt", "sgd", "adam"))
+  validation.check_lr(learning_rate)
+  validation.check_int("base_batch_size", base_batch_size, minimum=1)
+  validation.check_int("batch_size", batch_size, minimum=1)
+  validation.check_choice("rule", rule, ("linear", "sqrt", "sgd", "adam"))
   ratio = float(batch_size) / float(base_batch_size)
   factor = ratio if rule in ("linear", "sgd") else math.sqrt(ratio)
 
@@ -707,7 +708,7 @@ def scale_for_batch_size(
   return schedule
 
 
-@base.register(
+@registry.register(
     family="schedule",
     kind="schedule",
     summary="BYOL target-network decay: tau rises from tau_base to 1 (cosine).",
@@ -737,8 +738,8 @@ def byol_tau_schedule(total_steps: int, tau_base: float = 0.996
   Returns:
     An ``optax.Schedule``.
   """
-  base.check_int("total_steps", total_steps, minimum=1)
-  base.check_unit_interval("tau_base", tau_base)
+  validation.check_int("total_steps", total_steps, minimum=1)
+  validation.check_unit_interval("tau_base", tau_base)
 
   def schedule(step):
     k = jnp.clip(_as_float(step), 0.0, float(total_steps))

@@ -59,7 +59,7 @@ PRESETS: dict[str, tuple[str, dict, float]] = {
     "swats": ("swats", {}, 3e-3),
 }
 _FAMILY_LR = {"Team SGD": 0.05, "Team Adam": 1e-3}
-# extra args that optzoo.nn.train_step can supply (methods.md 0.3)
+# extra args that optzoo.nn.train_step can supply
 _SUPPLIED = ("value", "value_sq", "batch_size", "grad_fn", "value_fn", "key")
 _INNER_KEYS = ("inner", "base_optimizer", "optimizer", "inner_optimizer")
 
@@ -206,7 +206,7 @@ def run_race(
     progress: a ``rich.progress.Progress`` to show per-step bars, or None.
   """
   from optzoo import nn as zn  # pylint: disable=g-import-not-at-top
-  from optzoo._src import data as zdata  # pylint: disable=g-import-not-at-top
+  from optzoo.apps import data as zdata  # pylint: disable=g-import-not-at-top
 
   if not optimizers:
     raise RaceError("no optimizers given.")
@@ -359,7 +359,7 @@ def run_lr_find(spec: str = "sgdm", *, dataset: str = "digits",
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optzoo  # pylint: disable=g-import-not-at-top
   from optzoo import nn as zn  # pylint: disable=g-import-not-at-top
-  from optzoo._src import data as zdata  # pylint: disable=g-import-not-at-top
+  from optzoo.apps import data as zdata  # pylint: disable=g-import-not-at-top
 
   if not hasattr(optzoo, "lr_range_test"):
     raise RaceError("optzoo.lr_range_test is not available in this version.")

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from optzoo._src import base
-from optzoo._src.diagnostics import _hessian as H
+from optzoo._src import validation
+from optzoo._src.diagnostics import hessian as H
 
 __all__ = [
     "CriticalPoint",
@@ -32,7 +32,7 @@ def _default_eig_rtol(dtype) -> float:
 
 
 def _method(method: str, n: int, where: str) -> str:
-  base.check_choice("method", method, ("auto", "dense", "lanczos"))
+  validation.check_choice("method", method, ("auto", "dense", "lanczos"))
   if method == "auto":
     return "dense" if n <= 1024 else "lanczos"
   if method == "dense" and n > H.DENSE_MAX_PARAMS:
@@ -151,12 +151,12 @@ def classify_critical_point(
   where = "classify_critical_point"
   flat, unravel = H.check_loss(loss_fn, params, batch, where)
   n = int(flat.size)
-  base.check_nonneg("grad_tol", grad_tol)
+  validation.check_nonneg("grad_tol", grad_tol)
   if eig_tol is not None:
-    base.check_nonneg("eig_tol", eig_tol)
+    validation.check_nonneg("eig_tol", eig_tol)
   if eig_rtol is None:
     eig_rtol = _default_eig_rtol(flat.dtype)
-  base.check_nonneg("eig_rtol", eig_rtol)
+  validation.check_nonneg("eig_rtol", eig_rtol)
   method = _method(method, n, where)
   key = H._check_key(key, where)  # pylint: disable=protected-access
 
@@ -170,7 +170,7 @@ def classify_critical_point(
   else:
     if num_iters is None:
       num_iters = min(n, 60)
-    base.check_int("num_iters", num_iters, minimum=1)
+    validation.check_int("num_iters", num_iters, minimum=1)
     if num_iters > n:
       raise ValueError(f"{where}: `num_iters`={num_iters} exceeds n={n}.")
     res = H.run_hessian_lanczos(loss_fn, params, batch, flat, num_iters, key)
@@ -251,7 +251,7 @@ def minimum_ratio(
   n = int(flat.size)
   method = _method(method, n, where)
   if tol is not None:
-    base.check_number("tol", tol)
+    validation.check_number("tol", tol)
   rtol = _default_eig_rtol(flat.dtype)
   if method == "dense":
     evals = np.linalg.eigvalsh(H.dense_hessian(loss_fn, params, batch,
@@ -419,12 +419,12 @@ def sharpness(
   where = "sharpness"
   flat, unravel = H.check_loss(loss_fn, params, batch, where)
   n = int(flat.size)
-  base.check_positive("rho", rho)
-  base.check_choice("perturbation", perturbation, ("l2", "box"))
-  base.check_int("num_ascent_steps", num_ascent_steps, minimum=0)
-  base.check_int("num_random", num_random, minimum=1)
-  base.check_bool("compute_eigenvalue", compute_eigenvalue)
-  base.check_int("num_iters", num_iters, minimum=1)
+  validation.check_positive("rho", rho)
+  validation.check_choice("perturbation", perturbation, ("l2", "box"))
+  validation.check_int("num_ascent_steps", num_ascent_steps, minimum=0)
+  validation.check_int("num_random", num_random, minimum=1)
+  validation.check_bool("compute_eigenvalue", compute_eigenvalue)
+  validation.check_int("num_iters", num_iters, minimum=1)
   key = H._check_key(key, where)  # pylint: disable=protected-access
   k_lanczos, k_rand = jax.random.split(key)
   top = None
@@ -545,10 +545,10 @@ def local_entropy_flatness(
   """
   where = "local_entropy_flatness"
   flat, _ = H.check_loss(loss_fn, params, batch, where)
-  base.check_positive("sigma", sigma)
-  base.check_int("num_samples", num_samples, minimum=1)
-  base.check_positive("beta", beta)
-  base.check_bool("relative", relative)
+  validation.check_positive("sigma", sigma)
+  validation.check_int("num_samples", num_samples, minimum=1)
+  validation.check_positive("beta", beta)
+  validation.check_bool("relative", relative)
   key = H._check_key(key, where)  # pylint: disable=protected-access
   loss0, gap, energy, incs = _flatness_jit(
       H.as_static(loss_fn), params, batch, key, jnp.asarray(sigma, flat.dtype),

@@ -67,7 +67,7 @@ def zoo_table_markdown() -> str:
 def _cmd_list(args) -> int:
   import optzoo  # pylint: disable=g-import-not-at-top
   from rich.table import Table  # pylint: disable=g-import-not-at-top
-  from optzoo._src import base  # pylint: disable=g-import-not-at-top
+  from optzoo._src import registry  # pylint: disable=g-import-not-at-top
 
   try:
     infos = optzoo.list_optimizers(family=args.family)
@@ -80,7 +80,7 @@ def _cmd_list(args) -> int:
   if not infos:
     console.print("The registry is empty.")
     return 0
-  for fam in base.FAMILIES:
+  for fam in registry.FAMILIES:
     group = [i for i in infos if i.family == fam]
     if not group:
       continue
@@ -131,7 +131,7 @@ def _split_names(s: str) -> list[str]:
 
 
 def _cmd_race(args) -> int:
-  from optzoo._src import race  # pylint: disable=g-import-not-at-top
+  from optzoo.apps import race  # pylint: disable=g-import-not-at-top
 
   specs = _split_names(args.optimizers) if args.optimizers else list(
       race.DEFAULT_OPTIMIZERS)
@@ -193,7 +193,7 @@ def _cmd_race(args) -> int:
 
 
 def _cmd_lr_find(args) -> int:
-  from optzoo._src import race  # pylint: disable=g-import-not-at-top
+  from optzoo.apps import race  # pylint: disable=g-import-not-at-top
 
   race.build_optimizer(args.optimizer, 1e-3)  # validates the name early
   out = race.check_out_dir(args.out)
@@ -267,8 +267,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Entry point of the ``optzoo`` console script; returns the exit status."""
-  from optzoo._src.data import DatasetError  # pylint: disable=g-import-not-at-top
-  from optzoo._src.race import RaceError  # pylint: disable=g-import-not-at-top
+  from optzoo.apps.data import DatasetError  # pylint: disable=g-import-not-at-top
+  from optzoo.apps.race import RaceError  # pylint: disable=g-import-not-at-top
 
   parser = _parser()
   try:

@@ -1,4 +1,4 @@
-"""Reliability helpers (issue 8): skip steps with non-finite inputs, on device.
+"""Skip steps with non-finite inputs, on device.
 
 ``skip_nonfinite`` is a stricter sibling of :func:`optax.apply_if_finite`: it
 also looks at the loss-like extra arguments (``value``, ``value_sq``) that
@@ -16,9 +16,11 @@ import jax.numpy as jnp
 from jax import lax
 import optax
 
-from optzoo._src import base
+from optzoo._src import registry
+from optzoo._src import tree
+from optzoo._src import validation
 
-__all__ = ["SkipNonfiniteState", "skip_nonfinite", "tree_all_finite"]
+__all__ = ["SkipNonfiniteState", "skip_nonfinite"]
 
 
 class SkipNonfiniteState(NamedTuple):
@@ -40,29 +42,7 @@ class SkipNonfiniteState(NamedTuple):
   last_finite: jax.Array
 
 
-def tree_all_finite(tree: Any) -> jax.Array:
-  """A device boolean: all entries of all (inexact) leaves are finite.
-
-  ``None`` leaves, empty arrays and integer leaves count as finite. Never
-  syncs to the host, so it can be used inside ``jit``.
-
-  Args:
-    tree: any pytree of arrays / scalars.
-
-  Returns:
-    a scalar ``bool`` array.
-  """
-  flags = [
-      jnp.all(jnp.isfinite(x))
-      for x in jax.tree.leaves(tree)
-      if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
-  ]
-  if not flags:
-    return jnp.array(True)
-  return jnp.all(jnp.stack(flags))
-
-
-@base.register(
+@registry.register(
     family="wrapper",
     summary=(
         "Skip optimizer steps whose gradients (or `value` / `value_sq` loss)"
@@ -144,11 +124,11 @@ def skip_nonfinite(
     Micikevicius et al., `Mixed Precision Training
     <https://arxiv.org/abs/1710.03740>`_, ICLR 2018.
 
-  .. seealso:: :func:`optax.apply_if_finite`, :func:`tree_all_finite`.
+  .. seealso:: :func:`optax.apply_if_finite`, :func:`optzoo.tree_all_finite`.
   """
-  base.check_transformation("inner", inner)
+  validation.check_transformation("inner", inner)
   if max_consecutive is not None:
-    base.check_int("max_consecutive", max_consecutive, minimum=0)
+    validation.check_int("max_consecutive", max_consecutive, minimum=0)
   if isinstance(check_extra_args, str) or not all(
       isinstance(a, str) for a in check_extra_args):
     raise TypeError(
@@ -170,7 +150,7 @@ def skip_nonfinite(
         extra_args[k] for k in check_extra_args
         if extra_args.get(k) is not None
     ]
-    finite = tree_all_finite(checked)
+    finite = tree.tree_all_finite(checked)
     notfinite_count = jnp.where(
         finite, jnp.zeros([], jnp.int32),
         optax.safe_increment(state.notfinite_count))

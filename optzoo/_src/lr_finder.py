@@ -1,4 +1,4 @@
-"""The learning-rate range test ("LR finder", Smith 2017) -- issue 3."""
+"""The learning-rate range test ("LR finder", Smith 2017)."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optzoo._src import base
+from optzoo._src import registry
+from optzoo._src import validation
 
 __all__ = ["lr_range_test", "LRRangeTestResult"]
 
@@ -128,7 +129,7 @@ def _set_lr(state: Any, lr: jax.Array) -> Any:
   return state
 
 
-@base.register(
+@registry.register(
     family="tool",
     kind="utility",
     summary="LR range test: exponential lr sweep with divergence stop,"
@@ -230,20 +231,20 @@ def lr_range_test(
   """
   if not callable(loss_fn):
     raise TypeError("`loss_fn` must be callable as loss_fn(params, batch).")
-  base.check_positive("min_lr", min_lr)
-  base.check_positive("max_lr", max_lr)
+  validation.check_positive("min_lr", min_lr)
+  validation.check_positive("max_lr", max_lr)
   if not max_lr > min_lr:
     raise ValueError(f"`max_lr` must be > `min_lr`, got max_lr={max_lr!r},"
                      f" min_lr={min_lr!r}.")
-  base.check_int("num_steps", num_steps, minimum=2)
-  base.check_beta("smoothing", smoothing)
-  base.check_number("diverge_threshold", diverge_threshold)
+  validation.check_int("num_steps", num_steps, minimum=2)
+  validation.check_beta("smoothing", smoothing)
+  validation.check_number("diverge_threshold", diverge_threshold)
   if not diverge_threshold > 1:
     raise ValueError(f"`diverge_threshold` must be > 1, got"
                      f" {diverge_threshold!r}.")
-  base.check_choice("method", method, ("steepest", "minimum"))
-  base.check_int("skip_start", skip_start, minimum=0)
-  base.check_bool("has_aux", has_aux)
+  validation.check_choice("method", method, ("steepest", "minimum"))
+  validation.check_int("skip_start", skip_start, minimum=0)
+  validation.check_bool("has_aux", has_aux)
   if batches is None:
     raise TypeError("`batches` must be an iterable of batches.")
 

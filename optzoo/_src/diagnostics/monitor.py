@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optzoo._src import base
+from optzoo._src import registry
+from optzoo._src import validation
 
 __all__ = [
     "MonitorNormsState",
@@ -62,7 +63,7 @@ def _sq(x, dtype):
   return jnp.sum(jnp.square(x.astype(dtype)))
 
 
-@base.register(
+@registry.register(
     family="tool",
     kind="transformation",
     summary="Records the global/per-leaf norms of what passes through it (and"
@@ -109,7 +110,7 @@ def monitor_norms(history: int = 0) -> optax.GradientTransformationExtraArgs:
     >>> float(state[0].norm) == float(jnp.sqrt(12.0))
     True
   """
-  base.check_int("history", history, minimum=0)
+  validation.check_int("history", history, minimum=0)
   history = int(history)
 
   def init_fn(params):

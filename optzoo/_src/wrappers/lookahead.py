@@ -1,4 +1,4 @@
-"""Lookahead as a drop-in wrapper on ordinary params (issue 3)."""
+"""Lookahead as a drop-in wrapper on ordinary params."""
 from __future__ import annotations
 
 from typing import Any, NamedTuple
@@ -7,7 +7,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optzoo._src import base
+from optzoo._src import registry
+from optzoo._src import tree
+from optzoo._src import validation
 
 __all__ = ["lookahead", "LookaheadState", "lookahead_slow_params"]
 
@@ -26,7 +28,7 @@ class LookaheadState(NamedTuple):
   inner_state: optax.OptState
 
 
-@base.register(
+@registry.register(
     family="wrapper",
     summary="Lookahead: k fast steps forward, one step back toward the slow"
     " weights; drop-in on ordinary params.",
@@ -108,10 +110,10 @@ def lookahead(
     Zhang, Lucas, Hinton & Ba, `Lookahead Optimizer: k steps forward, 1 step
     back <https://arxiv.org/abs/1907.08610>`_, NeurIPS 2019.
   """
-  base.check_transformation("inner", inner)
-  base.check_int("sync_period", sync_period, minimum=1)
-  base.check_unit_interval("slow_step_size", slow_step_size)
-  base.check_bool("reset_state", reset_state)
+  validation.check_transformation("inner", inner)
+  validation.check_int("sync_period", sync_period, minimum=1)
+  validation.check_unit_interval("slow_step_size", slow_step_size)
+  validation.check_bool("reset_state", reset_state)
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
@@ -122,7 +124,7 @@ def lookahead(
     )
 
   def update_fn(updates, state, params=None, **extra_args):
-    base.require_params(params, "lookahead")
+    validation.require_params(params, "lookahead")
     inner_updates, inner_state = inner.update(
         updates, state.inner_state, params, **extra_args)
     count = optax.safe_increment(state.count)
@@ -157,24 +159,8 @@ def lookahead_slow_params(state: Any) -> Any:
   """Returns the slow weights of the (first) :class:`LookaheadState` in
   ``state`` (searching through ``optax.chain`` / ``inject_hyperparams``
   states), for evaluation with the slow weights as in the paper."""
-  found = _find_state(state, LookaheadState)
+  found = tree.find_state(state, LookaheadState)
   if found is None:
     raise ValueError("no lookahead state found in `state`: pass the state of"
                      " an optimizer built with optzoo.lookahead(...).")
   return found.slow
-
-
-def _find_state(state: Any, cls: type) -> Any:
-  if isinstance(state, cls):
-    return state
-  if isinstance(state, (tuple, list)):
-    for s in state:
-      r = _find_state(s, cls)
-      if r is not None:
-        return r
-  elif isinstance(state, dict):
-    for s in state.values():
-      r = _find_state(s, cls)
-      if r is not None:
-        return r
-  return None

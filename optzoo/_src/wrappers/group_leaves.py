@@ -1,13 +1,11 @@
-"""Performance helpers (issue 7): leaf grouping and low-precision state.
+"""Leaf grouping: run an elementwise optimizer once per group of like leaves.
 
-* :func:`group_leaves` stacks leaves of identical shape, dtype and sharding so
-  that an elementwise inner transformation runs once per *group* instead of
-  once per leaf. The inner state is stored stacked (``2 G`` buffers for Adam
-  instead of ``2 N``), and each stacked buffer keeps the per-leaf sharding on
-  its trailing axes (the new leading axis is unsharded), unlike
-  ``optax.flatten`` which ravels everything into one replicated vector.
-* :func:`cast_state` stores the floating-point state of any transformation in
-  a lower precision (e.g. bf16) and computes in the original precision.
+:func:`group_leaves` stacks leaves of identical shape, dtype and sharding so
+that an elementwise inner transformation runs once per *group* instead of once
+per leaf. The inner state is stored stacked (``2 G`` buffers for Adam instead
+of ``2 N``), and each stacked buffer keeps the per-leaf sharding on its
+trailing axes (the new leading axis is unsharded), unlike ``optax.flatten``
+which ravels everything into one replicated vector.
 """
 from __future__ import annotations
 
@@ -19,19 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optzoo._src import base
+from optzoo._src import registry
+from optzoo._src import validation
 
-__all__ = [
-    "group_leaves",
-    "GroupLeavesState",
-    "cast_state",
-    "CastStateState",
-]
-
-
-# ---------------------------------------------------------------------------
-# group_leaves
-# ---------------------------------------------------------------------------
+__all__ = ["group_leaves", "GroupLeavesState"]
 
 
 class GroupLeavesState(NamedTuple):
@@ -190,11 +179,11 @@ def _ungroup(grouped: dict, plan: dict, num_leaves: int,
   return leaves
 
 
-@base.register(
+@registry.register(
     family="wrapper",
     summary="Stack same-shape/dtype/sharding leaves so an elementwise inner"
     " transformation runs once per group (few state buffers, sharding kept).",
-    paper="Engineering helper (issue 7); cf. optax.flatten, which ravels all"
+    paper="Engineering helper; cf. optax.flatten, which ravels all"
     " leaves into one vector and loses per-leaf sharding.",
     reference="the inner transformation itself (bit-identical updates)",
     example=dict(inner="adam"),
@@ -288,9 +277,9 @@ def group_leaves(
   References:
     optax.flatten (the sharding-unaware alternative).
   """
-  base.check_transformation("inner", inner)
+  validation.check_transformation("inner", inner)
   if max_leaf_size is not None:
-    base.check_int("max_leaf_size", max_leaf_size, minimum=1)
+    validation.check_int("max_leaf_size", max_leaf_size, minimum=1)
     max_leaf_size = int(max_leaf_size)
   inner = optax.with_extra_args_support(inner)
 
@@ -353,100 +342,5 @@ def group_leaves(
     out = _ungroup(new_updates, plan, len(leaves), state.digits)
     return (jax.tree.unflatten(treedef, out),
             state._replace(inner_state=inner_state))
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-# ---------------------------------------------------------------------------
-# cast_state
-# ---------------------------------------------------------------------------
-
-
-class CastStateState(NamedTuple):
-  """State of :func:`cast_state`: the inner state, floating arrays cast."""
-
-  inner_state: optax.OptState
-
-
-def _is_castable(x: Any) -> bool:
-  return (hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
-          and np.ndim(x) > 0)
-
-
-@base.register(
-    family="wrapper",
-    summary="Store an optimizer's floating state in low precision (bf16),"
-    " compute in full precision.",
-    paper="Mixed-precision optimizer state, e.g. Dettmers et al., 8-bit"
-    " Optimizers via Block-wise Quantization, ICLR 2022 (here: plain casting)",
-    reference="the inner transformation (identical when dtype equals the"
-    " state's dtype)",
-    example=dict(inner="adam", dtype="bfloat16"),
-    invalid=((dict(inner=3), TypeError), (dict(dtype="int32"), ValueError),
-             (dict(dtype="nonsense"), TypeError)),
-)
-def cast_state(
-    inner: optax.GradientTransformation,
-    dtype: Any = jnp.bfloat16,
-) -> optax.GradientTransformationExtraArgs:
-  r"""Keeps ``inner``'s floating-point state in ``dtype`` between steps.
-
-  Every floating state array with at least one dimension (moments, slow
-  weights, accumulators) is stored as ``dtype``; scalars (counters, running
-  products, learning-rate estimates) keep their precision. At each update the
-  stored arrays are cast back to the dtype ``inner`` creates them in, the
-  step is computed there, and the new state is cast down again:
-
-  .. math::
-
-    s_{t} = \mathrm{cast}_{\texttt{dtype}}\big(A_{\text{state}}(g_t,
-    \mathrm{cast}_{\text{orig}}(s_{t-1}))\big).
-
-  Updates keep the gradients' dtype. With ``dtype=jnp.bfloat16`` Adam's
-  state shrinks from 8 to 4 bytes per f32 parameter (and the step moves 25%
-  fewer bytes); expect results to drift from the full-precision run at the
-  level of bf16 rounding (~3 significant digits) of the moments. Prefer a
-  method's own option where it has one (``optzoo.adam(mu_dtype=...)`` keeps
-  only the first moment in low precision, which is usually safer for the
-  second moment's small values).
-
-  Args:
-    inner: the transformation whose state to compress.
-    dtype: a floating dtype (``jnp.bfloat16``, ``jnp.float16``, ``"bfloat16"``).
-
-  Returns:
-    An ``optax.GradientTransformationExtraArgs``.
-
-  Examples:
-    >>> import jax.numpy as jnp, optzoo
-    >>> tx = optzoo.cast_state(optzoo.adam(1e-3), jnp.bfloat16)
-    >>> state = tx.init({"w": jnp.ones(3)})
-    >>> state.inner_state[0].mu["w"].dtype
-    dtype(bfloat16)
-  """
-  base.check_transformation("inner", inner)
-  try:
-    dtype = jnp.dtype(dtype)
-  except TypeError as e:
-    raise TypeError(f"`dtype` must be a floating dtype, got {dtype!r}.") from e
-  if not jnp.issubdtype(dtype, jnp.floating):
-    raise ValueError(f"`dtype` must be a floating dtype, got {dtype}.")
-  inner = optax.with_extra_args_support(inner)
-
-  def down(state):
-    return jax.tree.map(
-        lambda x: x.astype(dtype) if _is_castable(x) else x, state)
-
-  def init_fn(params):
-    return CastStateState(inner_state=down(inner.init(params)))
-
-  def update_fn(updates, state, params=None, **extra_args):
-    # The dtypes inner works in: those of a fresh state (static, no compute).
-    ref = jax.eval_shape(inner.init, params if params is not None else updates)
-    full = jax.tree.map(
-        lambda x, r: x.astype(r.dtype) if _is_castable(x) else x,
-        state.inner_state, ref)
-    new_updates, new_state = inner.update(updates, full, params, **extra_args)
-    return new_updates, CastStateState(inner_state=down(new_state))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

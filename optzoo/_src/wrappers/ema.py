@@ -1,4 +1,4 @@
-"""Parameter EMA / BYOL target network / uniform (SWA) averaging -- issue 3."""
+"""Parameter EMA / BYOL target network / uniform (SWA) averaging."""
 from __future__ import annotations
 
 from typing import Any, NamedTuple, Union
@@ -7,8 +7,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optzoo._src import base
-from optzoo._src.dynamics.lookahead import _find_state
+from optzoo._src import registry
+from optzoo._src import tree
+from optzoo._src import validation
 
 __all__ = ["param_ema", "ema_params", "ParamEmaState"]
 
@@ -26,7 +27,7 @@ class ParamEmaState(NamedTuple):
   ema: optax.Params
 
 
-@base.register(
+@registry.register(
     family="wrapper",
     summary="EMA (or uniform SWA average) of the parameters, e.g. a BYOL"
     " target network; passes updates through unchanged.",
@@ -95,16 +96,16 @@ def param_ema(
     >>> avg = optzoo.ema_params(state)
   """
   if not callable(decay):
-    base.check_unit_interval("decay", decay)
-  base.check_bool("copy_first", copy_first)
-  base.check_choice("mode", mode, ("ema", "uniform"))
+    validation.check_unit_interval("decay", decay)
+  validation.check_bool("copy_first", copy_first)
+  validation.check_choice("mode", mode, ("ema", "uniform"))
 
   def init_fn(params):
     return ParamEmaState(count=jnp.zeros([], jnp.int32),
                          ema=jax.tree.map(jnp.asarray, params))
 
   def update_fn(updates, state, params=None):
-    base.require_params(params, "param_ema")
+    validation.require_params(params, "param_ema")
     new_params = optax.apply_updates(params, updates)
     n = state.count
     if mode == "ema":
@@ -129,7 +130,7 @@ def ema_params(state: Any) -> Any:
   """The averaged parameters held by the (first) :func:`param_ema` state in
   ``state`` (searches ``optax.chain`` / ``inject_hyperparams`` / ``MultiSteps``
   states)."""
-  found = _find_state(state, ParamEmaState)
+  found = tree.find_state(state, ParamEmaState)
   if found is None:
     raise ValueError("no param_ema state found in `state`: add"
                      " optzoo.param_ema(...) as the last link of your"

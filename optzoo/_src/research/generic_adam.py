@@ -1,4 +1,4 @@
-"""Generic Adam and Zou et al.'s sufficient condition (CVPR 2019) -- issue 3."""
+"""Generic Adam and Zou et al.'s sufficient condition (CVPR 2019)."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optzoo._src import base
+from optzoo._src import registry
+from optzoo._src import validation
 
 __all__ = [
     "generic_adam",
@@ -47,7 +48,7 @@ def _hyper(learning_rate, b1, theta, s, r, step):
   return alpha, beta1, th
 
 
-@base.register(
+@registry.register(
     family="research",
     summary="Generic Adam (Zou et al.): schedules alpha_t = a/t^s, beta1_t,"
     " theta_t = 1 - theta/t^r; no bias correction.",
@@ -114,14 +115,14 @@ def generic_adam(
     Zou, Shen, Jie, Zhang & Liu, `A Sufficient Condition for Convergences of
     Adam and RMSProp <https://arxiv.org/abs/1811.09358>`_, CVPR 2019.
   """
-  base.check_lr(learning_rate)
+  validation.check_lr(learning_rate)
   if not callable(b1):
-    base.check_beta("b1", b1)
+    validation.check_beta("b1", b1)
   if not callable(theta):
-    base.check_unit_interval("theta", theta, low_open=True)
-  base.check_nonneg("eps", eps)
-  base.check_nonneg("s", s)
-  base.check_nonneg("r", r)
+    validation.check_unit_interval("theta", theta, low_open=True)
+  validation.check_nonneg("eps", eps)
+  validation.check_nonneg("s", s)
+  validation.check_nonneg("r", r)
 
   def init_fn(params):
     return GenericAdamState(
@@ -198,7 +199,7 @@ class GenericAdamReport:
         f"  rate: {self.rate}")
 
 
-@base.register(
+@registry.register(
     family="tool",
     kind="utility",
     summary="Checks Zou et al.'s sufficient condition for generic Adam"
@@ -246,7 +247,7 @@ def generic_adam_condition(
   Returns:
     A :class:`GenericAdamReport` (``print`` it for a readable summary).
   """
-  base.check_int("num_steps", num_steps, minimum=10)
+  validation.check_int("num_steps", num_steps, minimum=10)
   if c0 < 1:
     raise ValueError(f"`c0` must be >= 1, got {c0!r}.")
   steps = np.arange(num_steps)

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optzoo._src import base
-from optzoo._src.diagnostics import _landscape
+from optzoo._src import validation
+from optzoo._src.diagnostics import landscape as _landscape
 
 __all__ = ["BatchSizeRun", "BatchSizeReport", "batch_size_experiment", "scaled_learning_rate"]
 
@@ -24,14 +24,14 @@ def scaled_learning_rate(learning_rate: float, base_batch_size: int, batch_size:
   (Adam-type); ``"none"``: :math:`\eta`. Uses ``optzoo.scale_for_batch_size``
   (Granziol et al.) for the first two.
   """
-  base.check_positive("learning_rate", learning_rate)
-  base.check_int("base_batch_size", base_batch_size, minimum=1)
-  base.check_int("batch_size", batch_size, minimum=1)
-  base.check_choice("rule", rule, ("linear", "sqrt", "none"))
+  validation.check_positive("learning_rate", learning_rate)
+  validation.check_int("base_batch_size", base_batch_size, minimum=1)
+  validation.check_int("batch_size", batch_size, minimum=1)
+  validation.check_choice("rule", rule, ("linear", "sqrt", "none"))
   if rule == "none":
     return float(learning_rate)
-  try:  # the shared implementation (issue 3), when present.
-    from optzoo._src.dynamics.schedules import scale_for_batch_size  # pylint: disable=g-import-not-at-top
+  try:  # the shared implementation, when present.
+    from optzoo._src.schedules import scale_for_batch_size  # pylint: disable=g-import-not-at-top
     return float(scale_for_batch_size(float(learning_rate), base_batch_size,
                                       batch_size, rule)(0))
   except ImportError:  # pragma: no cover
@@ -193,20 +193,20 @@ def batch_size_experiment(
   if not batch_sizes:
     raise ValueError("batch_size_experiment: `batch_sizes` is empty.")
   for b in batch_sizes:
-    base.check_int("batch_sizes", b, minimum=1)
+    validation.check_int("batch_sizes", b, minimum=1)
     if b > n:
       raise ValueError(
           f"batch_size_experiment: batch size {b} is larger than the {n}"
           " training examples.")
   if base_batch_size is None:
     base_batch_size = min(batch_sizes)
-  base.check_int("base_batch_size", base_batch_size, minimum=1)
-  base.check_positive("base_learning_rate", base_learning_rate)
-  base.check_choice("rule", rule, ("linear", "sqrt", "none"))
-  base.check_int("num_epochs", num_epochs, minimum=1)
-  base.check_positive("rho", rho)
-  base.check_int("sharpness_examples", sharpness_examples, minimum=1)
-  base.check_int("lanczos_iters", lanczos_iters, minimum=1)
+  validation.check_int("base_batch_size", base_batch_size, minimum=1)
+  validation.check_positive("base_learning_rate", base_learning_rate)
+  validation.check_choice("rule", rule, ("linear", "sqrt", "none"))
+  validation.check_int("num_epochs", num_epochs, minimum=1)
+  validation.check_positive("rho", rho)
+  validation.check_int("sharpness_examples", sharpness_examples, minimum=1)
+  validation.check_int("lanczos_iters", lanczos_iters, minimum=1)
   if optimizer is None:
     optimizer = optax.sgd
   elif not callable(optimizer):
