@@ -141,6 +141,12 @@ from optzoo._src.torch_schedules import chained_scheduler
 from optzoo._src.torch_schedules import cyclic_momentum
 from optzoo._src.torch_schedules import reduce_lr_on_plateau
 from optzoo._src.torch_schedules import ReduceLROnPlateauState
+# torch.optim.swa_utils.
+from optzoo._src.swa import AveragedModel
+from optzoo._src.swa import AveragedModelState
+from optzoo._src.swa import averaged_model
+from optzoo._src.swa import swalr
+from optzoo._src.swa import update_bn
 
 # Registry.
 from optzoo._src.registry import get_info
@@ -280,6 +286,12 @@ __all__ = [
     "cyclic_momentum",
     "reduce_lr_on_plateau",
     "ReduceLROnPlateauState",
+    # torch.optim.swa_utils
+    "AveragedModel",
+    "AveragedModelState",
+    "averaged_model",
+    "swalr",
+    "update_bn",
 ]
 
 #  / Please don't use symbols in `_src`: they \

@@ -15,6 +15,7 @@ from optzoo._src.schedules import one_cycle_momentum
 from optzoo._src.schedules import radam_warmup
 from optzoo._src.schedules import scale_for_batch_size
 from optzoo._src.schedules import sgdr
+from optzoo._src.swa import swalr
 from optzoo._src.torch_schedules import ReduceLROnPlateauState
 from optzoo._src.torch_schedules import TorchSchedule
 from optzoo._src.torch_schedules import chained_scheduler
@@ -55,4 +56,5 @@ __all__ = [
     "sequential_lr",
     "chained_scheduler",
     "cyclic_momentum",
+    "swalr",
 ]
