@@ -141,6 +141,13 @@ from optzoo._src.torch_schedules import chained_scheduler
 from optzoo._src.torch_schedules import cyclic_momentum
 from optzoo._src.torch_schedules import reduce_lr_on_plateau
 from optzoo._src.torch_schedules import ReduceLROnPlateauState
+# torch-style parameter groups.
+from optzoo._src.param_groups import param_groups
+from optzoo._src.param_groups import param_labels
+from optzoo._src.param_groups import param_mask
+from optzoo._src.param_groups import no_decay_groups
+from optzoo._src.param_groups import scaled_lr_groups
+from optzoo._src.param_groups import path_str
 # torch.optim.swa_utils.
 from optzoo._src.swa import AveragedModel
 from optzoo._src.swa import AveragedModelState
@@ -286,6 +293,13 @@ __all__ = [
     "cyclic_momentum",
     "reduce_lr_on_plateau",
     "ReduceLROnPlateauState",
+    # torch-style parameter groups
+    "param_groups",
+    "param_labels",
+    "param_mask",
+    "no_decay_groups",
+    "scaled_lr_groups",
+    "path_str",
     # torch.optim.swa_utils
     "AveragedModel",
     "AveragedModelState",
