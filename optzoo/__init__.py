@@ -148,6 +148,10 @@ from optzoo._src.param_groups import param_mask
 from optzoo._src.param_groups import no_decay_groups
 from optzoo._src.param_groups import scaled_lr_groups
 from optzoo._src.param_groups import path_str
+# torch state_dict interop.
+from optzoo._src.torch_interop import from_torch_optimizer_state
+from optzoo._src.torch_interop import to_torch_optimizer_state
+from optzoo._src.torch_interop import from_torch_scheduler_state
 # torch.optim.swa_utils.
 from optzoo._src.swa import AveragedModel
 from optzoo._src.swa import AveragedModelState
@@ -300,6 +304,10 @@ __all__ = [
     "no_decay_groups",
     "scaled_lr_groups",
     "path_str",
+    # torch state_dict interop
+    "from_torch_optimizer_state",
+    "to_torch_optimizer_state",
+    "from_torch_scheduler_state",
     # torch.optim.swa_utils
     "AveragedModel",
     "AveragedModelState",
