@@ -70,6 +70,17 @@ CASES = {
     "adam_amsgrad_cosine": lambda: optax.inject_hyperparams(optzoo.adam)(
         learning_rate=S.cosine_annealing_lr(0.01, 200), amsgrad=True),
 }
+# The same torch runs resumed into other optzoo state layouts: a plain
+# schedule (ScaleByScheduleState) and param groups (multi_transform).
+VARIANTS = {
+    "adam_amsgrad_cosine": lambda: optzoo.adam(
+        S.cosine_annealing_lr(0.01, 200), amsgrad=True),
+    "adamw_onecycle": lambda: optzoo.param_groups(
+        optax.inject_hyperparams(optzoo.adamw),
+        [{"params": "l1/**"}, {"params": "**"}],
+        defaults=dict(learning_rate=S.one_cycle(0.02, 200),
+                      b1=S.one_cycle_momentum(200), weight_decay=0.05)),
+}
 
 
 def _max_rel(a, b):
@@ -102,6 +113,16 @@ def test_resume_torch_run(case):
       if v is not None:
         np.testing.assert_allclose(np.asarray(back["state"][i][k]), v,
                                    rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", sorted(VARIANTS))
+def test_resume_into_other_state_layouts(case):
+  tx = VARIANTS[case]()
+  p100, p200 = _params(f"{case}/p100"), _params(f"{case}/p200")
+  state = optzoo.from_torch_optimizer_state(_state_dict(case), tx.init(p100),
+                                            p100, ORDER, step=100)
+  p, _ = _continue(tx, p100, state)
+  assert _max_rel(p, p200) <= 1e-6, _max_rel(p, p200)
 
 
 def test_without_inject_hyperparams_and_default_step():

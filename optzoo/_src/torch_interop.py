@@ -13,7 +13,8 @@ states that carry these moments, by field names, so optzoo's and optax's own
 ``ScaleByAdamState`` / ``TraceState`` are both found, also nested in
 ``optax.chain``, ``inject_hyperparams`` (whose ``count`` is set to the step
 and whose hyperparameters take the torch group's values) and
-``multi_transform`` (param groups).
+``multi_transform`` (param groups); schedule step counters
+(``ScaleByScheduleState``) are set to the step too.
 
 torch is optional: the state_dict may hold NumPy arrays / Python numbers
 instead of tensors (tensors are converted when torch is importable).
@@ -281,6 +282,15 @@ def from_torch_optimizer_state(
             lambda c: jnp.asarray(count_step, jnp.asarray(c).dtype),
             node.hyperparams_states))
       return new
+    if hasattr(node, "_fields") and tuple(node._fields) == ("count",):
+      # A schedule's step counter (optax.scale_by_schedule).
+      if count_step is None:
+        raise ValueError(
+            "the template has a learning-rate schedule: pass `step=` (e.g."
+            " from_torch_scheduler_state(sched.state_dict())); torch SGD"
+            " does not store a step count.")
+      return node._replace(
+          count=jnp.asarray(count_step, jnp.asarray(node.count).dtype))
     if _is_adam_state(node):
       if kind != "adam":
         raise ValueError("the torch state_dict is from SGD (momentum_buffer)"
