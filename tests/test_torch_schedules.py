@@ -182,6 +182,18 @@ def test_python_int_steps_and_float32():
                                  atol=1e-7 * ref.max())
 
 
+def test_chained_precomputed_table_equals_the_recursion():
+  """num_steps: O(1) lookups for the first steps, the loop after them."""
+  members = lambda: [S.linear_lr(0.1, 0.1, 1.0, 100),
+                     S.cosine_annealing_lr(0.1, 300)]
+  ref = FIX["lr/chain_lin_cos"]
+  tab = S.chained_scheduler(members(), num_steps=700)
+  assert not tab.loop and S.chained_scheduler(members()).loop
+  got = np.asarray(jax.jit(jax.vmap(tab))(jnp.arange(len(ref))))
+  assert _rel(got, ref).max() <= TOL
+  assert abs(float(jax.jit(tab)(jnp.int32(1000))) - ref[1000]) <= TOL * ref[1000]
+
+
 def test_large_steps_stay_finite():
   for name in ("cos_7_eta", "step_7", "seq_const_exp_step", "poly_sqrt",
                "chain_const_exp"):

@@ -770,11 +770,13 @@ def _flatten_chain(members):
                              exponential_lr(0.1, 0.99)]),
     invalid=(
         (dict(schedulers=[]), ValueError),
+        (dict(num_steps=0), ValueError),
         (dict(schedulers=[optax.constant_schedule(0.1)]), TypeError),
         (dict(schedulers=[step_lr(0.1, 5), step_lr(0.2, 5)]), ValueError),
     ),
 )
-def chained_scheduler(schedulers: Sequence[TorchSchedule]) -> TorchSchedule:
+def chained_scheduler(schedulers: Sequence[TorchSchedule],
+                      num_steps: Optional[int] = None) -> TorchSchedule:
   r"""``torch.optim.lr_scheduler.ChainedScheduler``.
 
   Each step, member 1 updates the lr, member 2 updates the result, ... (each
@@ -787,11 +789,15 @@ def chained_scheduler(schedulers: Sequence[TorchSchedule]) -> TorchSchedule:
   forms (O(1)). Otherwise (``cosine_annealing_lr``, ``lambda_lr``,
   ``sequential_lr``, callable ``multiplicative_lr`` members) torch's
   recursion is run from step 1 to ``step`` in a ``lax.fori_loop``: exact,
-  O(step) per call.
+  O(step) per call; with ``num_steps`` the first ``num_steps`` values are
+  computed once at construction (one ``lax.scan``) and looked up in O(1),
+  the loop only running for later steps.
 
   Args:
     schedulers: list of torch-style schedules from this module sharing one
       base learning rate (a nested ``chained_scheduler`` is flattened).
+    num_steps: optional length of the precomputed table (integer >= 1);
+      only used when the recursion is needed.
 
   Returns:
     A :class:`TorchSchedule`.
@@ -799,6 +805,8 @@ def chained_scheduler(schedulers: Sequence[TorchSchedule]) -> TorchSchedule:
   members, lr0 = _check_members("schedulers", schedulers,
                                 allow_sequential=True)
   members = _flatten_chain(members)
+  if num_steps is not None:
+    validation.check_int("num_steps", num_steps, minimum=1)
 
   def init(lr):
     for s in members:
@@ -818,11 +826,29 @@ def chained_scheduler(schedulers: Sequence[TorchSchedule]) -> TorchSchedule:
       return out
     loop = False
   else:
-    def closed(t):
+    def looped(t):
       lr = init(jnp.asarray(lr0, _fdtype()))
       return jax.lax.fori_loop(jnp.ones((), t.dtype), t + 1,
                                lambda s, lr: _f(step(lr, s)), _f(lr))
     loop = True
+    closed = looped
+    if num_steps is not None:
+      n = int(num_steps)
+
+      def scan_body(lr, s):
+        new = _f(step(lr, s))
+        return new, new
+
+      first = _f(init(jnp.asarray(lr0, _fdtype())))
+      _, rest = jax.jit(lambda: jax.lax.scan(
+          scan_body, first, jnp.arange(1, n, dtype=_idtype())))()
+      table = jnp.concatenate([first[None], rest])
+
+      def closed(t):
+        idx = jnp.clip(t, 0, n - 1)
+        return jax.lax.cond(t < n, lambda: table[idx].astype(_fdtype()),
+                            lambda: looped(t))
+      loop = False
 
   out = TorchSchedule("ChainedScheduler", lr0, closed, init=init, step=step,
                       restart=None, loop=loop)
