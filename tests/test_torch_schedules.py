@@ -338,6 +338,24 @@ def test_reduce_lr_on_plateau_negative_control():
   assert np.max(np.abs(lr[:-1] - ref[1:]) / ref[1:]) > 1e-3
 
 
+def test_reduce_lr_on_plateau_under_inject_hyperparams():
+  name = "min_abs_cooldown"
+  metric, ref = FIX[f"plateau/{name}/metric"], FIX[f"plateau/{name}/lr"]
+  kw = dict(PLATEAU[name])
+  tx = optax.inject_hyperparams(
+      S.reduce_lr_on_plateau,
+      static_args=("mode", "threshold_mode"))(0.1, **kw)
+  params = {"w": jnp.ones(1)}
+
+  def body(state, m):
+    u, state = tx.update({"w": jnp.ones(1)}, state, params, value=m)
+    return state, -0.1 * u["w"][0]
+
+  got = np.asarray(jax.jit(lambda ms: jax.lax.scan(
+      body, tx.init(params), ms)[1])(jnp.asarray(metric)))
+  np.testing.assert_allclose(-got, ref, rtol=1e-12)
+
+
 def test_reduce_lr_on_plateau_float32_and_nonfinite():
   metric = FIX["plateau/min_rel/metric"].copy()
   metric[[3, 50]] = np.nan

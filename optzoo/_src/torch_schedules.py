@@ -1027,9 +1027,8 @@ def reduce_lr_on_plateau(
   validation.check_positive("learning_rate", learning_rate)
   validation.check_choice("mode", mode, ("min", "max"))
   validation.check_choice("threshold_mode", threshold_mode, ("rel", "abs"))
-  validation.check_number("factor", factor)
-  if not 0.0 < float(factor) < 1.0:
-    raise ValueError(f"`factor` must be in (0, 1), got {factor!r}.")
+  validation.check_unit_interval("factor", factor, low_open=True,
+                                 high_open=True)
   validation.check_int("patience", patience, minimum=0)
   validation.check_int("cooldown", cooldown, minimum=0)
   validation.check_nonneg("threshold", threshold)
