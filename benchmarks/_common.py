@@ -31,6 +31,32 @@ def make_params(n_params: int, n_leaves: int, dtype=jnp.float32, seed=0):
   return params, grads
 
 
+def make_transformer_params(n_matrices: int = 4, shape=(1024, 4096),
+                            dtype=jnp.float32, seed=0):
+  """A transformer-like tree: ``n_matrices`` weight matrices of ``shape``,
+  each with a bias of ``shape[-1]`` (dicts ``layer_i/{kernel,bias}``)."""
+  key = jax.random.key(seed)
+  params, grads = {}, {}
+  for i in range(n_matrices):
+    k1, k2, k3, k4 = jax.random.split(jax.random.fold_in(key, i), 4)
+    params[f"layer_{i}"] = {
+        "kernel": jax.random.normal(k1, shape, dtype) / np.sqrt(shape[0]),
+        "bias": 1e-2 * jax.random.normal(k2, shape[-1:], dtype)}
+    grads[f"layer_{i}"] = {
+        "kernel": 1e-2 * jax.random.normal(k3, shape, dtype),
+        "bias": 1e-2 * jax.random.normal(k4, shape[-1:], dtype)}
+  return params, grads
+
+
+def state_bytes_per_param(tx: optax.GradientTransformation, params: Any) -> float:
+  """Bytes of ``tx.init(params)`` per parameter, by ``jax.eval_shape`` (no
+  allocation)."""
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), params)
+  state = jax.eval_shape(tx.init, shapes)
+  n = sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(shapes))
+  return tree_bytes(state) / n
+
+
 def tree_bytes(tree: Any) -> int:
   return int(sum(np.dtype(x.dtype).itemsize * np.size(x)
                  for x in jax.tree.leaves(tree) if hasattr(x, "dtype")))

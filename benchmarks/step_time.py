@@ -4,6 +4,8 @@
     python -m benchmarks.step_time --quick         # 1M and 10M, fewer repeats
     python -m benchmarks.step_time --sizes 10M --leaves 1 --methods adam,sgd_momentum
     python -m benchmarks.step_time --markdown benchmarks/step_time.md --json out.json
+    python -m benchmarks.step_time --tree transformer --leaves 4 \\
+        --methods adam,lars,lamb,adafactor,sm3    # + state bytes/param table
 
 For every method and configuration it prints:
 
@@ -74,7 +76,23 @@ def _methods():
                             lambda: optax.adam(LR)),
       "adam(mu bf16)": (lambda: optzoo.adam(LR, mu_dtype=jnp.bfloat16),
                         lambda: optax.adam(LR, mu_dtype=jnp.bfloat16)),
+      # Large-batch and memory-light methods. Same cost class, different
+      # math (see each optzoo docstring): optax.lars adapts every leaf and
+      # uses ||g + wd w||; optax.lamb bias-corrects both moments; optax's
+      # adafactor factors only dims >= 128 and has no 1/sqrt(t) cap; optax.sm3
+      # puts eps outside the root. Compare them on --tree transformer.
+      "lars": (lambda: optzoo.lars(LR, weight_decay=1e-4),
+               lambda: optax.lars(LR, weight_decay=1e-4)),
+      "lamb": (lambda: optzoo.lamb(LR, weight_decay=1e-2),
+               lambda: optax.lamb(LR, weight_decay=1e-2)),
+      "adafactor": (lambda: optzoo.adafactor(LR), lambda: optax.adafactor(LR)),
+      "sm3": (lambda: optzoo.sm3(LR), lambda: optax.sm3(LR, momentum=0.0)),
   }
+
+# Methods whose state is not params-sized: on --tree transformer their state
+# bytes per parameter must stay <= this fraction of Adam's.
+FACTORED = ("adafactor", "sm3")
+FACTORED_MAX_FRACTION_OF_ADAM = 0.05
 
 
 ELEMENTWISE = {"adam", "adamw", "sgd", "sgd_momentum", "nesterov", "rmsprop",
@@ -92,8 +110,13 @@ def _label(n: int) -> str:
   return f"{n // 10**6}M" if n % 10**6 == 0 else str(n)
 
 
-def bench_one(name, zoo_factory, optax_factory, n_params, n_leaves, repeats):
-  params, grads = C.make_params(n_params, n_leaves)
+def bench_one(name, zoo_factory, optax_factory, n_params, n_leaves, repeats,
+              tree="flat"):
+  if tree == "transformer":
+    params, grads = C.make_transformer_params(n_leaves)
+    n_params = sum(x.size for x in jax.tree.leaves(params))
+  else:
+    params, grads = C.make_params(n_params, n_leaves)
   steppers = {}
   zoo = zoo_factory()
   p = C.copy_tree(params)
@@ -127,6 +150,10 @@ def bench_one(name, zoo_factory, optax_factory, n_params, n_leaves, repeats):
       "zoo_compile_s": steppers["zoo"].compile_s,
       "optax_compile_s": (steppers["optax"].compile_s
                           if "optax" in steppers else None),
+      "optax_state_bytes_per_param": (
+          C.tree_bytes(steppers["optax"].state) / n_params
+          if "optax" in steppers else None),
+      "tree": tree,
   }
   # Two estimates: the median of per-round ratios (robust to machine drift),
   # and fastest round over fastest round (interference only adds time).
@@ -187,6 +214,37 @@ def format_markdown(rows, torch_times=None):
   return "\n".join(out)
 
 
+def state_memory_rows(n_matrices=4):
+  """State bytes per parameter (jax.eval_shape, no allocation) on the
+  transformer-like tree, optzoo and optax, for Adam and the four
+  large-scale methods; ``fraction_of_adam`` is optzoo's over optzoo Adam's."""
+  params, _ = C.make_transformer_params(n_matrices)
+  methods = _methods()
+  adam = C.state_bytes_per_param(methods["adam"][0](), params)
+  rows = []
+  for name in ("adam", "lars", "lamb", "adafactor", "sm3"):
+    zf, of = methods[name]
+    zoo = C.state_bytes_per_param(zf(), params)
+    rows.append({"method": name, "zoo_B_per_param": zoo,
+                 "optax_B_per_param": C.state_bytes_per_param(of(), params),
+                 "fraction_of_adam": zoo / adam})
+  return rows
+
+
+def format_state_memory(leaves):
+  lines = []
+  for n in leaves:
+    lines.append(f"state bytes/param, {n} x (1024, 4096) matrices + biases:")
+    lines.append(f"{'method':<12}{'optzoo':>9}{'optax':>9}{'x adam':>9}")
+    for r in state_memory_rows(n):
+      ok = ("" if r["method"] not in FACTORED else
+            ("  ok" if r["fraction_of_adam"] <= FACTORED_MAX_FRACTION_OF_ADAM
+             else "  TOO BIG"))
+      lines.append(f"{r['method']:<12}{r['zoo_B_per_param']:>9.4f}"
+                   f"{r['optax_B_per_param']:>9.4f}{r['fraction_of_adam']:>9.4f}{ok}")
+  return "\n".join(lines)
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--sizes", default="1M,10M,50M")
@@ -195,6 +253,10 @@ def main(argv=None):
   ap.add_argument("--repeats", type=int, default=21)
   ap.add_argument("--quick", action="store_true",
                   help="sizes 1M,10M and 5 repeats")
+  ap.add_argument("--tree", choices=("flat", "transformer"), default="flat",
+                  help="flat: --leaves 1-D leaves of --sizes parameters in all;"
+                  " transformer: --leaves (1024, 4096) matrices with biases"
+                  " (--sizes is ignored), for the factored methods")
   ap.add_argument("--json", default=None, help="write the rows here")
   ap.add_argument("--markdown", default=None, help="write a markdown table")
   ap.add_argument("--torch-json",
@@ -204,6 +266,8 @@ def main(argv=None):
   if args.quick:
     args.sizes, args.repeats = "1M,10M", 5
   sizes = [_parse_size(s) for s in args.sizes.split(",")]
+  if args.tree == "transformer":
+    sizes = sizes[:1]
   leaves = [int(x) for x in args.leaves.split(",")]
   methods = _methods()
   names = [m.strip() for m in args.methods.split(",")]
@@ -223,7 +287,8 @@ def main(argv=None):
     for n_leaves in leaves:
       for name in names:
         zf, of = methods[name]
-        row = bench_one(name, zf, of, n_params, n_leaves, args.repeats)
+        row = bench_one(name, zf, of, n_params, n_leaves, args.repeats,
+                        tree=args.tree)
         rows.append(row)
         print(format_table([row], torch_times).splitlines()[-1], flush=True)
   print()
@@ -239,6 +304,9 @@ def main(argv=None):
     print(f"worst roofline ratio at >=10M: {worst['roof_ratio']:.2f}"
           f" ({worst['method']}, {_label(worst['params'])},"
           f" {worst['leaves']} leaves)")
+  if args.tree == "transformer":
+    print()
+    print(format_state_memory(leaves))
   if args.json:
     with open(args.json, "w") as f:
       json.dump({"machine": info, "rows": rows}, f, indent=1)

@@ -298,7 +298,7 @@ def nb_schedules():
       """),
       code("""
       T = 600
-      nicer = {   # overrides of the registry examples, for readable plots
+      nicer = {   # settings that make readable plots
           "cyclical": dict(base_lr=1e-3, max_lr=1e-2, step_size_up=75, mode="triangular2"),
           "sgdr": dict(learning_rate=1e-2, t_0=40, t_mult=2),
           "one_cycle": dict(max_lr=1e-2, total_steps=T),
@@ -314,8 +314,10 @@ def nb_schedules():
       rows = -(-(len(infos) + 1) // cols)
       fig, axes = plt.subplots(rows, cols, figsize=(13, 2.8 * rows))
       steps = np.arange(T)
+      def build(info):   # readable settings above; otherwise just the base learning rate
+          return info.factory(**nicer[info.name]) if info.name in nicer else info.factory(1e-2)
       for ax, info in zip(axes.flat, infos):
-          sched = info.build(**nicer.get(info.name, {}))
+          sched = build(info)
           ax.plot(steps, [float(sched(i)) for i in steps])
           ax.set_title(f"optzoo.{info.name}", fontsize=10); ax.grid(alpha=.3)
       for ax in list(axes.flat)[len(infos):]:

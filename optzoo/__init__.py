@@ -40,6 +40,17 @@ from optzoo._src.alias import sgdw
 from optzoo._src.alias import swats
 from optzoo._src.alias import SwatsState
 
+# Large-batch (trust-ratio) and memory-light (factored) methods.
+from optzoo._src.factorized import adafactor
+from optzoo._src.factorized import scale_by_factored_rms
+from optzoo._src.factorized import scale_by_sm3
+from optzoo._src.factorized import sm3
+from optzoo._src.large_batch import exclude_bias_and_norm
+from optzoo._src.large_batch import lamb
+from optzoo._src.large_batch import lars
+from optzoo._src.large_batch import scale_by_lamb_trust_ratio
+from optzoo._src.large_batch import scale_by_lars_trust_ratio
+
 # Wrappers.
 from optzoo._src.wrappers.cast_state import cast_state
 from optzoo._src.wrappers.cast_state import CastStateState
@@ -172,6 +183,7 @@ from optzoo.diagnostics import monitor_norms
 
 __all__ = [
     "adabound",
+    "adafactor",
     "adagrad",
     "adam",
     "adamw",
@@ -191,6 +203,7 @@ __all__ = [
     "ema_params",
     "entropy_sgd",
     "EntropySGDState",
+    "exclude_bias_and_norm",
     "exponential_warmup",
     "generic_adam",
     "generic_adam_condition",
@@ -212,6 +225,8 @@ __all__ = [
     "koala_loss_stats",
     "KoalaMState",
     "KoalaVState",
+    "lamb",
+    "lars",
     "linear_warmup",
     "list_optimizers",
     "local_energy",
@@ -249,12 +264,16 @@ __all__ = [
     "scale_by_adagrad",
     "scale_by_adam",
     "scale_by_bounds",
+    "scale_by_factored_rms",
     "scale_by_input_power",
+    "scale_by_lamb_trust_ratio",
+    "scale_by_lars_trust_ratio",
     "scale_by_learning_rate",
     "scale_by_mini_block_fisher",
     "scale_by_nadam",
     "scale_by_radam",
     "scale_by_rms",
+    "scale_by_sm3",
     "scale_for_batch_size",
     "ScaleByInputPowerState",
     "ScaleByMiniBlockFisherState",
@@ -266,6 +285,7 @@ __all__ = [
     "sgdw",
     "skip_nonfinite",
     "SkipNonfiniteState",
+    "sm3",
     "sparse_connectivity",
     "sphere_sgd",
     "SphereSgdState",

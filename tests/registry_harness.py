@@ -5,7 +5,7 @@ supplies each method's extra arguments generically:
 
 >>> prob = make_problem()
 >>> info = optzoo.get_info("koala")
->>> tx = info.build()
+>>> tx = registry_cases.build(info)
 >>> state = tx.init(prob.params)
 >>> grads = prob.grad_fn(prob.params)
 >>> extra = extra_args_for(info, prob.params, prob, step=0)

@@ -19,9 +19,11 @@ import pytest
 
 import optzoo
 from helpers import TraceCounter
+import registry_cases
 
 ALIASES = ("sgd", "nag", "sgdw", "adagrad", "rmsprop", "adam", "amsgrad",
-           "adamw", "nadam", "radam", "adabound")
+           "adamw", "nadam", "radam", "adabound", "lars", "lamb", "adafactor",
+           "sm3")
 
 # Non-default settings that switch on every branch of each alias, so that the
 # properties below are checked on the full chain (momentum, Nesterov, L2,
@@ -39,6 +41,11 @@ FULL = {
     "nadam": dict(weight_decay=1e-2),
     "radam": dict(weight_decay=1e-2),
     "adabound": dict(weight_decay=1e-2, amsbound=True, final_lr=0.05),
+    "lars": dict(momentum=0.9, nesterov=True, dampening=0.0, weight_decay=1e-2,
+                 trust_coefficient=0.02),
+    "lamb": dict(weight_decay=1e-2, pre_norm=True, max_grad_norm=1.0),
+    "adafactor": dict(weight_decay=1e-2, b1=0.9),
+    "sm3": dict(momentum=0.9, b2=0.5),
 }
 
 
@@ -116,8 +123,10 @@ def test_inject_hyperparams_lr_change_no_retrace(alias):
   _, new_state_b, u_b = step(params, state_b)
   assert counter.count == 1, "changing the injected learning rate retraced"
   assert float(new_state_b.hyperparams["learning_rate"]) == pytest.approx(0.02)
-  if alias == "adabound":
-    # Injected lr is also the bounds' base lr (documented): not linear in lr.
+  if alias in ("adabound", "lamb", "adafactor"):
+    # Not linear in lr (documented, as the references): adabound's bounds use
+    # the injected lr; LAMB's trust ratio takes the weight norm after the
+    # lr-scaled decoupled decay; Adafactor's momentum averages lr-scaled steps.
     assert not np.allclose(np.asarray(u_a["w"]), np.asarray(u_b["w"]))
   else:
     # The learning rate is the last link: the update is linear in it.
@@ -322,13 +331,13 @@ def test_constant_schedule_equals_float(alias):
 @pytest.mark.parametrize("alias", ALIASES)
 def test_registered(alias):
   info = optzoo.get_info(alias)
-  assert info.family == ("Team SGD" if alias in ("sgd", "nag", "sgdw")
+  assert info.family == ("Team SGD" if alias in ("sgd", "nag", "sgdw", "lars")
                          else "Team Adam")
   assert info.reference and info.paper
-  tx = info.build()
+  tx = registry_cases.build(info)
   params = tree()
   u, _ = tx.update(grads_of(params), tx.init(params), params)
   assert jax.tree.structure(u) == jax.tree.structure(params)
-  for override, exc in info.invalid:
+  for override, exc in registry_cases.invalid(info.name):
     with pytest.raises(exc):
-      info.build(**override)
+      registry_cases.build(info, **override)

@@ -73,11 +73,11 @@ def test_table_is_markdown_for_every_method(capsys):
   code, out, _ = _run(capsys, "table")
   assert code == 0
   lines = out.strip().splitlines()
-  assert lines[0] == "| method | family | reference | status |"
+  assert lines[0] == "| method | family | reference | verified against | status |"
   assert len(lines) == 2 + len(optzoo.list_optimizers())
   row = next(l for l in lines if l.startswith("| `adam` |"))
-  assert "Team Adam" in row and "torch.optim.Adam" in row
-  assert all(l.count("|") == 5 for l in lines)
+  assert "Team Adam" in row and "torch.optim.Adam" in row and "reference-exact" in row
+  assert all(l.count("|") == 6 for l in lines)
 
 
 def test_no_command_prints_help(capsys):

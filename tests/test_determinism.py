@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+import registry_cases
 from test_registry_validation import (assert_trees_equal, build, ids,
                                       make_step, problem, transformation_infos)
 
@@ -100,7 +101,7 @@ def test_random_methods_are_reproducible(info):
     # Without the `key` extra arg the factory's seed drives the randomness.
     info = dataclasses.replace(
         info, extra_args=tuple(a for a in info.extra_args if a != "key"))
-    seed = int(info.example.get("seed", 0))
+    seed = int(registry_cases.example(info.name).get("seed", 0))
     a, sa = _trajectory(info, seed=seed, **noisy)
     b, sb = _trajectory(info, seed=seed, **noisy)
     c, _ = _trajectory(info, seed=seed + 1, **noisy)

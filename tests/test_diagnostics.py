@@ -23,6 +23,7 @@ import optzoo.diagnostics as dg
 from optzoo._src import registry
 
 from helpers import TraceCounter, pytree_problem
+import registry_cases
 
 
 # ---------------------------------------------------------------------------
@@ -517,12 +518,12 @@ def test_lanczos_compiles_once_per_loss():
 def test_monitor_registered_and_validates():
   info = registry.registry()["monitor_norms"]
   assert info.family == "tool" and info.kind == "transformation"
-  tx = info.build()
+  tx = registry_cases.build(info)
   params = {"w": jnp.ones(2)}
   tx.update(params, tx.init(params), params)
-  for override, exc in info.invalid:
+  for override, exc in registry_cases.invalid(info.name):
     with pytest.raises(exc, match="history"):
-      info.build(**override)
+      registry_cases.build(info, **override)
   inj = optax.inject_hyperparams(dg.monitor_norms, static_args=("history",))(history=3)
   inj.update(params, inj.init(params), params)
 

@@ -1,5 +1,5 @@
 """Gradient noise, parameter EMA, generic Adam and the LR range test,
-plus jit / dtype / pytree / sharding properties of every issue-3 transformation.
+plus jit / dtype / pytree / sharding properties of each of these transformations.
 """
 import functools
 
@@ -12,6 +12,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import optzoo
 from helpers import TraceCounter, fixture_path, pytree_problem
+import registry_cases
 
 
 # ---------------------------------------------------------------------------
@@ -369,7 +370,7 @@ def test_lr_range_test_bad_input(kw, exc, name):
 
 
 # ---------------------------------------------------------------------------
-# Properties shared by every issue-3 transformation
+# Properties shared by these transformations
 # ---------------------------------------------------------------------------
 
 TRANSFORMS = {
@@ -429,15 +430,15 @@ def test_registry_entries_build_and_reject_bad_input():
            "lr_range_test"]
   for name in names:
     info = optzoo.get_info(name)
-    obj = info.build()
+    obj = registry_cases.build(info)
     if info.kind == "transformation":
       params = {"w": jnp.ones(3)}
       state = obj.init(params)
       obj.update({"w": jnp.ones(3)}, state, params)
-    assert info.invalid
-    for override, exc in info.invalid:
+    assert registry_cases.invalid(info.name)
+    for override, exc in registry_cases.invalid(info.name):
       with pytest.raises(exc):
-        info.build(**override)
+        registry_cases.build(info, **override)
 
 
 @pytest.mark.parametrize("factory,kwargs", [

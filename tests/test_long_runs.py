@@ -18,6 +18,7 @@ import numpy as np
 import optax
 import pytest
 
+import registry_cases
 import optzoo
 import helpers
 from test_registry_validation import (cached_setup, ids, schedule_infos,
@@ -150,7 +151,7 @@ def test_counter_helpers_find_counters():
 
 
 def _schedule_fns(info):
-  obj = info.build()
+  obj = registry_cases.build(info)
   if callable(obj):
     return [obj]
   return [f for f in obj if callable(f)]

@@ -36,6 +36,7 @@ import numpy as np
 import optax
 import pytest
 
+import registry_cases
 from test_registry_validation import (assert_trees_equal, build,
                                       extra_args, ids, losses_for,
                                       transformation_infos)
@@ -62,7 +63,7 @@ def _kwargs(info):
   """The factory's effective keyword arguments (signature defaults + example)."""
   sig = inspect.signature(info.factory)
   kw = {k: p.default for k, p in sig.parameters.items() if p.default is not p.empty}
-  kw.update(info.example)
+  kw.update(registry_cases.example(info.name))
   return kw
 
 

@@ -2,7 +2,7 @@
 
 Generated cases, one pytest id per ``method x bad value``:
 
-* every ``MethodInfo.invalid`` pair ``(kwargs_override, ExceptionType)`` must
+* every ``registry_cases.INVALID`` pair ``(kwargs_override, ExceptionType)`` must
   raise that exception at construction, with a message naming the parameter;
 * generic bad values found with ``inspect.signature``: negative
   ``learning_rate`` / ``eps`` / ``weight_decay``, ``b1``/``b2`` equal to 1.0
@@ -17,7 +17,7 @@ tests import (``build``, ``problem``, ``losses_for``, ``make_step``...): any
 params pytree (``None`` leaves, mixed dtypes), per-example losses with
 gradients bounded away from 0, NaN/Inf injection into gradients / ``value``
 / ``value_sq`` inside one compiled step. Extra arguments come from the
-issue-7 harness ``tests/registry_harness.py`` (``extra_args_for``).
+harness ``tests/registry_harness.py`` (``extra_args_for``).
 """
 from __future__ import annotations
 
@@ -32,8 +32,9 @@ import optax
 import pytest
 
 import optzoo
+import registry_cases
 
-try:  # The issue-7 generic harness (tests/registry_harness.py).
+try:  # The generic harness (tests/registry_harness.py).
   import registry_harness as _RH
 except ImportError:  # pragma: no cover
   _RH = None
@@ -60,7 +61,7 @@ def ids(infos):
 
 def build(info, **overrides):
   """The method built from its registry example (plus overrides)."""
-  return info.build(**overrides)
+  return registry_cases.build(info, **overrides)
 
 
 def problem(dtype=jnp.float64, seed: int = 0, shapes=None):
@@ -131,7 +132,7 @@ def grads_like(params, g):
 def extra_args(info, params, per_example_loss, targets, step: int = 0) -> dict:
   """The extra arguments ``info.extra_args`` asks for, computed on ``params``.
 
-  Delegates to the issue-7 harness (``registry_harness.extra_args_for``, one
+  Delegates to the generic harness (``registry_harness.extra_args_for``, one
   recipe per extra-argument name for the whole test suite) on an adapter of
   this file's problem; falls back to the local recipes if it is missing.
   """
@@ -293,7 +294,7 @@ def generic_bad_values(info):
   except (TypeError, ValueError):
     return []
   cases = []
-  declared = {tuple(sorted(o)) + (repr(sorted(o.items())),) for o, _ in info.invalid}
+  declared = {tuple(sorted(o)) + (repr(sorted(o.items())),) for o, _ in registry_cases.invalid(info.name)}
   for name, p in sig.parameters.items():
     if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.default is p.empty:
       continue
@@ -322,7 +323,7 @@ def generic_bad_values(info):
 def _declared_cases():
   out = []
   for info in _ALL:
-    for k, (override, exc) in enumerate(info.invalid):
+    for k, (override, exc) in enumerate(registry_cases.invalid(info.name)):
       label = ",".join(f"{a}={override[a]!r}" for a in sorted(override))
       out.append(pytest.param(info, override, exc, id=f"{info.name}-declared-{label}"))
   return out
@@ -344,7 +345,7 @@ def _message_names_param(msg: str, override: dict) -> bool:
 @pytest.mark.parametrize("info,override,exc", _declared_cases())
 def test_declared_invalid_raises(info, override, exc):
   with pytest.raises(exc) as err:
-    info.build(**override)
+    registry_cases.build(info, **override)
   assert _message_names_param(str(err.value), override), (
       f"{info.name}: error message does not name {sorted(override)}:"
       f" {err.value!s}")
@@ -353,7 +354,7 @@ def test_declared_invalid_raises(info, override, exc):
 @pytest.mark.parametrize("info,override,exc", _generic_cases())
 def test_generic_invalid_raises(info, override, exc):
   with pytest.raises(exc) as err:
-    info.build(**override)
+    registry_cases.build(info, **override)
   assert _message_names_param(str(err.value), override), (
       f"{info.name}: error message does not name {sorted(override)}:"
       f" {err.value!s}")
@@ -361,19 +362,18 @@ def test_generic_invalid_raises(info, override, exc):
 
 @pytest.mark.parametrize("info", _ALL, ids=ids(_ALL))
 def test_example_builds_and_declares_invalid(info):
-  obj = info.build()
+  obj = registry_cases.build(info)
   if info.kind == "transformation":
     assert hasattr(obj, "init") and hasattr(obj, "update"), info.name
   sig = inspect.signature(info.factory)
   has_hyper = any(p.default is not p.empty and _annotation(p) not in ("", "bool")
                   for p in sig.parameters.values())
   if has_hyper:
-    assert info.invalid, f"{info.name}: register(invalid=...) is empty"
+    assert registry_cases.invalid(info.name), f"{info.name}: no bad-input cases in tests/registry_cases.py INVALID"
 
 
 def test_registry_is_populated():
   names = {i.name for i in _TRANSFORMS}
-  # The lead's aliases and this issue's wrapper at least.
   for n in ("sgd", "adam", "skip_nonfinite"):
     assert n in names
   # And the generators above produce cases for them (a test that cannot fail

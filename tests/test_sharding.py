@@ -30,6 +30,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import optzoo
+import registry_cases
 import registry_harness as rh
 
 STEPS = 3
@@ -89,7 +90,7 @@ def _trajectory(info, prob, params, place, state=None):
   device from the gathered params and then placed by ``place``, so that the
   sharded and unsharded runs feed the optimizer bit-identical inputs and
   only the optimizer step itself differs between them."""
-  tx = info.build()
+  tx = registry_cases.build(info)
   state = tx.init(params) if state is None else state
   arrays_fn = _arrays_fn(info)
   opt_step = jax.jit(rh.make_update_step(tx, info, prob))
@@ -134,7 +135,7 @@ def test_sharded_step(name, layout, request):
   prob = _PROBLEM
   shardings = _shardings(mesh, layout)
   params = jax.device_put(prob.params, shardings)
-  tx = info.build()
+  tx = registry_cases.build(info)
 
   # 1. init places parameter-shaped state like the parameters: every state
   # subtree with the params' tree structure, leaf by leaf.

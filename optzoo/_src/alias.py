@@ -39,10 +39,6 @@ __all__ = [
     "sgdw",
 ]
 
-_NEG_LR = ({"learning_rate": -1e-3}, ValueError)
-_ADAM_BAD = (_NEG_LR, ({"b1": 1.0}, ValueError), ({"b2": -0.5}, ValueError),
-             ({"eps": -1e-8}, ValueError), ({"weight_decay": -1.0}, ValueError))
-
 
 def _l2(weight_decay: Any) -> list:
   """The coupled-L2 link, omitted when ``weight_decay`` is a literal 0.
@@ -64,10 +60,7 @@ def _l2(weight_decay: Any) -> list:
     summary="SGD with optional momentum, dampening, Nesterov and coupled L2.",
     paper="Robbins & Monro 1951; Polyak 1964; Sutskever et al., ICML 2013",
     reference="torch.optim.SGD",
-    example={"learning_rate": 0.05, "momentum": 0.9},
-    invalid=(_NEG_LR, ({"momentum": -0.1}, ValueError), ({"momentum": 1.0}, ValueError),
-             ({"weight_decay": -1.0}, ValueError),
-             ({"nesterov": True, "momentum": 0.0}, ValueError)),
+    verified="torch.optim.SGD 2.13, float64, 300 steps (tests/test_alias_oracles.py)",
 )
 def sgd(
     learning_rate: optax.ScalarOrSchedule = 1e-3,
@@ -117,8 +110,7 @@ def sgd(
     summary="Nesterov accelerated gradient (SGD with Nesterov momentum).",
     paper="Nesterov 1983; Sutskever et al., ICML 2013",
     reference="torch.optim.SGD(nesterov=True)",
-    example={"learning_rate": 0.05},
-    invalid=(_NEG_LR, ({"momentum": 0.0}, ValueError), ({"momentum": 1.2}, ValueError)),
+    verified="torch.optim.SGD(nesterov=True) 2.13, float64, 300 steps (tests/test_alias_oracles.py)",
 )
 def nag(
     learning_rate: optax.ScalarOrSchedule = 1e-3,
@@ -145,9 +137,8 @@ def nag(
     summary="SGD with momentum and decoupled weight decay (SGDW).",
     paper="Loshchilov & Hutter, ICLR 2019",
     reference="pytorch_optimizer.SGDW(weight_decouple=True)",
-    example={"learning_rate": 0.05},
+    verified="pytorch_optimizer.SGDW 4.1.0, float64, 300 steps (tests/test_alias_oracles.py)",
     needs_params=True,
-    invalid=(_NEG_LR, ({"weight_decay": -1.0}, ValueError), ({"momentum": 1.0}, ValueError)),
 )
 def sgdw(
     learning_rate: optax.ScalarOrSchedule = 1e-3,
@@ -206,10 +197,7 @@ def sgdw(
     summary="Adagrad: per-coordinate steps from the sum of squared gradients.",
     paper="Duchi, Hazan & Singer, JMLR 2011",
     reference="torch.optim.Adagrad",
-    example={"learning_rate": 0.05},
-    invalid=(_NEG_LR, ({"eps": -1.0}, ValueError), ({"lr_decay": -0.1}, ValueError),
-             ({"weight_decay": -1.0}, ValueError),
-             ({"initial_accumulator_value": -1.0}, ValueError)),
+    verified="torch.optim.Adagrad 2.13, float64, 300 steps (tests/test_alias_oracles.py)",
 )
 def adagrad(
     learning_rate: optax.ScalarOrSchedule = 1e-2,
@@ -242,9 +230,7 @@ def adagrad(
     summary="RMSProp: divide by an EMA of squared gradients; centered and momentum options.",
     paper="Tieleman & Hinton, Coursera Lecture 6.5, 2012",
     reference="torch.optim.RMSprop (decay = torch alpha)",
-    example={"learning_rate": 0.01},
-    invalid=(_NEG_LR, ({"decay": 1.0}, ValueError), ({"eps": -1.0}, ValueError),
-             ({"momentum": -0.5}, ValueError), ({"weight_decay": -1.0}, ValueError)),
+    verified="torch.optim.RMSprop 2.13, float64, 300 steps (tests/test_alias_oracles.py)",
 )
 def rmsprop(
     learning_rate: optax.ScalarOrSchedule = 1e-2,
@@ -283,8 +269,7 @@ def rmsprop(
     summary="Adam (coupled L2 weight decay; AMSGrad option as torch).",
     paper="Kingma & Ba, ICLR 2015",
     reference="torch.optim.Adam",
-    example={"learning_rate": 0.01},
-    invalid=_ADAM_BAD,
+    verified="torch.optim.Adam 2.13, float64, 300 steps (tests/test_alias_oracles.py)",
 )
 def adam(
     learning_rate: optax.ScalarOrSchedule = 1e-3,
@@ -335,8 +320,7 @@ def adam(
     summary="AMSGrad: Adam with the running max of the raw second moment.",
     paper="Reddi, Kale & Kumar, ICLR 2018",
     reference="torch.optim.Adam(amsgrad=True)",
-    example={"learning_rate": 0.01},
-    invalid=_ADAM_BAD,
+    verified="torch.optim.Adam(amsgrad=True) 2.13, float64, 300 steps (tests/test_alias_oracles.py)",
 )
 def amsgrad(
     learning_rate: optax.ScalarOrSchedule = 1e-3,
@@ -364,9 +348,8 @@ def amsgrad(
     summary="AdamW: Adam with decoupled weight decay.",
     paper="Loshchilov & Hutter, ICLR 2019",
     reference="torch.optim.AdamW",
-    example={"learning_rate": 0.01},
+    verified="torch.optim.AdamW 2.13, float64, 300 steps (tests/test_alias_oracles.py)",
     needs_params=True,
-    invalid=_ADAM_BAD,
 )
 def adamw(
     learning_rate: optax.ScalarOrSchedule = 1e-3,
@@ -408,8 +391,7 @@ def adamw(
     summary="NAdam: Adam with Nesterov momentum and Dozat's momentum-decay schedule.",
     paper="Dozat, ICLR Workshop 2016",
     reference="torch.optim.NAdam",
-    example={"learning_rate": 0.01},
-    invalid=_ADAM_BAD + (({"momentum_decay": -1.0}, ValueError),),
+    verified="torch.optim.NAdam 2.13, float64, 300 steps (tests/test_alias_oracles.py)",
 )
 def nadam(
     learning_rate: optax.ScalarOrSchedule = 2e-3,
@@ -437,8 +419,7 @@ def nadam(
     summary="RAdam: Adam with variance rectification (no warm-up needed).",
     paper="Liu et al., ICLR 2020",
     reference="torch.optim.RAdam",
-    example={"learning_rate": 0.01},
-    invalid=_ADAM_BAD + (({"threshold": -1.0}, ValueError),),
+    verified="torch.optim.RAdam 2.13, float64, 300 steps (tests/test_alias_oracles.py)",
 )
 def radam(
     learning_rate: optax.ScalarOrSchedule = 1e-3,
@@ -472,8 +453,7 @@ def radam(
     summary="AdaBound / AMSBound: Adam whose step is clipped into bounds converging to SGD.",
     paper="Luo, Xiong, Liu & Sun, ICLR 2019",
     reference="adabound.AdaBound 0.0.5",
-    example={"learning_rate": 0.01},
-    invalid=_ADAM_BAD + (({"final_lr": -0.1}, ValueError), ({"gamma": -1.0}, ValueError)),
+    verified="adabound.AdaBound 0.0.5, float64, 300 steps (tests/test_alias_oracles.py)",
 )
 def adabound(
     learning_rate: optax.ScalarOrSchedule = 1e-3,
@@ -577,18 +557,7 @@ def _fdtype():
     " from Adam to SGD, 2017, https://arxiv.org/abs/1712.07628",
     reference="NumPy re-derivation of the paper's Algorithm 1 (the"
     " torch_optimizer / pytorch_optimizer ports have bugs, see docstring)",
-    example=dict(learning_rate=1e-3),
-    invalid=(
-        (dict(learning_rate=-1.0), ValueError),
-        (dict(b1=1.0), ValueError),
-        (dict(b2=-0.1), ValueError),
-        (dict(eps=-1e-8), ValueError),
-        (dict(weight_decay=-1.0), ValueError),
-        (dict(switch_atol=-1.0), ValueError),
-        (dict(switch_rtol=-1.0), ValueError),
-        (dict(granularity="tensor"), ValueError),
-        (dict(nesterov=1), TypeError),
-    ),
+    verified="NumPy re-derivation of the paper's Algorithm 1 (tests/test_swats.py)",
 )
 def swats(
     learning_rate: optax.ScalarOrSchedule = 1e-3,

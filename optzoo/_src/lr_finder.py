@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optzoo._src import optional
 from optzoo._src import registry
 from optzoo._src import validation
 
@@ -52,9 +53,7 @@ class LRRangeTestResult:
     Returns:
       The matplotlib ``Axes``.
     """
-    import matplotlib  # pylint: disable=g-import-not-at-top
-    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-    del matplotlib
+    plt = optional.import_optional("matplotlib.pyplot", "LRRangeTestResult.plot")
     if ax is None:
       _, ax = plt.subplots(figsize=(6, 4))
     end = len(self.lrs) - skip_end if skip_end else len(self.lrs)
@@ -138,19 +137,6 @@ def _set_lr(state: Any, lr: jax.Array) -> Any:
     " 2017, https://arxiv.org/abs/1506.01186",
     reference="fastai / torch-lr-finder recipe (exponential sweep, EMA"
     " smoothing, divergence stop)",
-    example=dict(
-        loss_fn=lambda p, b: jnp.sum((p - b) ** 2),
-        params=jnp.zeros(3),
-        batches=[jnp.ones(3)],
-        min_lr=1e-4, max_lr=10.0, num_steps=20),
-    invalid=(
-        (dict(min_lr=0.0), ValueError),
-        (dict(max_lr=1e-5), ValueError),
-        (dict(num_steps=1), ValueError),
-        (dict(smoothing=1.0), ValueError),
-        (dict(method="magic"), ValueError),
-        (dict(diverge_threshold=0.5), ValueError),
-    ),
 )
 def lr_range_test(
     loss_fn: Callable[[Any, Any], Any],

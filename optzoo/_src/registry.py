@@ -13,11 +13,17 @@ from typing import Any, Callable, Optional
 
 from optzoo._src import validation
 
-__all__ = ["MethodInfo", "register", "registry", "list_optimizers", "get_info"]
+__all__ = ["MethodInfo", "register", "registry", "list_optimizers", "get_info",
+           "FAMILIES", "EXACTNESS"]
 
 
 FAMILIES = ("Team SGD", "Team Adam", "primitive", "wrapper", "schedule",
             "research", "tool")
+
+
+# How a method's numbers were checked, read off ``MethodInfo.verified``.
+EXACTNESS = ("reference-exact", "re-derived", "property-tested")
+_DERIVED_PREFIXES = ("numpy", "closed form", "definition", "statistical")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,18 +35,18 @@ class MethodInfo:
     family: one of ``FAMILIES``.
     summary: one line.
     paper: the paper it implements (authors, venue, year, link).
-    reference: the reference implementation its numbers reproduce, or how it
-      is verified (e.g. ``"torch.optim.Adam"``, ``"NumPy re-derivation"``).
+    reference: the implementation or definition its numbers follow (e.g.
+      ``"torch.optim.Adam"``).
     factory: the public callable.
     kind: ``"transformation"`` (returns a GradientTransformation),
       ``"schedule"`` or ``"utility"``.
-    example: keyword arguments that build a sensible instance (used by the
-      registry-wide tests and the CLI). For wrappers, an ``inner`` given as a
-      string names another registered method, built with its own example.
+    verified: what the tests compare it with, and where, e.g.
+      ``"torch.optim.Adam, float64, 300 steps (tests/test_alias_oracles.py)"``
+      or ``"NumPy re-derivation of Algorithm 1 (tests/test_swats.py)"``;
+      ``None`` when only its properties are tested (jit, dtypes, sharding,
+      bad input, convergence).
     extra_args: names of extra arguments ``update`` needs.
     needs_params: whether ``update`` needs ``params``.
-    invalid: ``(kwargs_override, exception_type)`` pairs that must raise at
-      construction (used by the generated bad-input tests).
   """
 
   name: str
@@ -50,23 +56,20 @@ class MethodInfo:
   reference: str
   factory: Callable[..., Any]
   kind: str = "transformation"
-  example: dict = dataclasses.field(default_factory=dict)
+  verified: Optional[str] = None
   extra_args: tuple = ()
   needs_params: bool = False
-  invalid: tuple = ()
 
-  def build(self, **overrides: Any) -> Any:
-    """Builds the method from ``example`` (updated with ``overrides``).
-
-    String values of ``inner`` / ``inners`` keys name other registered
-    methods and are built from their own examples.
-    """
-    kwargs = dict(self.example)
-    kwargs.update(overrides)
-    for key in ("inner", "base_optimizer"):
-      if isinstance(kwargs.get(key), str):
-        kwargs[key] = _REGISTRY[kwargs[key]].build()
-    return self.factory(**kwargs)
+  @property
+  def exactness(self) -> str:
+    """``"reference-exact"``: equal to another implementation in float64;
+    ``"re-derived"``: equal to a NumPy re-derivation or closed form written
+    from the paper; ``"property-tested"``: no numeric oracle."""
+    if self.verified is None:
+      return "property-tested"
+    if self.verified.lower().startswith(_DERIVED_PREFIXES):
+      return "re-derived"
+    return "reference-exact"
 
 
 _REGISTRY: dict[str, MethodInfo] = {}
@@ -78,11 +81,10 @@ def register(
     summary: str,
     paper: str,
     reference: str,
+    verified: Optional[str] = None,
     kind: str = "transformation",
-    example: Optional[dict] = None,
     extra_args: tuple = (),
     needs_params: bool = False,
-    invalid: tuple = (),
     name: Optional[str] = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
   """Decorator that records a public factory in the registry, unchanged."""
@@ -98,10 +100,9 @@ def register(
         reference=reference,
         factory=fn,
         kind=kind,
-        example=dict(example or {}),
+        verified=verified,
         extra_args=tuple(extra_args),
         needs_params=needs_params,
-        invalid=tuple(invalid),
     )
     _REGISTRY[info.name] = info
     return fn

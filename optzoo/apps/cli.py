@@ -17,6 +17,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from optzoo._src import optional
+
 __all__ = ["main"]
 
 
@@ -38,15 +40,12 @@ def _fail(msg: str, code: int = 2) -> int:
 
 
 def _console():
-  from rich.console import Console  # pylint: disable=g-import-not-at-top
-  return Console()
+  return optional.import_optional("rich.console", "the optzoo command line").Console()
 
 
 def _status(info) -> str:
-  ref = info.reference.lower()
-  exact = any(s in ref for s in ("torch", "optax", "adabound", "pytorch_optimizer",
-                                  "flax", "scipy"))
-  status = "reference-exact" if exact else "re-derived"
+  """How the method's numbers are verified (``MethodInfo.exactness``)."""
+  status = info.exactness
   if info.extra_args:
     status += " · extra args: " + ", ".join(info.extra_args)
   if info.needs_params:
@@ -57,16 +56,19 @@ def _status(info) -> str:
 def zoo_table_markdown() -> str:
   """The zoo as a markdown table: method, family, reference, status."""
   import optzoo  # pylint: disable=g-import-not-at-top
-  rows = ["| method | family | reference | status |", "|---|---|---|---|"]
+  rows = ["| method | family | reference | verified against | status |",
+          "|---|---|---|---|---|"]
   for info in optzoo.list_optimizers():
     ref = info.reference.replace("|", "/").replace("\n", " ")
-    rows.append(f"| `{info.name}` | {info.family} | {ref} | {_status(info)} |")
+    ver = (info.verified or "—").replace("|", "/")
+    rows.append(f"| `{info.name}` | {info.family} | {ref} | {ver} |"
+                f" {_status(info)} |")
   return "\n".join(rows)
 
 
 def _cmd_list(args) -> int:
   import optzoo  # pylint: disable=g-import-not-at-top
-  from rich.table import Table  # pylint: disable=g-import-not-at-top
+  Table = optional.import_optional("rich.table", "the optzoo command line").Table  # pylint: disable=invalid-name
   from optzoo._src import registry  # pylint: disable=g-import-not-at-top
 
   try:
@@ -163,7 +165,7 @@ def _cmd_race(args) -> int:
   else:
     results, config = race.run_race(specs, **kwargs)
 
-  from rich.table import Table  # pylint: disable=g-import-not-at-top
+  Table = optional.import_optional("rich.table", "the optzoo command line").Table  # pylint: disable=invalid-name
   t = Table(title=f"optzoo race on {config['dataset']} ({config['model']},"
             f" norm={config['norm']}, {config['epochs']} epochs, batch"
             f" {config['batch_size']}, seed {config['seed']})")
@@ -279,6 +281,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return int(args.fn(args) or 0)
   except (_UsageError, RaceError, DatasetError) as e:
     return _fail(str(e))
+  except optional.MissingExtraError as e:
+    return _fail(str(e), 1)
   except KeyboardInterrupt:
     return _fail("interrupted.", 130)
   except BrokenPipeError:  # e.g. `optzoo table | head`

@@ -20,6 +20,8 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from optzoo._src import optional
+
 __all__ = [
     "Dataset",
     "DatasetError",
@@ -100,7 +102,8 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     test_fraction: share of the 1797 images held out for testing.
     seed: seed of the (fixed) shuffled split.
   """
-  from sklearn.datasets import load_digits as _sk_load  # local: slow import
+  _sk_load = optional.import_optional(  # local: slow import
+      "sklearn.datasets", "optzoo.nn.load_digits").load_digits
 
   if not 0.0 < test_fraction < 1.0:
     raise ValueError(f"`test_fraction` must be in (0, 1), got {test_fraction!r}.")

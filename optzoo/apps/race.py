@@ -24,6 +24,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from optzoo._src import optional
+
 __all__ = [
     "RaceError",
     "RaceResult",
@@ -129,28 +131,24 @@ def _build_base(name: str, lr: Optional[float]):
     raise RaceError(f"{name!r} needs the extra argument(s) {', '.join(missing)},"
                     " which the race cannot supply; use it in your own loop.")
   if default_lr is None:
-    ex_lr = info.example.get("learning_rate")
-    default_lr = _FAMILY_LR.get(info.family, ex_lr if isinstance(
-        ex_lr, (int, float)) else 1e-3)
+    default_lr = _FAMILY_LR.get(info.family, 1e-3)
   kw = dict(kwargs)
   if _accepts(info.factory, "learning_rate"):
     kw["learning_rate"] = lr if lr is not None else default_lr
   try:
-    return info.build(**kw), kw.get("learning_rate")
+    return info.factory(**kw), kw.get("learning_rate")
   except (TypeError, ValueError) as e:
     raise RaceError(f"cannot build {name!r}: {e}") from None
 
 
 def _wrap(name: str, inner):
   info = _info(name)
-  key = next((k for k in _INNER_KEYS if k in info.example), None)
-  if key is None:
-    key = next((k for k in _INNER_KEYS if _accepts(info.factory, k)), None)
+  key = next((k for k in _INNER_KEYS if _accepts(info.factory, k)), None)
   if key is None:
     raise RaceError(f"{name!r} is not a wrapper: it cannot take an inner"
                     f" optimizer (write {name} alone).")
   try:
-    return info.build(**{key: inner})
+    return info.factory(**{key: inner})
   except (TypeError, ValueError) as e:
     raise RaceError(f"cannot build {name!r}: {e}") from None
 
@@ -296,7 +294,7 @@ def _smooth(y: np.ndarray, k: int) -> np.ndarray:
 
 def plot_race(results: Sequence[RaceResult], config: dict, path: str) -> None:
   """PNG: training loss per step (log scale, smoothed) and test accuracy."""
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  Figure = optional.import_optional("matplotlib.figure", "the race plot").Figure  # pylint: disable=invalid-name
 
   fig = Figure(figsize=(10, 4), dpi=90)
   ax1, ax2 = fig.subplots(1, 2)
@@ -344,7 +342,7 @@ def _lr_factory(spec: str) -> Callable[[Any], Any]:
 def _build_with_lr(spec: str, learning_rate: Any):
   parts, _ = parse_spec(spec)
   reg_name, kwargs, _ = PRESETS.get(parts[-1], (parts[-1], {}, None))
-  tx = _info(reg_name).build(**kwargs, learning_rate=learning_rate)
+  tx = _info(reg_name).factory(**kwargs, learning_rate=learning_rate)
   for w in reversed(parts[:-1]):
     tx = _wrap(w, tx)
   return tx
@@ -403,7 +401,7 @@ def run_lr_find(spec: str = "sgdm", *, dataset: str = "digits",
 
 def plot_lr_find(res: Any, path: str, title: str = "LR range test") -> None:
   """PNG: loss against learning rate (log x), the suggestion marked."""
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  Figure = optional.import_optional("matplotlib.figure", "the race plot").Figure  # pylint: disable=invalid-name
 
   fig = Figure(figsize=(6, 4), dpi=90)
   ax = fig.subplots()

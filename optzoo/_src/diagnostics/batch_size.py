@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optzoo._src import optional
 from optzoo._src import validation
 from optzoo._src.diagnostics import landscape as _landscape
 
@@ -84,7 +85,7 @@ class BatchSizeReport:
 
   def plot(self, axes=None):
     """Accuracy and sharpness vs batch size (log x axis); returns the axes."""
-    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+    plt = optional.import_optional("matplotlib.pyplot", "BatchSizeReport.plot")
     if axes is None:
       _, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     bs = [r.batch_size for r in self.runs]

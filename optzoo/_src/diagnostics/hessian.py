@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from optzoo._src import optional
 from optzoo._src import validation
 
 __all__ = [
@@ -616,7 +617,7 @@ class SpectralDensity:
 
   def plot(self, ax=None, log: bool = True):
     """Plots the density (log scale by default); returns the axes."""
-    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+    plt = optional.import_optional("matplotlib.pyplot", "SpectralDensity.plot")
     if ax is None:
       _, ax = plt.subplots()
     y = np.maximum(self.density, 1e-12) if log else self.density

@@ -56,16 +56,7 @@ def _hyper(learning_rate, b1, theta, s, r, step):
     " Convergences of Adam and RMSProp, CVPR 2019,"
     " https://arxiv.org/abs/1811.09358",
     reference="NumPy re-derivation; Reddi et al.'s counterexample",
-    example=dict(learning_rate=1e-2),
-    invalid=(
-        (dict(learning_rate=-1.0), ValueError),
-        (dict(b1=1.0), ValueError),
-        (dict(theta=1.5), ValueError),
-        (dict(theta=0.0), ValueError),
-        (dict(eps=-1.0), ValueError),
-        (dict(s=-0.5), ValueError),
-        (dict(r=-1.0), ValueError),
-    ),
+    verified="NumPy re-derivation (tests/test_dynamics.py)",
 )
 def generic_adam(
     learning_rate: ScalarOrSchedule = 1e-3,
@@ -206,11 +197,7 @@ class GenericAdamReport:
     " schedules (per-clause report).",
     paper="Zou et al., CVPR 2019, https://arxiv.org/abs/1811.09358",
     reference="closed form",
-    example=dict(learning_rate=1e-2, num_steps=1000),
-    invalid=(
-        (dict(num_steps=5), ValueError),
-        (dict(c0=0.5), ValueError),
-    ),
+    verified="closed form (tests/test_dynamics.py)",
 )
 def generic_adam_condition(
     learning_rate: ScalarOrSchedule = 1e-3,

@@ -17,12 +17,7 @@ __all__ = ["gradient_noise"]
     paper="Neelakantan et al., Adding Gradient Noise Improves Learning for"
     " Very Deep Networks, 2015, https://arxiv.org/abs/1511.06807",
     reference="statistical test of the variance schedule",
-    example=dict(inner="adam", eta=0.01),
     extra_args=("key",),
-    invalid=(
-        (dict(eta=-1.0), ValueError),
-        (dict(inner=None), TypeError),
-    ),
 )
 def gradient_noise(
     inner: optax.GradientTransformation,

@@ -68,10 +68,8 @@ def _gnorm(g, target):
     summary="GradInit one-step objective L(S~; theta - eta A[g(S; theta)]) (for checking an initialization).",
     paper="Zhu et al., GradInit, NeurIPS 2021",
     reference="definition",
+    verified="definition (tests/test_gradinit.py)",
     kind="utility",
-    example={"loss_fn": lambda p, b: jnp.sum((p - b) ** 2), "params": np.ones(2),
-             "batch": np.zeros((1, 2)), "next_batch": np.zeros((1, 2))},
-    invalid=(({"target": "rmsprop"}, ValueError), ({"eta": -1.0}, ValueError)),
 )
 def gradinit_objective(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch: Any,
                        next_batch: Any, target: str = "sgd", eta: float = 0.1,
@@ -94,14 +92,8 @@ def gradinit_objective(loss_fn: Callable[[Any, Any], jax.Array], params: Any, ba
     summary="GradInit: Adam on one scalar per tensor so one SGD/Adam step lowers the loss most, under a gradient-norm bound.",
     paper="Zhu et al., GradInit: Learning to Initialize Neural Networks for Stable and Efficient Training, NeurIPS 2021",
     reference="NumPy re-derivation of zhuchen03/gradinit (gradinit_utils.py + RescaleAdam) on a linear model (tests)",
+    verified="NumPy re-derivation of zhuchen03/gradinit on a linear model (tests/test_gradinit.py)",
     kind="utility",
-    example={"loss_fn": lambda p, b: jnp.mean((b @ p["w"]) ** 2),
-             "params": {"w": np.ones((2, 2))}, "batches": [np.ones((2, 2))] * 3,
-             "iters": 1},
-    invalid=(({"target": "rmsprop"}, ValueError), ({"eta": 0.0}, ValueError),
-             ({"gamma": -1.0}, ValueError), ({"iters": 0}, ValueError),
-             ({"lr": -1.0}, ValueError), ({"m_min": -0.1}, ValueError),
-             ({"b1": 1.0}, ValueError)),
 )
 def gradinit(
     loss_fn: Callable[[Any, Any], jax.Array],

@@ -143,6 +143,7 @@ registry.register(
     summary="Increment that moves params + updates onto a sphere (per filter/tensor/joint).",
     paper=_WRS_PAPER + "; " + _SPHERE_PAPER,
     reference="definition (tests/test_projection.py)",
+    verified="definition (tests/test_projection.py)",
     kind="utility",
 )(project_to_sphere)
 
@@ -159,14 +160,7 @@ class WeightRescalingState(NamedTuple):
     paper=_WRS_PAPER,
     reference="paper's rule (mechanics reconstructed); tested for"
     " unit filter norms (tests/test_projection.py)",
-    example={},
     needs_params=True,
-    invalid=(
-        ({"granularity": "layer"}, ValueError),
-        ({"target_norm": 0.0}, ValueError),
-        ({"every": 0}, ValueError),
-        ({"every": 1.5}, TypeError),
-    ),
 )
 def weight_rescaling(
     mask: MaskOrFn = None,
@@ -265,14 +259,8 @@ class SphereSgdState(NamedTuple):
     paper=_SPHERE_PAPER,
     reference="official code tipt0p/three_regimes_on_the_sphere (fix_elr,"
     " fix_all_elr); NumPy re-derivation (tests/test_projection.py)",
-    example={"elr": 1e-2},
+    verified="NumPy re-derivation of tipt0p/three_regimes_on_the_sphere (tests/test_projection.py)",
     needs_params=True,
-    invalid=(
-        ({"elr": -1.0}, ValueError),
-        ({"radius": 0.0}, ValueError),
-        ({"per_filter": 1}, TypeError),
-        ({"noninv_learning_rate": -1.0}, ValueError),
-    ),
 )
 def sphere_sgd(
     elr: optax.ScalarOrSchedule,

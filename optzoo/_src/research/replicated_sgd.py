@@ -64,10 +64,8 @@ def _bcast(c, w):
     summary="Elastic coupling of replicas (leading axis) to their centre: adds K*gamma*(w_a - center).",
     paper="Baldassi et al., PNAS 2020; Pittorino et al., ICLR 2021",
     reference="NumPy re-derivation of Pittorino et al. (ICLR 2021), eqs. 4-6",
-    example={"gamma": 0.1},
+    verified="NumPy re-derivation of Pittorino et al. 2021, as the coupling link of optzoo.replicated_sgd (tests/test_entropy.py)",
     needs_params=True,
-    invalid=(({"gamma": -1.0}, ValueError), ({"center": "median"}, ValueError),
-             ({"coupling_period": 0}, ValueError)),
 )
 def replica_coupling(
     gamma: Union[float, optax.Schedule] = 1e-2,
@@ -169,11 +167,8 @@ def replica_coupling(
     summary="Replicated-SGD: y replicas (leading param axis) with scoped elastic coupling to a centre.",
     paper="Baldassi et al., PNAS 2020; Pittorino et al., Entropic gradient descent algorithms and wide flat minima, ICLR 2021",
     reference="NumPy re-derivation of Pittorino et al. (ICLR 2021); gamma=0 equals independent torch-style SGD per replica",
-    example={"learning_rate": 0.1, "gamma": 0.1},
+    verified="NumPy re-derivation of Pittorino et al. 2021 (tests/test_entropy.py)",
     needs_params=True,
-    invalid=(({"learning_rate": -0.1}, ValueError), ({"gamma": -1.0}, ValueError),
-             ({"center": "median"}, ValueError), ({"coupling_period": 0}, ValueError),
-             ({"momentum": 1.0}, ValueError)),
 )
 def replicated_sgd(
     learning_rate: optax.ScalarOrSchedule = 0.1,
@@ -253,8 +248,6 @@ def replicated_sgd(
     paper="Pittorino et al., ICLR 2021",
     reference="-",
     kind="utility",
-    example={"params": {"w": np.zeros(3)}, "num_replicas": 2},
-    invalid=(({"num_replicas": 0}, ValueError),),
 )
 def replicate_params(params: Any, num_replicas: int = 3, *,
                      key: Optional[jax.Array] = None, noise: float = 0.0) -> Any:

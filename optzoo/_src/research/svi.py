@@ -118,11 +118,8 @@ def svi_mse_loss(probs: jax.Array, labels: jax.Array) -> jax.Array:
     summary="SVI pseudo-gradient of an SVIDense/SVIMLP model (each layer's own activation derivative dropped).",
     paper="Xu, Cheng & Xie, An alternative approach to train neural networks using monotone variational inequality, arXiv 2202.08876",
     reference="explicit NumPy backprop of a 2-layer MLP (tests); hamrel-cxu/SVI-NN-training",
+    verified="NumPy backprop of a 2-layer MLP (tests/test_svi.py)",
     kind="utility",
-    example={"apply_fn": lambda p, x, svi=True: jax.nn.softmax(x @ p["w"]),
-             "params": {"w": np.zeros((2, 3))},
-             "batch": (np.ones((2, 2)), np.array([0, 1]))},
-    invalid=(({"apply_fn": None}, TypeError),),
 )
 def svi_gradients(
     apply_fn: Callable[..., jax.Array],

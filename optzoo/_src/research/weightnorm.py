@@ -86,9 +86,6 @@ def _capture_output(apply_fn, variables, target, args, kwargs):
     paper="Salimans & Kingma, Weight Normalization, NeurIPS 2016",
     reference="definition; tests check per-unit mean 0 / std 1 of every WN layer's output",
     kind="utility",
-    example={"apply_fn": lambda v, x: x @ v["params"]["w"],
-             "variables": {"params": {"w": np.ones((2, 2))}}, "x": np.ones((3, 2))},
-    invalid=(({"eps": -1.0}, ValueError), ({"init_scale": 0.0}, ValueError)),
 )
 def weightnorm_data_init(
     apply_fn: Callable[..., Any],

@@ -33,9 +33,6 @@ def _is_castable(x: Any) -> bool:
     " Optimizers via Block-wise Quantization, ICLR 2022 (here: plain casting)",
     reference="the inner transformation (identical when dtype equals the"
     " state's dtype)",
-    example=dict(inner="adam", dtype="bfloat16"),
-    invalid=((dict(inner=3), TypeError), (dict(dtype="int32"), ValueError),
-             (dict(dtype="nonsense"), TypeError)),
 )
 def cast_state(
     inner: optax.GradientTransformation,

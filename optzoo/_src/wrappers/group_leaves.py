@@ -186,9 +186,6 @@ def _ungroup(grouped: dict, plan: dict, num_leaves: int,
     paper="Engineering helper; cf. optax.flatten, which ravels all"
     " leaves into one vector and loses per-leaf sharding.",
     reference="the inner transformation itself (bit-identical updates)",
-    example=dict(inner="adam"),
-    invalid=((dict(inner=3), TypeError), (dict(max_leaf_size=0), ValueError),
-             (dict(max_leaf_size=2.5), TypeError)),
 )
 def group_leaves(
     inner: optax.GradientTransformation,

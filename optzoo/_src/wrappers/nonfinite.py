@@ -57,13 +57,6 @@ class SkipNonfiniteState(NamedTuple):
         "optax.apply_if_finite (same skipping rule on gradients); tested"
         " against an uninterrupted run without the bad steps."
     ),
-    example={"inner": "adam", "max_consecutive": 5},
-    invalid=(
-        ({"max_consecutive": -1}, ValueError),
-        ({"max_consecutive": 2.5}, TypeError),
-        ({"inner": 3}, TypeError),
-        ({"check_extra_args": "value"}, TypeError),
-    ),
 )
 def skip_nonfinite(
     inner: optax.GradientTransformation,

@@ -1,4 +1,4 @@
-"""Each research method trains a small Flax MLP on digits.
+"""Each research optimizer drops into a standard loop and trains a Flax MLP on digits.
 
 sklearn digits (10 classes, chance = 10 %), float32, a few hundred steps.
 """

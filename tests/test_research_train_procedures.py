@@ -1,4 +1,5 @@
-"""Each issue-4 (group B) method trains a small Flax model on sklearn digits.
+"""Research methods that change the training procedure (inner loops, replicas,
+masks, initialization, growth) each train a small Flax model on sklearn digits.
 
 float32, tiny MLPs, a few hundred steps; chance is 10 %, every method must
 reach a clear margin above it on the held-out split.
