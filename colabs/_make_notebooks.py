@@ -1328,6 +1328,162 @@ def nb_large_batch():
   ]
 
 
+@notebook("11_port_a_pytorch_recipe.ipynb", "Port a PyTorch training recipe, same numbers",
+          """
+**What this shows.** A PyTorch recipe (AdamW with two parameter groups,
+`LinearLR -> CosineAnnealingLR` through `SequentialLR`, gradient-norm clipping)
+and its optzoo/Flax port, line by line: `optzoo.schedules.sequential_lr`,
+`optzoo.param_groups`, `optax.clip_by_global_norm`. Started from torch's initial
+weights, the port's losses lie on torch's (a stored torch 2.13 run, float32).
+Then a run checkpointed in torch after 60 steps is resumed in JAX from the
+torch optimizer and scheduler `state_dict()`s (`optzoo.from_torch_optimizer_state`)
+and continues on torch's curve; a fresh optimizer state does not. The table of
+every `torch.optim.lr_scheduler` class and its optzoo name is in
+`docs/torch_lr_scheduler.md`.
+""")
+def nb_port():
+  return [
+      md("""
+      ### The PyTorch script
+
+      ```python
+      import torch
+      from torch import nn
+      from torch.optim import lr_scheduler as L
+
+      model = nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 10))
+      decay = [p for n, p in model.named_parameters() if n.endswith("weight")]
+      no_decay = [p for n, p in model.named_parameters() if n.endswith("bias")]
+      opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
+                               {"params": no_decay, "weight_decay": 0.0}], lr=3e-3)
+      sched = L.SequentialLR(opt, [L.LinearLR(opt, 0.1, 1.0, 20),
+                                   L.CosineAnnealingLR(opt, 100)], milestones=[20])
+      for i in range(120):                       # batches of 64 from 512 digits, in order
+          j = (i * 64) % 512
+          loss = nn.functional.cross_entropy(model(x[j:j + 64]), y[j:j + 64])
+          opt.zero_grad(); loss.backward()
+          nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+          opt.step(); sched.step()
+          if i == 59:                            # a checkpoint, resumed in JAX below
+              torch.save({"opt": opt.state_dict(), "sched": sched.state_dict(),
+                          "model": model.state_dict()}, "ckpt.pt")
+      ```
+      """),
+      code("""
+      import io, urllib.request
+      def load_fixture(name):
+          # the torch run: from the repo's tests/fixtures, or from GitHub in Colab
+          here = os.path.join(os.path.dirname(os.path.dirname(optzoo.__file__)), "tests", "fixtures", name)
+          if os.path.exists(here):
+              return np.load(here)
+          url = f"https://raw.githubusercontent.com/optzoo/optzoo/main/tests/fixtures/{name}"
+          return np.load(io.BytesIO(urllib.request.urlopen(url).read()))
+      ref = load_fixture("torch_port_recipe.npz")
+      print("torch", ref["torch_version"], "| losses of", len(ref["losses"]), "steps")
+      """),
+      md("""
+      ### The optzoo / Flax port
+
+      Every torch line has its counterpart: the schedulers keep their names
+      (`optzoo.schedules.linear_lr`, `cosine_annealing_lr`, `sequential_lr`,
+      with torch's values step for step), the parameter groups select leaves
+      by their key path, and the clipping is an `optax` link before the
+      optimizer.
+      """),
+      code("""
+      import flax.linen as nn
+      import json
+
+      class MLP(nn.Module):                      # nn.Sequential(Linear(64, 32), Tanh(), Linear(32, 10))
+          @nn.compact
+          def __call__(self, x):
+              x = jnp.tanh(nn.Dense(32, name="hidden")(x))
+              return nn.Dense(10, name="head")(x)
+
+      def from_torch(get):                        # Linear.weight (out, in) -> Dense.kernel (in, out)
+          return {"hidden": {"kernel": get("0.weight").T, "bias": get("0.bias")},
+                  "head": {"kernel": get("2.weight").T, "bias": get("2.bias")}}
+
+      STEPS, BATCH, N = 120, 64, 512
+      x = jnp.asarray(data.x_train[:N].reshape(N, -1)); y = jnp.asarray(data.y_train[:N])
+      model = MLP()
+      params0 = from_torch(lambda k: jnp.asarray(ref[f"init/{k}"]))
+
+      S = optzoo.schedules
+      lr = S.sequential_lr([S.linear_lr(3e-3, 0.1, 1.0, 20),          # LinearLR(opt, 0.1, 1.0, 20)
+                            S.cosine_annealing_lr(3e-3, STEPS - 20)],   # CosineAnnealingLR(opt, 100)
+                           milestones=[20])
+      tx = optax.chain(
+          optax.clip_by_global_norm(1.0),                               # clip_grad_norm_(params, 1.0)
+          optzoo.param_groups(optzoo.adamw,                             # AdamW([{decay}, {no_decay}], lr=3e-3)
+                              [{"params": "**/kernel", "weight_decay": 0.05},
+                               {"params": "**/bias", "weight_decay": 0.0}],
+                              defaults=dict(learning_rate=lr)))
+
+      def loss_fn(p, xb, yb):
+          return optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, xb), yb).mean()
+
+      @jax.jit
+      def train_step(p, s, i):
+          j = (i * BATCH) % N
+          xb, yb = jax.lax.dynamic_slice_in_dim(x, j, BATCH), jax.lax.dynamic_slice_in_dim(y, j, BATCH)
+          loss, g = jax.value_and_grad(loss_fn)(p, xb, yb)
+          u, s = tx.update(g, s, p)
+          return optax.apply_updates(p, u), s, loss
+
+      def run(p, s, start, stop):
+          out = []
+          for i in range(start, stop):
+              p, s, loss = train_step(p, s, i)
+              out.append(float(loss))
+          return p, s, np.asarray(out)
+
+      t0 = time.time()
+      _, _, losses = run(params0, tx.init(params0), 0, STEPS)
+      print(f"optzoo port: {STEPS} steps in {time.time() - t0:.1f}s; max |loss - torch| ="
+            f" {np.max(np.abs(losses - ref['losses'])):.2e}")
+      """),
+      code("""
+      fig, ax = plt.subplots(figsize=(8, 4))
+      ax.plot(ref["losses"], lw=4, alpha=0.4, label="PyTorch (fixture)")
+      ax.plot(losses, "--", label="optzoo / Flax port")
+      ax.set(xlabel="step", ylabel="training loss", title="same recipe, same numbers (float32)")
+      ax.legend(); plt.show()
+      """),
+      md("""
+      ### Started in torch, resumed in JAX
+
+      `ckpt.pt` holds torch tensors; the fixture holds the same state_dict as
+      NumPy arrays (torch is not needed). `param_order` names the Flax leaf of
+      torch parameter 0, 1, ... (torch numbers them group by group) and `"T"`
+      transposes `Linear.weight` into `Dense.kernel`.
+      """),
+      code("""
+      R = int(ref["resume/last_epoch"])
+      state_dict = {"state": {}, "param_groups": json.loads(str(ref["resume/param_groups"]))}
+      for k in ref.files:
+          if k.startswith("resume/state/"):
+              _, _, idx, key = k.split("/")
+              state_dict["state"].setdefault(int(idx), {})[key] = ref[k]
+      # torch numbers its params group by group: [0.weight, 2.weight] then [0.bias, 2.bias]
+      order = [("hidden/kernel", "T"), ("head/kernel", "T"), "hidden/bias", "head/bias"]
+      p_r = from_torch(lambda k: jnp.asarray(ref[f"resume/{k}"]))
+      s_r = optzoo.from_torch_optimizer_state(state_dict, tx.init(p_r), p_r, order,
+                                              step=optzoo.from_torch_scheduler_state({"last_epoch": R}))
+      _, _, resumed = run(p_r, s_r, R, STEPS)
+      _, _, fresh = run(p_r, tx.init(p_r), R, STEPS)        # what forgetting the state does
+      print(f"resumed at step {R}: max |loss - torch| = {np.max(np.abs(resumed - ref['losses'][R:])):.2e};"
+            f" with a fresh optimizer state: {np.max(np.abs(fresh - ref['losses'][R:])):.2e}")
+      fig, ax = plt.subplots(figsize=(8, 4))
+      ax.plot(ref["losses"], lw=4, alpha=0.4, label="PyTorch, 120 steps")
+      ax.plot(np.arange(R, STEPS), resumed, "--", label=f"torch {R} steps, then optzoo")
+      ax.plot(np.arange(R, STEPS), fresh, ":", label="optzoo from a fresh state (wrong)")
+      ax.axvline(R, color="k", lw=0.5); ax.set(xlabel="step", ylabel="training loss")
+      ax.legend(); plt.show()
+      """),
+  ]
+
+
 def main():
   names = []
   for name, (title, shows, fn) in NOTEBOOKS.items():

@@ -167,6 +167,38 @@ from optzoo._src.quantized import quantize_state
 from optzoo._src.quantized import state_nbytes
 from optzoo._src.sharded_state import shard_spec
 from optzoo._src.sharded_state import shard_state
+# torch.optim.lr_scheduler as optax schedules (also in optzoo.schedules).
+from optzoo._src.torch_schedules import lambda_lr
+from optzoo._src.torch_schedules import multiplicative_lr
+from optzoo._src.torch_schedules import step_lr
+from optzoo._src.torch_schedules import multi_step_lr
+from optzoo._src.torch_schedules import constant_lr
+from optzoo._src.torch_schedules import linear_lr
+from optzoo._src.torch_schedules import exponential_lr
+from optzoo._src.torch_schedules import polynomial_lr
+from optzoo._src.torch_schedules import cosine_annealing_lr
+from optzoo._src.torch_schedules import sequential_lr
+from optzoo._src.torch_schedules import chained_scheduler
+from optzoo._src.torch_schedules import cyclic_momentum
+from optzoo._src.torch_schedules import reduce_lr_on_plateau
+from optzoo._src.torch_schedules import ReduceLROnPlateauState
+# torch-style parameter groups.
+from optzoo._src.param_groups import param_groups
+from optzoo._src.param_groups import param_labels
+from optzoo._src.param_groups import param_mask
+from optzoo._src.param_groups import no_decay_groups
+from optzoo._src.param_groups import scaled_lr_groups
+from optzoo._src.param_groups import path_str
+# torch state_dict interop.
+from optzoo._src.torch_interop import from_torch_optimizer_state
+from optzoo._src.torch_interop import to_torch_optimizer_state
+from optzoo._src.torch_interop import from_torch_scheduler_state
+# torch.optim.swa_utils.
+from optzoo._src.swa import AveragedModel
+from optzoo._src.swa import AveragedModelState
+from optzoo._src.swa import averaged_model
+from optzoo._src.swa import swalr
+from optzoo._src.swa import update_bn
 
 # Registry.
 from optzoo._src.registry import get_info
@@ -328,6 +360,38 @@ __all__ = [
     "newton_schulz",
     "orthogonalize",
     "scale_by_muon",
+    # torch.optim.lr_scheduler
+    "lambda_lr",
+    "multiplicative_lr",
+    "step_lr",
+    "multi_step_lr",
+    "constant_lr",
+    "linear_lr",
+    "exponential_lr",
+    "polynomial_lr",
+    "cosine_annealing_lr",
+    "sequential_lr",
+    "chained_scheduler",
+    "cyclic_momentum",
+    "reduce_lr_on_plateau",
+    "ReduceLROnPlateauState",
+    # torch-style parameter groups
+    "param_groups",
+    "param_labels",
+    "param_mask",
+    "no_decay_groups",
+    "scaled_lr_groups",
+    "path_str",
+    # torch state_dict interop
+    "from_torch_optimizer_state",
+    "to_torch_optimizer_state",
+    "from_torch_scheduler_state",
+    # torch.optim.swa_utils
+    "AveragedModel",
+    "AveragedModelState",
+    "averaged_model",
+    "swalr",
+    "update_bn",
 ]
 
 #  / Please don't use symbols in `_src`: they \
