@@ -45,6 +45,8 @@ from optzoo._src.perf import *  # noqa: F401,F403
 from optzoo._src.perf import __all__ as _perf_all
 from optzoo._src.reliability import *  # noqa: F401,F403
 from optzoo._src.reliability import __all__ as _reliability_all
+from optzoo._src.communication import *  # noqa: F401,F403
+from optzoo._src.communication import __all__ as _communication_all
 
 # Registry.
 from optzoo._src.base import MethodInfo
@@ -85,7 +87,7 @@ __all__ = [
     "sgdw",
     "trace",
 ] + list(_dynamics_all) + list(_research_all) + list(_perf_all) + list(
-    _reliability_all)
+    _reliability_all) + list(_communication_all)
 
 #  / Please don't use symbols in `_src`: they \
 #  \ are not part of the optzoo public API.   /
