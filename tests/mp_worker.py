@@ -12,6 +12,7 @@ All configurations run in one invocation (JAX startup dominates the cost):
 * ``--mode save``: adam/fsdp for 10 steps, an Orbax checkpoint of
   (params, opt_state) in ``--ckpt``, then 10 more steps; writes
   ``save.npz`` (the saved tree and the continuation).
+* ``--mode smoke``: adam, data parallel only (the 4-process run).
 * ``--mode restore``: restores the checkpoint onto this cluster's mesh and
   runs the same 10 steps; writes ``restore_<nproc>.npz``.
 """
@@ -163,13 +164,15 @@ def init_params():
   return jax.device_get(MODEL.init(jax.random.PRNGKey(0), jnp.zeros((1, D_IN)))["params"])
 
 
-def mode_train(mesh, steps, out):
+def mode_train(mesh, steps, out, only=None):
   results = {}
   xs, ys = data(steps)
   gx, gy = global_array(xs, mesh, P(None, "data")), global_array(ys, mesh, P(None, "data"))
   host_params = init_params()
   for name, make in optimizers().items():
     for layout in ("dp", "fsdp"):
+      if only is not None and f"{name}/{layout}" != only:
+        continue
       tx = make()
       pspecs = param_specs(host_params, layout)
       params = jax.tree.map(lambda x, s: global_array(x, mesh, s), host_params, pspecs)
@@ -177,6 +180,10 @@ def mode_train(mesh, steps, out):
       p, _, losses = make_run(tx, mesh, pspecs)(params, state, gx, gy)
       results.update(flat(f"{name}/{layout}/", to_host(p)))
       results[f"{name}/{layout}/losses"] = to_host(losses)
+  if only is not None:
+    if PID == 0:
+      np.savez(os.path.join(out, f"train_{NPROC}_{only.replace('/', '_')}.npz"), **results)
+    return
   # PowerSGD inside shard_map (local grads, compressed all-reduce).
   tx = optax.chain(optzoo.powersgd(rank=2, start_iter=5, min_compression_rate=1.0),
                    optzoo.adam(1e-2))
@@ -256,6 +263,7 @@ def main():
   modes = a.mode.split(",")
   for m in modes:
     {"train": lambda: mode_train(mesh, a.steps, a.out),
+     "smoke": lambda: mode_train(mesh, a.steps, a.out, only="adam/dp"),
      "save": lambda: mode_save(mesh, a.ckpt, a.out),
      "restore": lambda: mode_restore(mesh, a.ckpt, a.out)}[m]()
   multihost_utils.sync_global_devices("done")

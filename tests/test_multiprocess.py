@@ -8,7 +8,8 @@ launch runs all its configurations):
    then an Orbax checkpoint at step 10 and the continuation;
 2. 1 process x 8 devices: the same training (the reference), and a restore
    of the 2-process checkpoint onto one process + the continuation;
-3. 2 processes x 4 devices: restore + the continuation.
+3. 2 processes x 4 devices: restore + the continuation;
+4. 4 processes x 2 devices: adam, data parallel only (a smoke run).
 
 Checks: 2-process training equals the 1-process run (<= 1e-6 relative,
 float32, 50 steps); the restored trees equal the saved ones bit for bit, and
@@ -38,7 +39,7 @@ def runs(tmp_path_factory):
          + os.environ.get("PYTHONPATH", "")}
   common = ["--out", str(out), "--ckpt", str(ckpt)]
   for nproc, ndev, mode in ((2, 4, "train,save"), (1, 8, "train,restore"),
-                            (2, 4, "restore")):
+                            (2, 4, "restore"), (4, 2, "smoke")):
     t0, r0 = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
     multiprocess.launch(WORKER, nproc, ndev, ["--mode", mode, *common],
                         timeout=TIMEOUT, env=env)
@@ -48,7 +49,7 @@ def runs(tmp_path_factory):
   load = lambda name: dict(np.load(os.path.join(out, name)))
   return {"train2": load("train_2.npz"), "train1": load("train_1.npz"),
           "save": load("save.npz"), "restore1": load("restore_1.npz"),
-          "restore2": load("restore_2.npz")}
+          "restore2": load("restore_2.npz"), "smoke4": load("train_4_adam_dp.npz")}
 
 
 def _rel(a, b):
@@ -72,6 +73,13 @@ def test_two_processes_equal_one_process(runs):
     # order differs between gloo and the in-process collectives).
     tol = 1e-2 if k.startswith("psgd/") else 1e-6
     assert _rel(two[k], one[k]) <= tol, (k, _rel(two[k], one[k]))
+
+
+def test_four_processes_equal_one_process(runs):
+  four, one = runs["smoke4"], runs["train1"]
+  assert four and all(k.startswith("adam/dp/") for k in four)
+  for k in four:
+    assert _rel(four[k], one[k]) <= 1e-6, k
 
 
 def test_fsdp_equals_dp(runs):
