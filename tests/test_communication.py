@@ -395,3 +395,21 @@ def test_replica_specs_in_a_chain():
   big = optzoo.replicate_state(state, 4)
   assert big[0].error["w"].shape == (4, 8, 6)
   assert big[1][0].mu["w"].shape == (8, 6)
+
+
+def test_local_sgd_average_state():
+  rng = np.random.default_rng(7)
+  params = {"w": jnp.asarray(np.stack([rng.normal(size=(3, 2))] * 2))}
+  grads = {"w": jnp.asarray(rng.normal(size=(5, 2, 3, 2)))}
+  def final_traces(average_state):
+    tx = optzoo.local_sgd(optzoo.sgd(0.1, momentum=0.9), sync_period=4,
+                          average_state=average_state)
+    _, nbytes, state = run_replicas(tx, params, grads, 2, per_replica_params=True)
+    tr = [np.asarray(x) for x in jax.tree.leaves(state.inner_state)
+          if np.asarray(x).dtype == np.float64 and np.asarray(x).shape == (2, 3, 2)]
+    return tr[0], nbytes
+  tr, nbytes = final_traces(True)   # synced at steps 0 and 4
+  np.testing.assert_allclose(tr[0], tr[1], rtol=1e-14)
+  assert nbytes[4] == 2 * 6 * 8 and nbytes[1] == 0   # params + momentum
+  tr, _ = final_traces(False)
+  assert not np.allclose(tr[0], tr[1])

@@ -32,18 +32,6 @@ def _axes(axis_name: Any) -> tuple:
   return tuple(axis_name) if isinstance(axis_name, (tuple, list)) else (axis_name,)
 
 
-def vary(x: Any, axis_name: Any, n: Optional[int]) -> Any:
-  """``x`` typed as varying over ``axis_name`` (for ``lax.cond`` branches)."""
-  if n is None:
-    return x
-  def one(v):
-    aval = jax.typeof(v)
-    have = getattr(getattr(aval, "manual_axis_type", None), "varying", frozenset())
-    missing = tuple(a for a in _axes(axis_name) if a not in have)
-    return jax.lax.pcast(v, missing, to="varying") if missing else v
-  return jax.tree.map(one, x)
-
-
 def pmean(x: Any, axis_name: Any, n: Optional[int]) -> Any:
   return x if n is None else jax.lax.pmean(x, axis_name)
 

@@ -101,8 +101,7 @@ def _error_init(params: Any, on: bool) -> Any:
   return jax.tree.map(one, params)
 
 
-def _ef_transform(leaf_fn, *, error_feedback: bool, key: Any, axis_name: Any,
-                  needs_key: bool, name: str):
+def _ef_transform(leaf_fn, *, error_feedback: bool, key: Any, axis_name: Any):
   """The shared skeleton: p = g + e, compress/communicate p, e = p - local."""
   key = _as_key(key)
 
@@ -139,7 +138,6 @@ def _ef_transform(leaf_fn, *, error_feedback: bool, key: Any, axis_name: Any,
         error=treedef.unflatten(new_errs), key=state.key,
         comm_bytes=_i32(sent), dense_bytes=state.dense_bytes)
 
-  del needs_key, name
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
@@ -218,8 +216,7 @@ def topk_compression(
     return agg, local, k * (p.dtype.itemsize + 4)
 
   return _ef_transform(leaf_fn, error_feedback=error_feedback, key=0,
-                       axis_name=axis_name, needs_key=False,
-                       name="topk_compression")
+                       axis_name=axis_name)
 
 
 @base.register(
@@ -276,8 +273,7 @@ def randomk_compression(
     return agg, local, k * p.dtype.itemsize
 
   return _ef_transform(leaf_fn, error_feedback=error_feedback, key=key,
-                       axis_name=axis_name, needs_key=True,
-                       name="randomk_compression")
+                       axis_name=axis_name)
 
 
 @base.register(
@@ -353,7 +349,7 @@ def qsgd(
     return agg, local, p.size + p.dtype.itemsize
 
   return _ef_transform(leaf_fn, error_feedback=error_feedback, key=key,
-                       axis_name=axis_name, needs_key=True, name="qsgd")
+                       axis_name=axis_name)
 
 
 @base.register(
