@@ -200,6 +200,22 @@ from optzoo._src.swa import averaged_model
 from optzoo._src.swa import swalr
 from optzoo._src.swa import update_bn
 
+# Communication-efficient data parallelism (inside jax.shard_map over a data axis).
+from optzoo._src.communication import communication_stats
+from optzoo._src.communication import CompressionState
+from optzoo._src.communication import ef_signsgd
+from optzoo._src.communication import local_sgd
+from optzoo._src.communication import LocalSGDState
+from optzoo._src.communication import MajorityVoteState
+from optzoo._src.communication import powersgd
+from optzoo._src.communication import PowerSGDState
+from optzoo._src.communication import qsgd
+from optzoo._src.communication import randomk_compression
+from optzoo._src.communication import replica_specs
+from optzoo._src.communication import replicate_state
+from optzoo._src.communication import signsgd_majority_vote
+from optzoo._src.communication import topk_compression
+
 # Registry.
 from optzoo._src.registry import get_info
 from optzoo._src.registry import list_optimizers
@@ -212,6 +228,20 @@ from optzoo import schedules
 from optzoo.diagnostics import monitor_norms
 
 __all__ = [
+    "communication_stats",
+    "CompressionState",
+    "ef_signsgd",
+    "local_sgd",
+    "LocalSGDState",
+    "MajorityVoteState",
+    "powersgd",
+    "PowerSGDState",
+    "qsgd",
+    "randomk_compression",
+    "replica_specs",
+    "replicate_state",
+    "signsgd_majority_vote",
+    "topk_compression",
     "adabound",
     "adafactor",
     "adagrad",
