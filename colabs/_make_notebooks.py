@@ -309,15 +309,14 @@ def nb_schedules():
           "scale_for_batch_size": dict(learning_rate=1e-2, base_batch_size=32, batch_size=256),
           "byol_tau_schedule": dict(total_steps=T),
       }
-      infos = optzoo.list_optimizers(family="schedule")
+      # optzoo's own schedules; the torch.optim.lr_scheduler ports are in notebook 11.
+      infos = [i for i in optzoo.list_optimizers(family="schedule") if i.name in nicer]
       cols = 3
       rows = -(-(len(infos) + 1) // cols)
       fig, axes = plt.subplots(rows, cols, figsize=(13, 2.8 * rows))
       steps = np.arange(T)
-      def build(info):   # readable settings above; otherwise just the base learning rate
-          return info.factory(**nicer[info.name]) if info.name in nicer else info.factory(1e-2)
       for ax, info in zip(axes.flat, infos):
-          sched = build(info)
+          sched = info.factory(**nicer[info.name])
           ax.plot(steps, [float(sched(i)) for i in steps])
           ax.set_title(f"optzoo.{info.name}", fontsize=10); ax.grid(alpha=.3)
       for ax in list(axes.flat)[len(infos):]:

@@ -87,6 +87,11 @@ _TOL = {"bfloat16": 6e-2, "float16": 1e-2}
 # Methods whose step-1 update is not a few operations on the gradient, with
 # the reason; their low-precision run is only checked for dtype, finiteness
 # and counter saturation.
+# Fresh (zero) moments at a saturated count: torch's Adafactor adds eps1 =
+# the params' machine epsilon (bf16: 2**-7, float64: 2**-52) to the squared
+# gradient, so with fresh moments the bf16 and float64 updates differ by design.
+_EPS_IS_THE_FORMATS = {"adafactor", "scale_by_factored_rms"}
+
 _NOT_FORMAT_BOUND = {
     "lbfgs": "several quasi-Newton iterations per update: y = g_new - g_old of"
              " low-precision gradients cancels, and the curvature pairs amplify"
@@ -141,7 +146,7 @@ def test_low_precision_and_counter_saturation(info, dtype):
   # Bias corrections at a saturated count from fresh moments vs float64
   # (bf16 only: fp16's range cannot hold fresh second moments scaled by
   # 1/t-type factors at t = 2**31, a state no real run reaches).
-  if not noisy and dtype == "bfloat16":
+  if not noisy and dtype == "bfloat16" and info.name not in _EPS_IS_THE_FORMATS:
     s_lp = _set_counters(tx.init(params0), BIG)
     s_64 = _set_counters(tx64.init(p64), BIG)
     _, _, u = step(params0, s_lp, 0)
@@ -154,7 +159,7 @@ def test_low_precision_and_counter_saturation(info, dtype):
 def test_counter_helpers_find_counters():
   state = optzoo.adam(1e-3).init({"w": jnp.ones(2)})
   names = [n for n, _ in _counters(state)]
-  assert names == ["[0].count"]
+  assert names == ["[1].count"]   # after the (stateless) coupled-L2 link
   assert int(_counters(_set_counters(state, BIG))[0][1]) == BIG
 
 

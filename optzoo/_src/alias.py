@@ -189,6 +189,7 @@ def sgdw(
     weight_decay: float = 5e-4,
     *,
     accumulator_dtype: Optional[Any] = None,
+    maximize: bool = False,
 ) -> optax.GradientTransformation:
   r"""SGD with decoupled weight decay, as ``pytorch_optimizer.SGDW``.
 
@@ -213,6 +214,8 @@ def sgdw(
     nesterov: Nesterov momentum.
     weight_decay: :math:`\lambda \ge 0` (default 5e-4, a usual SGD value).
     accumulator_dtype: dtype of the momentum buffer (default: the params').
+    maximize: ascend the objective (torch's flag: the gradient is negated
+      first).
 
   References:
     Loshchilov & Hutter, `Decoupled Weight Decay Regularization
@@ -221,7 +224,7 @@ def sgdw(
   validation.check_lr(learning_rate)
   _check_momentum(momentum, nesterov)
   validation.check_nonneg("weight_decay", weight_decay)
-  links = []
+  links = _maximize(maximize)
   if momentum is not None:
     links.append(transform.trace(momentum, nesterov, dampening=dampening,
                                  accumulator_dtype=accumulator_dtype))
