@@ -67,7 +67,7 @@ INNERS = {
 
 
 @pytest.mark.parametrize("inner", sorted(INNERS))
-def test_group_leaves_equals_inner_leaf_by_leaf(inner):
+def test_grouping_equals_inner_leaf_by_leaf(inner):
   """200 steps: grouped == ungrouped (elementwise and global-norm inners)."""
   params = _layered_params()
   p_ref, _ = _run(INNERS[inner](), params, 200)
@@ -79,7 +79,7 @@ def test_group_leaves_equals_inner_leaf_by_leaf(inner):
                                atol=1e-14)
 
 
-def test_group_leaves_changes_per_leaf_reductions():
+def test_grouping_changes_per_leaf_reductions():
   """The equality check above can fail: a per-leaf reduction (documented as
   unsupported) is *not* preserved by grouping."""
   params = _layered_params()
@@ -91,7 +91,7 @@ def test_group_leaves_changes_per_leaf_reductions():
              ) > 1e-6
 
 
-def test_group_leaves_plan_and_state_layout():
+def test_grouping_plan_and_state_layout():
   params = _layered_params(n_layers=6)
   tx = optzoo.group_leaves(optzoo.adam(1e-2))
   state = tx.init(params)
@@ -118,7 +118,7 @@ def test_group_leaves_plan_and_state_layout():
   assert n_state < n_plain / 3
 
 
-def test_group_leaves_jit_once_dtypes_and_none():
+def test_grouping_jit_once_dtypes_and_none():
   params = _layered_params(dtype=jnp.bfloat16)
   tx = optzoo.group_leaves(optzoo.adam(1e-2))
   state = tx.init(params)
@@ -134,7 +134,7 @@ def test_group_leaves_jit_once_dtypes_and_none():
   assert updates["b32"].dtype == jnp.float32
 
 
-def test_group_leaves_groups_param_shaped_extra_args():
+def test_grouping_groups_param_shaped_extra_args():
   """Extra args shaped like the updates are grouped alongside them."""
 
   def scale_by_power():
@@ -156,7 +156,7 @@ def test_group_leaves_groups_param_shaped_extra_args():
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-15)
 
 
-def test_group_leaves_large_groups_use_runtime_digits():
+def test_grouping_large_groups_use_runtime_digits():
   """1,100 same-shape leaves: rows need three base-32 digits. The updates
   equal the inner transformation's (to float64 rounding: XLA fuses the two
   programs differently), the step compiles once, and the
@@ -194,7 +194,7 @@ def test_group_leaves_large_groups_use_runtime_digits():
       assert line.split("(")[0].count("%") <= 33, line[:200]
 
 
-def test_group_leaves_max_leaf_size():
+def test_grouping_max_leaf_size():
   params = {"small": [jnp.ones(4)] * 3, "big": [jnp.ones((80, 80))] * 3}
   names = lambda tx: sorted(len(v) for v in _plan(tx.init(params)).values())
   assert names(optzoo.group_leaves(optzoo.adam(1e-2))) == [1, 1, 1, 3]
@@ -206,7 +206,7 @@ def test_group_leaves_max_leaf_size():
                              max_leaf_size=2).init(params).digits == ()
 
 
-def test_group_leaves_errors():
+def test_grouping_errors():
   with pytest.raises(TypeError, match="inner"):
     optzoo.group_leaves(3)
   params = _layered_params()
@@ -323,7 +323,7 @@ def _distinct_kernels(step, *args):
   return len(bodies)
 
 
-def test_group_leaves_distinct_kernels_do_not_grow_with_leaves():
+def test_grouping_distinct_kernels_do_not_grow_with_leaves():
   """What keeps compile time linear in the leaf count: doubling the number
   of same-shape leaves adds (almost) no distinct kernel. The negative control
   (static per-leaf slices, the naive unstack) adds one per leaf."""

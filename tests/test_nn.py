@@ -161,7 +161,7 @@ def test_weight_norm_reparameterization(digits):
   np.testing.assert_allclose(out, h @ w1 + v["Dense_1"]["bias"], rtol=1e-4, atol=1e-5)
 
 
-def test_group_and_layer_norm_match_numpy(digits):
+def test_groupnorm_and_layernorm_match_numpy(digits):
   x = digits.x_train[:6]
   for norm, groups in (("group", 4), ("layer", 1)):
     model = zn.MLP(hidden=(8,), norm=norm, num_groups=4)

@@ -251,7 +251,7 @@ def test_registry_is_covered():
     assert name in TRANSFORMS, f"{name} missing from the registry"
 
 
-def test_group_leaves_keeps_per_leaf_sharding():
+def test_leaf_grouping_keeps_per_leaf_sharding():
   """Stacked groups are sharded P(None, *leaf_spec); leaves with different
   shardings are not stacked together; the step needs no collective."""
   mesh = _mesh()

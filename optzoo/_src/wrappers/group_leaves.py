@@ -303,7 +303,7 @@ def group_leaves(
         raise ValueError("group_leaves: `params` and the updates must have"
                          " the same tree structure.")
       g_params = _group(p_leaves, plan)
-    g_extra = _group_extra_args(extra_args, treedef, plan)
+    g_extra = _extra_args_per_group(extra_args, treedef, plan)
     new_updates, inner_state = inner.update(
         g_updates, state.inner_state, g_params, **g_extra)
     out = _ungroup(new_updates, plan, len(leaves), state.digits)
@@ -343,7 +343,7 @@ def _check_state_matches(leaves: list, plan: dict, digits: tuple) -> None:
           f" in shape/dtype {sorted(map(str, shapes))}.")
 
 
-def _group_extra_args(extra_args: dict, treedef: Any, plan: dict) -> dict:
+def _extra_args_per_group(extra_args: dict, treedef: Any, plan: dict) -> dict:
   """Groups the extra args shaped like the updates; passes the others through."""
   out = {}
   for k, v in extra_args.items():
