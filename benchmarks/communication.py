@@ -66,7 +66,7 @@ def worker(args):
   import optax
   from jax.sharding import NamedSharding, PartitionSpec as P
   import optzoo
-  from optzoo._src import data as zdata
+  from optzoo.apps import data as zdata
 
   mesh = jax.make_mesh((jax.device_count(),), ("data",),
                        axis_types=(jax.sharding.AxisType.Auto,))
