@@ -10,6 +10,11 @@ Every method is a small, composable ``optax.GradientTransformation``.
 
 __version__ = "0.1.0"
 
+# The public names, one explicit import each, executed on first use (PEP 562
+# module ``__getattr__``): ``import optzoo`` (and the ``optzoo`` command line)
+# imports no JAX, and ``optzoo.adam`` imports only what ``adam`` needs. Add a
+# public name here and to ``__all__``.
+_IMPORTS = """
 # Composable primitives.
 from optzoo._src.transform import add_decayed_weights
 from optzoo._src.transform import add_gradient_noise
@@ -226,6 +231,7 @@ from optzoo import diagnostics
 from optzoo import research
 from optzoo import schedules
 from optzoo.diagnostics import monitor_norms
+"""
 
 __all__ = [
     "communication_stats",
@@ -426,3 +432,54 @@ __all__ = [
 
 #  / Please don't use symbols in `_src`: they \
 #  \ are not part of the optzoo public API.   /
+
+
+def _table() -> dict:
+  """``{public name: (module, attribute)}``, read off ``_IMPORTS`` once."""
+  global _TABLE
+  if _TABLE is None:
+    import ast  # pylint: disable=g-import-not-at-top
+    table = {}
+    for node in ast.parse(_IMPORTS).body:
+      for alias in node.names:
+        table[alias.asname or alias.name] = (node.module, alias.name)
+    _TABLE = table
+  return _TABLE
+
+
+_TABLE = None
+
+
+def __getattr__(name: str):
+  try:
+    module, attr = _table()[name]
+  except KeyError:
+    raise AttributeError(f"module 'optzoo' has no attribute {name!r}") from None
+  import importlib  # pylint: disable=g-import-not-at-top
+  if module == __name__:  # a public submodule: ``from optzoo import research``
+    value = importlib.import_module(f"{__name__}.{attr}")
+  else:
+    value = getattr(importlib.import_module(module), attr)
+  globals()[name] = value  # later lookups are plain attribute reads
+  return value
+
+
+def __dir__() -> list:
+  return sorted(set(globals()) | set(_table()))
+
+
+_IMPORTING_ALL = False
+
+
+def _import_all() -> None:
+  """Imports every public name (what the registry needs to be complete)."""
+  global _IMPORTING_ALL
+  if _IMPORTING_ALL:  # re-entered from a module that this call is importing
+    return
+  _IMPORTING_ALL = True
+  try:
+    for name in _table():
+      if name not in globals():
+        __getattr__(name)
+  finally:
+    _IMPORTING_ALL = False

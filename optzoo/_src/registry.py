@@ -167,8 +167,15 @@ def _public_factory(fn: Callable[..., Any], name: str, *,
   return factory
 
 
+def _register_all() -> None:
+  """Imports every public name: ``optzoo`` loads them lazily, on first use."""
+  import optzoo  # pylint: disable=g-import-not-at-top
+  optzoo._import_all()  # pylint: disable=protected-access
+
+
 def registry() -> dict[str, MethodInfo]:
-  """All registered methods, by name (import ``optzoo`` first)."""
+  """All registered methods, by name."""
+  _register_all()
   return dict(_REGISTRY)
 
 
