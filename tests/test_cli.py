@@ -269,3 +269,88 @@ def test_readme_quickstart_runs(capsys):
   out = capsys.readouterr().out
   acc = float(out.split("test accuracy")[1].strip().rstrip("%"))
   assert acc > 90.0, out
+
+
+# ---------------------------------------------------------------------------
+# Start-up cost: --help, usage errors and `list` import no JAX
+# ---------------------------------------------------------------------------
+
+_NO_JAX = r"""
+import sys
+from optzoo.apps import cli
+argv = sys.argv[1:]
+try:
+  code = cli.main(argv)
+except SystemExit as e:  # argparse's --help
+  code = e.code
+heavy = sorted(m for m in ("jax", "optax", "flax", "chex") if m in sys.modules)
+print("HEAVY", heavy, "CODE", code)
+"""
+
+
+def _cli_process(*args, code=None):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["JAX_PLATFORMS"] = "cpu"
+  cmd = [sys.executable, "-c", code, *args] if code else [
+      sys.executable, "-m", "optzoo.apps.cli", *args]
+  return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120,
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.mark.parametrize("argv,code", [
+    (["--help"], 0), (["race", "--help"], 0), (["lr-find", "--help"], 0),
+    (["race", "--epochs", "two"], 2), (["bogus"], 2), (["list"], 0), (["table"], 0),
+    (["list", "--family", "Team Zoo"], 2), (["race", "--optimizers", "adamx"], 2),
+])
+def test_help_usage_errors_and_list_import_no_jax(argv, code):
+  p = _cli_process(*argv, code=_NO_JAX)
+  assert p.returncode == 0, p.stderr[-2000:]
+  assert f"HEAVY [] CODE {code}" in p.stdout, (p.stdout[-500:], p.stderr[-2000:])
+
+
+def test_cli_latency():
+  """Generous bounds for a loaded CI machine (about 0.1 s and 0.5 s on an idle one)."""
+  import time
+  for argv, bound in ((["--help"], 2.0), (["list"], 5.0)):
+    t = time.perf_counter()
+    p = _cli_process(*argv)
+    wall = time.perf_counter() - t
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert wall < bound, f"optzoo {' '.join(argv)} took {wall:.1f} s (bound {bound} s)"
+
+
+def _fields(metas):
+  return [{f: getattr(m, f) for f in cli._META_FIELDS} for m in metas]  # pylint: disable=protected-access
+
+
+def test_zoo_snapshot_is_current():
+  """`list`/`table` read optzoo/apps/_zoo_snapshot.py: it must match the registry."""
+  snap = cli.snapshot_zoo()
+  regen = "regenerate it: python -m optzoo.apps.cli table --write-snapshot"
+  assert snap is not None, f"optzoo/apps/_zoo_snapshot.py is stale; {regen}"
+  from optzoo._src import registry
+  assert snap[0] == registry.FAMILIES, regen
+  live = optzoo.list_optimizers()
+  assert _fields(snap[1]) == _fields(live), regen
+
+
+def test_stale_snapshot_falls_back_to_the_live_registry(monkeypatch, capsys):
+  fresh = cli.zoo()
+  monkeypatch.setattr(cli, "source_fingerprint", lambda: "edited")
+  assert cli.snapshot_zoo() is None
+  assert _fields(cli.zoo()[1]) == _fields(optzoo.list_optimizers()) == _fields(fresh[1])
+  assert cli.zoo("research")[1] and all(m.family == "research" for m in cli.zoo("research")[1])
+  code, out, _ = _run(capsys, "table")
+  assert code == 0 and len(out.strip().splitlines()) == 2 + len(fresh[1])
+
+
+def test_check_names_says_what_get_info_says():
+  names = [i.name for i in optzoo.list_optimizers()]
+  for spec, bad in (("adamx", "adamx"), ("lookahead:sgdmm@0.1", "sgdmm"), ("zzz", "zzz")):
+    with pytest.raises(race.RaceError) as fast:
+      race.check_names(spec, names)
+    with pytest.raises(race.RaceError) as slow:
+      race.build_optimizer(spec)
+    assert str(fast.value) == str(slow.value) and repr(bad) in str(fast.value)
+  for spec in race.DEFAULT_OPTIMIZERS + ("adam@1e-3", "sgd:adam"):
+    race.check_names(spec, names)  # known names pass (wrapper checks come later)

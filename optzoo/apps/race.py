@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_OPTIMIZERS",
     "PRESETS",
     "parse_spec",
+    "check_names",
     "build_optimizer",
     "check_out_dir",
     "run_race",
@@ -109,6 +110,20 @@ def _info(name: str):
   except KeyError as e:
     msg = e.args[0] if e.args else str(e)
     raise RaceError(f"{msg} Presets: {', '.join(PRESETS)}.") from None
+
+
+def check_names(spec: str, names: Sequence[str]) -> None:
+  """:class:`RaceError` for a name in ``spec`` that is neither a preset nor in
+  ``names``, with the message of ``optzoo.get_info`` (no JAX needed)."""
+  import difflib  # pylint: disable=g-import-not-at-top
+  parts, _ = parse_spec(spec)
+  for part in parts:
+    name = PRESETS.get(part, (part,))[0]
+    if name not in names:
+      close = difflib.get_close_matches(name, list(names), n=3)
+      hint = f" Did you mean {', '.join(close)}?" if close else ""
+      raise RaceError(f"unknown method {name!r}.{hint} See"
+                      f" optzoo.list_optimizers(). Presets: {', '.join(PRESETS)}.")
 
 
 def _accepts(fn: Callable, name: str) -> bool:
