@@ -128,8 +128,9 @@ def test_race_same_seed_same_numbers(capsys, tmp_path):
   code, out, err = _run(capsys, "race", "--optimizers", opts, "--seed", "1", "--out", a, *QUICK)
   assert code == 0, err
   # the final table: one row per optimizer with loss, accuracy, time, steps/s
-  for col in ("train loss", "test acc", "wall time", "steps/s"):
+  for col in ("train loss", "test acc", "compile", "steps/s", "wall time"):
     assert col in out
+  assert "compile: seconds to compile one jitted epoch" in " ".join(out.split())
   assert "sgdm" in out and "adam@3e-3" in out
   assert _run(capsys, "race", "--optimizers", opts, "--seed", "1", "--out", b, *QUICK)[0] == 0
   assert _run(capsys, "race", "--optimizers", "sgdm", "--seed", "2", "--out", c, *QUICK)[0] == 0
@@ -145,6 +146,28 @@ def test_race_same_seed_same_numbers(capsys, tmp_path):
   with open(os.path.join(a, "race.png"), "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   assert set(ra["timings"]) == {"sgdm", "adam@3e-3"}
+  for t in ra["timings"].values():
+    assert 0 < t["compile_time"] < t["wall_time"] and t["steps_per_sec"] > 0
+  assert ra["timings_note"] == race.TIMING_NOTE
+  with open(os.path.join(a, "results.md")) as f:
+    md = f.read()
+  assert "| `adam@3e-3` | 0.003 |" in md and race.TIMING_NOTE in md
+
+
+def test_race_epoch_scan_matches_the_flax_loop():
+  """The race's compiled epoch (lax.scan) = optzoo.nn.fit's step-by-step loop."""
+  from optzoo import nn as zn
+  from optzoo.apps import data as zdata
+  data = zdata.load_dataset("digits", seed=0).subset(n_train=192)
+  net = zn.make_model("mlp", norm="batch", num_classes=data.num_classes)
+  tx = optzoo.adam(3e-3)
+  got = race._fit_scanned(net, tx, data, epochs=2, batch_size=32, seed=0)  # pylint: disable=protected-access
+  want = zn.fit(net, tx, data, epochs=2, batch_size=32, seed=0)
+  assert got["steps"] == want["steps"] == 12
+  for k in ("train_loss", "epoch_train_loss", "test_loss"):
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-6, err_msg=k)
+  assert got["test_accuracy"] == want["test_accuracy"]
+  assert got["compile_time"] > 0 and got["steps_per_sec"] > 0
 
 
 def test_race_learns(tmp_path):

@@ -267,12 +267,15 @@ def _cmd_race(args) -> int:
   Table = optional.import_optional("rich.table", "the optzoo command line").Table  # pylint: disable=invalid-name
   t = Table(title=f"optzoo race on {config['dataset']} ({config['model']},"
             f" norm={config['norm']}, {config['epochs']} epochs, batch"
-            f" {config['batch_size']}, seed {config['seed']})")
-  for col, kw in (("optimizer", dict(style="bold cyan")), ("lr", {}),
+            f" {config['batch_size']}, seed {config['seed']})",
+            caption=race.TIMING_NOTE, caption_justify="left")
+  for col, kw in (("optimizer", dict(style="bold cyan", overflow="fold")),
+                  ("lr", {}),
                   ("train loss", dict(justify="right")),
                   ("test acc", dict(justify="right")),
-                  ("wall time", dict(justify="right")),
-                  ("steps/s", dict(justify="right"))):
+                  ("compile", dict(justify="right")),
+                  ("steps/s", dict(justify="right")),
+                  ("wall time", dict(justify="right"))):
     t.add_column(col, **kw)
   best = max(r.test_accuracy for r in results)
   for r in results:
@@ -280,16 +283,20 @@ def _cmd_race(args) -> int:
     acc = f"{100 * r.test_accuracy:.2f}%"
     t.add_row(r.name, "-" if lr is None else f"{lr:g}", f"{r.train_loss:.4f}",
               f"[bold green]{acc}[/]" if r.test_accuracy == best else acc,
-              f"{r.wall_time:.1f}s", f"{r.steps_per_sec:.0f}")
+              f"{r.compile_time:.1f}s", f"{r.steps_per_sec:.0f}",
+              f"{r.wall_time:.1f}s")
   console.print(t)
   png = os.path.join(out, "race.png")
   js = os.path.join(out, "results.json")
+  md = os.path.join(out, "results.md")
   try:
     race.plot_race(results, config, png)
     race.write_results(results, config, js)
+    with open(md, "w") as f:
+      f.write(race.results_markdown(results, config))
   except OSError as e:
     return _fail(f"cannot write results to {out!r}: {e.strerror or e}.")
-  console.print(f"wrote {png} and {js}")
+  console.print(f"wrote {png}, {js} and {md}")
   return 0
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "load_digits",
     "load_fashion_mnist",
     "batches",
+    "batch_order",
 ]
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -186,11 +187,17 @@ def batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, seed: int,
   With ``drop_last`` every batch has exactly ``batch_size`` rows, so a jitted
   train step compiles once.
   """
-  if batch_size < 1:
-    raise ValueError(f"`batch_size` must be >= 1, got {batch_size!r}.")
-  rng = np.random.default_rng([seed, epoch])
-  perm = rng.permutation(len(x))
-  stop = len(x) - (len(x) % batch_size if drop_last else 0)
-  for i in range(0, stop, batch_size):
+  perm = batch_order(len(x), batch_size, seed=seed, epoch=epoch,
+                     drop_last=drop_last)
+  for i in range(0, len(perm), batch_size):
     idx = perm[i:i + batch_size]
     yield x[idx], y[idx]
+
+
+def batch_order(n: int, batch_size: int, *, seed: int, epoch: int = 0,
+                drop_last: bool = True) -> np.ndarray:
+  """The example indices of one epoch of :func:`batches`, batch after batch."""
+  if batch_size < 1:
+    raise ValueError(f"`batch_size` must be >= 1, got {batch_size!r}.")
+  perm = np.random.default_rng([seed, epoch]).permutation(n)
+  return perm[:n - (n % batch_size if drop_last else 0)]
