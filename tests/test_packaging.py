@@ -61,3 +61,46 @@ def test_without_the_apps_extra():
   assert p.returncode == 1, p.stderr
   err = p.stderr.strip().splitlines()
   assert len(err) == 1 and "needs scikit-learn" in err[0] and "optzoo[apps]" in err[0], p.stderr
+
+
+# optzoo/__init__.py runs its explicit imports on first use (PEP 562).
+_LAZY = r"""
+import sys
+import optzoo
+heavy = [m for m in ("jax", "optax", "flax", "chex") if m in sys.modules]
+assert not heavy, f"import optzoo imported {heavy}"
+assert "adam" in dir(optzoo) and "adam" in optzoo.__all__
+from optzoo import adam, research
+assert optzoo.adam is adam and callable(adam)
+assert research.__name__ == "optzoo.research" and optzoo.research is research
+try:
+  optzoo.no_such_name
+except AttributeError as e:
+  assert "no_such_name" in str(e)
+else:
+  raise AssertionError("no AttributeError")
+print("ok")
+"""
+
+
+def test_import_optzoo_is_lazy():
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  p = subprocess.run([sys.executable, "-c", _LAZY], capture_output=True, text=True, env=env,
+                     timeout=120, cwd=ROOT)
+  assert p.returncode == 0 and "ok" in p.stdout, p.stderr[-2000:]
+
+
+def test_lazy_imports_are_explicit_and_match_all():
+  import ast
+  import optzoo
+  names = []
+  for node in ast.parse(optzoo._IMPORTS).body:  # pylint: disable=protected-access
+    assert isinstance(node, ast.ImportFrom) and node.level == 0, ast.dump(node)
+    assert all(a.name != "*" for a in node.names), "star import in optzoo._IMPORTS"
+    names += [a.asname or a.name for a in node.names]
+  assert len(names) == len(set(names)), "a name imported twice in optzoo._IMPORTS"
+  assert set(names) == set(optzoo.__all__)
+  for name in optzoo.__all__:
+    assert getattr(optzoo, name) is not None, name
+  assert set(optzoo.__all__) <= set(dir(optzoo))
