@@ -4,8 +4,11 @@ torch.optim views a complex parameter as a real tensor with a trailing axis
 of size 2, so every elementwise statistic (second moments, running maxima,
 clipping, square roots, divisions) is taken separately for the real and the
 imaginary part. The helpers here apply a *real* elementwise function to
-each part of complex leaves, and are the identity wrapper for real leaves (so
-real-valued numerics are untouched, bit for bit).
+each part of complex leaves (:func:`per_part`), or run a whole real
+transformation on the real view ``s + (2,)`` of complex leaves
+(:func:`on_real_view`, for factored / cover-set statistics and per-tensor
+norms), and are the identity wrapper for real leaves (so real-valued
+numerics are untouched, bit for bit).
 
 ``optax`` instead uses the modulus ``|g|^2`` for complex second moments
 (``optax.tree.update_moment_per_elem_norm``); see the README's "optzoo vs

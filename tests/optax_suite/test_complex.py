@@ -205,6 +205,9 @@ _ELEMENTWISE = [
     ("adadelta", dict(learning_rate=1.0, weight_decay=0.01)),
     ("rprop", dict(learning_rate=0.01)), ("asgd", dict(learning_rate=0.05)),
     ("add_decayed_weights", dict(weight_decay=0.1)), ("add_l2", dict(weight_decay=0.1)),
+    # N(0, sigma^2) per real / imaginary part (not a complex normal).
+    ("add_gradient_noise", dict(eta=0.01)),
+    ("generic_adam", dict()),
 ]
 
 # Not elementwise (per-tensor norms, factored / cover-set statistics): a
@@ -223,6 +226,9 @@ _PER_TENSOR = [
     ("scale_by_factored_rms", dict()),
     ("sm3", dict(learning_rate=0.1)), ("sm3", dict(learning_rate=0.1, momentum=0.5, b2=0.9)),
     ("scale_by_sm3", dict()),
+    # Complex matrices go to the fallback (torch.optim.Muon rejects them), as
+    # the 3-D real view does.
+    ("muon", dict(learning_rate=0.02)),
 ]
 
 
@@ -240,6 +246,24 @@ def test_complex_leaf_equals_its_real_view(name, kwargs):
                          ids=[f"{n}{k}" for k, (n, _) in enumerate(_PER_TENSOR)])
 def test_complex_matrix_equals_its_real_view(name, kwargs):
   _check_real_view(getattr(optzoo, name)(**kwargs), (3, 4))
+
+
+# Gradient compression: a complex leaf is compressed as its real view (2n
+# real entries), one replica outside shard_map.
+_COMPRESSION = [
+    ("topk_compression", dict(ratio=0.3)),
+    ("randomk_compression", dict(ratio=0.3, key=1)),
+    ("qsgd", dict(num_levels=4, error_feedback=True)),
+    ("ef_signsgd", dict()), ("ef_signsgd", dict(layerwise=True)),
+    ("signsgd_majority_vote", dict(momentum=0.9)),
+]
+
+
+@pytest.mark.parametrize("name,kwargs", _COMPRESSION,
+                         ids=[f"{n}{k}" for k, (n, _) in enumerate(_COMPRESSION)])
+def test_compressed_complex_matrix_equals_its_real_view(name, kwargs):
+  _check_real_view(optax.chain(getattr(optzoo, name)(**kwargs), optzoo.sgd(0.05)),
+                   (3, 4))
 
 
 _INJECTED = _PER_TENSOR[::2] + [(n, k) for n, k in _ELEMENTWISE if n in (
@@ -263,6 +287,15 @@ def test_injected_hyperparameters_on_complex_params(name, kwargs):
     np.testing.assert_allclose(np.asarray(u_inj), np.asarray(u), rtol=1e-12, atol=1e-14)
     assert u.dtype == z.dtype and u_inj.dtype == z.dtype
   assert (jax.tree.structure(s_inj.inner_state) == jax.tree.structure(s))
+
+
+def test_muon_orthogonalization_rejects_complex_leaves():
+  z = jnp.ones((3, 4), jnp.complex64)
+  with pytest.raises(TypeError, match="complex"):
+    optzoo.newton_schulz(z)
+  tx = optzoo.scale_by_muon()
+  with pytest.raises(TypeError, match="fallback"):
+    tx.update(z, tx.init(z), z)
 
 
 def _check_real_view(tx, shape):
