@@ -43,10 +43,6 @@ def _zeros_like(params):
   return jax.tree.map(jnp.zeros_like, params)
 
 
-def _float_dtype():
-  return jnp.result_type(float)
-
-
 def _lerp(a, b, w):
   """``torch.lerp(a, b, w)`` for a scalar weight, with torch's two formulas.
 
@@ -151,7 +147,8 @@ def scale_by_adamax(
   def update_fn(updates, state, params=None):
     del params
     count = optax.safe_increment(state.count)
-    bc = 1.0 - jnp.asarray(b1, _float_dtype()) ** jnp.asarray(count, _float_dtype())
+    fd = tree_lib.float_dtype()
+    bc = 1.0 - jnp.asarray(b1, fd) ** jnp.asarray(count, fd)
     mu = jax.tree.map(lambda g, m: _lerp(m, g, 1 - b1).astype(m.dtype),
                       updates, state.mu)
     nu = jax.tree.map(lambda g, u: complex_view.per_part(
@@ -481,7 +478,7 @@ def scale_by_asgd(
   validation.check_number("lambd", lambd)
   validation.check_number("alpha", alpha)
   validation.check_number("t0", t0)
-  fd = _float_dtype()
+  fd = tree_lib.float_dtype()
   lr_at = learning_rate if callable(learning_rate) else (lambda c: learning_rate)
 
   def init_fn(params):

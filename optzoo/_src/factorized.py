@@ -44,10 +44,6 @@ __all__ = [
 ]
 
 
-def _float_dtype():
-  return jnp.result_type(float)
-
-
 def _zero_count():
   return jnp.zeros([], jnp.int32)
 
@@ -163,8 +159,8 @@ def scale_by_factored_rms(
   def update_fn(updates, state, params=None):
     del params
     count = optax.safe_increment(state.count)
-    t = jnp.asarray(count, _float_dtype())
-    w = t ** jnp.asarray(decay_rate, _float_dtype())
+    t = jnp.asarray(count, tree.float_dtype())
+    w = t ** jnp.asarray(decay_rate, tree.float_dtype())
     if b2 is not None:
       w = jnp.maximum(1.0 - b2, w)
 
@@ -227,7 +223,7 @@ def _adafactor_step(learning_rate, variant, eps_scale, clip_threshold,
 
   def update_fn(updates, state, params=None):
     validation.require_params(params, "adafactor")
-    fd = _float_dtype()
+    fd = tree.float_dtype()
     count = optax.safe_increment(state.count)
     t = jnp.asarray(count, fd)
     lr = (jnp.asarray(learning_rate(state.count), fd) if callable(learning_rate)

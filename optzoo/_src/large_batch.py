@@ -53,10 +53,6 @@ MaskOrFn = Optional[Union[Any, Callable[[Any], Any]]]
 # ---------------------------------------------------------------------------
 
 
-def _float_dtype():
-  return jnp.result_type(float)
-
-
 def _norm(x: chex.Array) -> chex.Array:
   """The Frobenius norm of a leaf, computed in at least float32.
 
@@ -149,8 +145,8 @@ def exclude_bias_and_norm(params: Any) -> Any:
 
 def _lr_at(learning_rate: Any, count: chex.Array) -> chex.Array:
   if callable(learning_rate):
-    return jnp.asarray(learning_rate(count), _float_dtype())
-  return jnp.asarray(learning_rate, _float_dtype())
+    return jnp.asarray(learning_rate(count), tree.float_dtype())
+  return jnp.asarray(learning_rate, tree.float_dtype())
 
 
 # ---------------------------------------------------------------------------
@@ -523,8 +519,9 @@ def _lamb_step(learning_rate, b1, weight_decay, weight_decouple, fixed_decay,
     validation.require_params(params, "lamb")
     lr = _lr_at(learning_rate, state.count)
     count = optax.safe_increment(state.count)
-    t = jnp.asarray(count, _float_dtype())
-    step_size = lr if adam_debias else lr / (1.0 - jnp.asarray(b1, _float_dtype()) ** t)
+    fd = tree.float_dtype()
+    t = jnp.asarray(count, fd)
+    step_size = lr if adam_debias else lr / (1.0 - jnp.asarray(b1, fd) ** t)
     treedef = jax.tree.structure(updates)
     us, ps = treedef.flatten_up_to(updates), treedef.flatten_up_to(params)
     adapt = _leaf_flags(trust_ratio_mask, params, updates, _all_true)

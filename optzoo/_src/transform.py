@@ -960,7 +960,7 @@ def add_gradient_noise(
       next_key, use_key = jax.random.split(state.key)
     else:
       next_key, use_key = state.key, key
-    t = state.count.astype(jnp.result_type(float))
+    t = state.count.astype(tree.float_dtype())
     std = jnp.sqrt(eta / (1.0 + t) ** gamma)
     leaves, treedef = jax.tree.flatten(updates)
     leaves = [jnp.asarray(g) for g in leaves]
