@@ -44,7 +44,7 @@ import optax
 from optzoo._src import registry
 from optzoo._src import tree
 from optzoo._src import validation
-from optzoo._src.complex_view import full_like, per_part
+from optzoo._src.complex_view import from_real_view, full_like, per_part
 
 __all__ = [
     "AddGradientNoiseState",
@@ -886,6 +886,14 @@ class AddGradientNoiseState(NamedTuple):
   key: jax.Array
 
 
+def _normal(key: jax.Array, g: jax.Array) -> jax.Array:
+  """Standard normal noise like ``g``; complex: N(0, 1) per real/imaginary part."""
+  if jnp.iscomplexobj(g):
+    rd = jnp.finfo(g.dtype).dtype
+    return from_real_view(jax.random.normal(key, g.shape + (2,), rd), g)
+  return jax.random.normal(key, g.shape, g.dtype)
+
+
 @registry.register(
     family="primitive",
     summary="Add annealed Gaussian noise N(0, eta/(1+t)^gamma) to the"
@@ -918,7 +926,11 @@ def add_gradient_noise(
   an int ``key``) and is split at every update; an extra argument ``key=``
   (a PRNG key) overrides it for that update (the state key then stays
   unchanged). Unknown extra arguments are
-  ignored. Noise is drawn in each leaf's dtype (bf16 stays bf16).
+  ignored. Noise is drawn in each leaf's dtype (bf16 stays bf16). A complex
+  leaf gets :math:`\mathcal N(0, \sigma_t^2)` noise in the real and in the
+  imaginary part (its real view, as torch treats complex parameters;
+  ``optax.add_noise`` draws complex normals, of variance
+  :math:`\sigma_t^2/2` per part).
 
   Args:
     eta: :math:`\eta` >= 0, the variance at :math:`t = 0`.
@@ -948,15 +960,12 @@ def add_gradient_noise(
       next_key, use_key = jax.random.split(state.key)
     else:
       next_key, use_key = state.key, key
-    t = state.count.astype(jnp.result_type(float))
+    t = state.count.astype(tree.float_dtype())
     std = jnp.sqrt(eta / (1.0 + t) ** gamma)
     leaves, treedef = jax.tree.flatten(updates)
     leaves = [jnp.asarray(g) for g in leaves]
     keys = jax.random.split(use_key, max(len(leaves), 1))
-    noisy = [
-        (g + std.astype(g.dtype) * jax.random.normal(k, g.shape, g.dtype))
-        for g, k in zip(leaves, keys)
-    ]
+    noisy = [(g + std.astype(g.dtype) * _normal(k, g)) for g, k in zip(leaves, keys)]
     return treedef.unflatten(noisy), AddGradientNoiseState(
         count=optax.safe_increment(state.count), key=next_key)
 
