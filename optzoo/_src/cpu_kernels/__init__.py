@@ -1,0 +1,128 @@
+"""Fused CPU optimizer steps: a C++ XLA FFI kernel, built on first use.
+
+The kernel (``kernels.cc`` beside this file) is compiled lazily with ``g++``
+into ``$XDG_CACHE_HOME/optzoo/cpu_kernels-<hash>/`` (default ``~/.cache``),
+where the hash covers the source, the compile command, the jax/jaxlib version
+and the compiler's version, so an edit or an upgrade builds a new library and
+a stale one is never loaded.
+
+Flags: ``-O3 -ffp-contract=off -fno-math-errno`` and no ``-march=native``:
+``-ffp-contract=off`` forbids fused multiply-adds (each jnp operation is one
+IEEE rounding, as in XLA), ``-fno-math-errno`` only lets ``sqrt`` vectorise
+(results unchanged). A cache directory may be shared by machines with
+different CPUs (a network home), so the library must run on any x86-64 (or
+any CPU of the build's architecture); the inner loops are instead built as
+``target_clones`` (AVX-512, AVX2, baseline) and the loader picks the widest
+one the running CPU has. IEEE division and square root are exact on all of
+them, so the choice changes speed, never bits.
+
+``OPTZOO_CPU_KERNELS`` selects: ``0`` never use the kernel; ``1`` use it
+whenever the arrays allow, even with several devices (the caller vouches
+that no array is sharded: under ``jit`` shardings are not visible at trace
+time); unset or anything else: use it on the CPU backend with exactly one
+device. A failed build warns once and every step takes the plain jnp path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+
+__all__ = ["enabled_mode", "load"]
+
+_SOURCE = pathlib.Path(__file__).with_name("kernels.cc")
+_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off",
+          "-fno-math-errno", "-w")
+_TARGETS = {"adam": "OptzooAdam"}
+_ENV = "OPTZOO_CPU_KERNELS"
+
+
+def enabled_mode() -> str:
+  """``'off'``, ``'force'`` or ``'auto'``, from ``OPTZOO_CPU_KERNELS``."""
+  value = os.environ.get(_ENV, "").strip().lower()
+  if value in ("0", "false", "off", "no"):
+    return "off"
+  if value in ("1", "true", "on", "yes", "force"):
+    return "force"
+  return "auto"
+
+
+def _cache_dir() -> pathlib.Path:
+  root = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+      os.path.expanduser("~"), ".cache")
+  return pathlib.Path(root) / "optzoo"
+
+
+def _compiler() -> str | None:
+  return os.environ.get("CXX") or shutil.which("g++")
+
+
+def _library_path(cxx: str, include: str) -> tuple[pathlib.Path, list[str]]:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  version = subprocess.run([cxx, "--version"], capture_output=True, text=True,
+                           check=True, timeout=60).stdout
+  key = hashlib.sha256()
+  for part in (_SOURCE.read_bytes(), " ".join(_FLAGS).encode(),
+               jax.__version__.encode(), jaxlib.__version__.encode(),
+               version.encode(), sys.platform.encode(), os.uname().machine.encode()):
+    key.update(part)
+    key.update(b"\0")
+  out = _cache_dir() / f"cpu_kernels-{key.hexdigest()[:16]}" / "optzoo_cpu_kernels.so"
+  cmd = [cxx, *_FLAGS, f"-I{include}", str(_SOURCE), "-o"]
+  return out, cmd
+
+
+def _build() -> pathlib.Path:
+  import jax  # pylint: disable=g-import-not-at-top
+  cxx = _compiler()
+  if cxx is None:
+    raise RuntimeError("no C++ compiler (g++ not on PATH, CXX unset)")
+  out, cmd = _library_path(cxx, jax.ffi.include_dir())
+  if out.exists():
+    return out
+  out.parent.mkdir(parents=True, exist_ok=True)
+  # Build beside the target, then rename: concurrent builders never load a
+  # half-written library.
+  fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+  os.close(fd)
+  try:
+    proc = subprocess.run([*cmd, tmp], capture_output=True, text=True,
+                          timeout=600)
+    if proc.returncode != 0:
+      raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    os.replace(tmp, out)
+  finally:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+  return out
+
+
+@functools.cache
+def load() -> bool:
+  """Build (once per cache key) and register the FFI targets; False on failure.
+
+  A failure (no compiler, a compile error, an unloadable library) warns once
+  and returns False; callers then take the plain jnp path.
+  """
+  try:
+    import jax  # pylint: disable=g-import-not-at-top
+    lib = ctypes.CDLL(str(_build()))
+    for name, symbol in _TARGETS.items():
+      jax.ffi.register_ffi_target(f"optzoo_{name}",
+                                  jax.ffi.pycapsule(getattr(lib, symbol)),
+                                  platform="cpu")
+    return True
+  except Exception as e:  # pylint: disable=broad-except
+    warnings.warn(f"optzoo: the fused CPU kernels are unavailable ({e}); "
+                  f"using the plain jnp path (set {_ENV}=0 to silence this).",
+                  RuntimeWarning, stacklevel=3)
+    return False
