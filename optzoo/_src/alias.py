@@ -369,18 +369,17 @@ def adam(
     <https://arxiv.org/abs/1412.6980>`_, ICLR 2015.
   """
   validation.check_lr(learning_rate)
-  plain = optax.chain(
+  links = [
       *_maximize(maximize),
       *_l2(weight_decay),
       transform.scale_by_adam(b1, b2, eps, amsgrad=amsgrad, mu_dtype=mu_dtype),
       transform.scale_by_learning_rate(learning_rate),
-  )
+  ]
   if maximize or mu_dtype is not None:
-    return plain
-  # Same state and bitwise the same numbers; one C++ pass on CPU.
-  return fused_adam(plain, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps,
-                    weight_decay=weight_decay, amsgrad=amsgrad,
-                    adam_index=1, lr_index=2)
+    return optax.chain(*links)
+  # The same chain, state and bits, with a fused C++ step on CPU.
+  return fused_adam(links, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps,
+                    weight_decay=weight_decay, amsgrad=amsgrad, adam_index=1)
 
 
 @registry.register(
@@ -454,18 +453,18 @@ def adamw(
       first).
   """
   validation.check_lr(learning_rate)
-  plain = optax.chain(
+  links = [
       *_maximize(maximize),
       transform.scale_by_adam(b1, b2, eps, amsgrad=amsgrad, mu_dtype=mu_dtype),
       transform.add_decayed_weights(weight_decay, mask),
       transform.scale_by_learning_rate(learning_rate),
-  )
+  ]
   if maximize or mu_dtype is not None or mask is not None:
-    return plain
-  # Same state and bitwise the same numbers; one C++ pass on CPU.
-  return fused_adam(plain, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps,
+    return optax.chain(*links)
+  # The same chain, state and bits, with a fused C++ step on CPU.
+  return fused_adam(links, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps,
                     weight_decay=weight_decay, decoupled=True, amsgrad=amsgrad,
-                    adam_index=0, lr_index=2)
+                    adam_index=0)
 
 
 @registry.register(

@@ -404,6 +404,16 @@ def adam_step_scalars(b1: Any, b2: Any, count: chex.Array):
   return count, 1.0 / bc1, 1.0 / sqrt_bc2
 
 
+def adam_direction(updates, mu, second, inv_bc1, inv_sqrt_bc2, eps, eps_root):
+  """Adam's update ``(m * inv_bc1) / (sqrt(v + eps_root) * inv_sqrt_bc2 + eps)``, in
+  the dtype of ``updates`` (``second`` is ``nu``, or AMSGrad's max)."""
+  return jax.tree.map(
+      lambda g, m, v: per_part(
+          lambda m, v: (m * inv_bc1) / (jnp.sqrt(v + eps_root) * inv_sqrt_bc2
+                                        + eps), m, v).astype(g.dtype),
+      updates, mu, second)
+
+
 def _maximum(a, b):
   """Elementwise max (per real / imaginary part for complex leaves)."""
   return per_part(jnp.maximum, a, b)
@@ -483,11 +493,8 @@ def scale_by_adam(
     else:
       nu_max = state.nu_max
       second = nu
-    new = jax.tree.map(
-        lambda g, m, v: per_part(
-            lambda m, v: (m * inv_bc1) / (jnp.sqrt(v + eps_root) * inv_sqrt_bc2
-                                          + eps), m, v).astype(g.dtype),
-        updates, mu, second)
+    new = adam_direction(updates, mu, second, inv_bc1, inv_sqrt_bc2, eps,
+                         eps_root)
     return new, ScaleByAdamState(count=count, mu=mu, nu=nu, nu_max=nu_max)
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -6,15 +6,15 @@ where the hash covers the source, the compile command, the jax/jaxlib version
 and the compiler's version, so an edit or an upgrade builds a new library and
 a stale one is never loaded.
 
-Flags: ``-O3 -ffp-contract=off -fno-math-errno`` and no ``-march=native``:
-``-ffp-contract=off`` forbids fused multiply-adds (each jnp operation is one
-IEEE rounding, as in XLA), ``-fno-math-errno`` only lets ``sqrt`` vectorise
-(results unchanged). A cache directory may be shared by machines with
-different CPUs (a network home), so the library must run on any x86-64 (or
-any CPU of the build's architecture); the inner loops are instead built as
-``target_clones`` (AVX-512, AVX2, baseline) and the loader picks the widest
-one the running CPU has. IEEE division and square root are exact on all of
-them, so the choice changes speed, never bits.
+Flags: ``-O3 -ffp-contract=off -fno-math-errno``, no ``-march=native``. A
+cache directory may be shared by machines with different CPUs (a network
+home), so the library must load on any CPU of the build's architecture; the
+inner loops that need more (AVX2 + FMA) carry a ``target`` attribute and are
+only called after a run-time CPU check. ``-ffp-contract=off`` stops GCC from
+fusing multiply-adds on its own: the kernel fuses exactly those XLA's LLVM
+fuses (XLA:CPU compiles with fp-contract=fast), and :func:`load` probes XLA
+once to see whether it does. ``-fno-math-errno`` only lets ``sqrt``
+vectorise (results unchanged).
 
 ``OPTZOO_CPU_KERNELS`` selects: ``0`` never use the kernel; ``1`` use it
 whenever the arrays allow, even with several devices (the caller vouches
@@ -26,6 +26,7 @@ device. A failed build warns once and every step takes the plain jnp path.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import hashlib
 import os
@@ -36,7 +37,7 @@ import sys
 import tempfile
 import warnings
 
-__all__ = ["enabled_mode", "load"]
+__all__ = ["Kernels", "enabled_mode", "load"]
 
 _SOURCE = pathlib.Path(__file__).with_name("kernels.cc")
 _FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off",
@@ -106,23 +107,50 @@ def _build() -> pathlib.Path:
   return out
 
 
-@functools.cache
-def load() -> bool:
-  """Build (once per cache key) and register the FFI targets; False on failure.
+def _xla_contracts_fma() -> bool:
+  """Does XLA:CPU fuse ``c + a * b`` into one rounding (an FMA)?"""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  # (1 + 2^-12)^2 = 1 + 2^-11 + 2^-24: rounded to float32 the 2^-24 is lost
+  # (a tie, to even), so a separate multiply and add give 0 and an FMA 2^-24.
+  a = np.full(16, 1 + 2.0**-12, np.float32)
+  c = np.full(16, -(1 + 2.0**-11), np.float32)
+  with jax.ensure_compile_time_eval():  # load() runs while tracing a step
+    out = np.asarray(jax.jit(lambda a, b, c: c + a * b)(a, a, c))
+  if np.all(out == 0):
+    return False
+  if np.all(out == np.float32(2.0**-24)):
+    return True
+  raise RuntimeError(f"XLA's multiply-add probe gave {out[:2]}")
 
-  A failure (no compiler, a compile error, an unloadable library) warns once
-  and returns False; callers then take the plain jnp path.
+
+@dataclasses.dataclass(frozen=True)
+class Kernels:
+  """A loaded kernel library: ``fma`` tells the kernel to contract as XLA does."""
+  fma: bool
+
+
+@functools.cache
+def load() -> Kernels | None:
+  """Build (once per cache key) and register the FFI targets; None on failure.
+
+  A failure (no compiler, a compile error, an unloadable library, XLA
+  contracting multiply-adds on a CPU the FMA loops cannot run on) warns once
+  and returns None; callers then take the plain jnp path.
   """
   try:
     import jax  # pylint: disable=g-import-not-at-top
+    fma = _xla_contracts_fma()
     lib = ctypes.CDLL(str(_build()))
+    if fma and not lib.OptzooFmaSupported():
+      raise RuntimeError("XLA fuses multiply-adds but this CPU lacks AVX2+FMA")
     for name, symbol in _TARGETS.items():
       jax.ffi.register_ffi_target(f"optzoo_{name}",
                                   jax.ffi.pycapsule(getattr(lib, symbol)),
                                   platform="cpu")
-    return True
+    return Kernels(fma=fma)
   except Exception as e:  # pylint: disable=broad-except
     warnings.warn(f"optzoo: the fused CPU kernels are unavailable ({e}); "
                   f"using the plain jnp path (set {_ENV}=0 to silence this).",
                   RuntimeWarning, stacklevel=3)
-    return False
+    return None

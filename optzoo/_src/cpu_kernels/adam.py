@@ -1,18 +1,21 @@
 """The fused CPU step of ``optzoo.adam`` / ``optzoo.adamw`` / ``optzoo.amsgrad``.
 
-:func:`fused_adam` wraps the plain chain (``[add_l2] -> scale_by_adam ->
-[add_decayed_weights] -> scale_by_learning_rate``): same ``init``, same state
-tree, and an ``update`` that, when the arrays allow (see :func:`_plan`), runs
-the whole chain as one C++ custom call per dtype (``kernels.cc``) instead of
-XLA's fusions, and otherwise calls the plain chain. Results are bitwise equal
-(tests/test_cpu_kernels.py): the scalars are computed here by the same jnp
-expressions as in the plain path and cast to the leaves' dtype exactly where
-the plain path's type promotion casts them; when promotion would widen an
-elementwise operation instead (an float64 bias correction next to float32
-leaves under ``jax_enable_x64``, say), the plain path is taken.
+:func:`fused_adam` builds the plain chain (``[add_l2] -> scale_by_adam ->
+[add_decayed_weights] -> scale_by_learning_rate``) and keeps its ``init``
+and state tree; its ``update``, where the arrays allow (:func:`_fused_step`),
+updates the moments with one C++ custom call per dtype (``kernels.cc``, in
+place, reading each gradient once) and leaves the update direction to the
+plain jnp code, which XLA fuses into its consumer (``optax.apply_updates``).
+:func:`update_and_apply` runs the whole step, new parameters included, in
+the one custom call: the bytes an Adam step must move and no more.
 
-:func:`update_and_apply` also applies the update (``p + u``) inside the same
-call, writing the new parameters directly.
+Results are bitwise equal to the plain path (tests/test_cpu_kernels.py): the
+scalars (``1 - b1``, the bias corrections, ``-lr``) are computed here by the
+plain path's own jnp expressions and cast to the leaves' dtype exactly where
+the plain path's type promotion casts them. Where promotion would instead
+widen an elementwise operation (a float64 array hyperparameter, or under
+``jax_enable_x64`` the float64 bias correction, next to float32 leaves), that
+call takes the plain path.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 @dataclasses.dataclass(frozen=True)
 class _Spec:
-  """What the chain computes, and where its links' states sit in the tuple."""
+  """What the chain computes; ``links[adam_index]`` is scale_by_adam."""
+  links: tuple
   learning_rate: Any
   b1: Any
   b2: Any
@@ -48,7 +52,6 @@ class _Spec:
   decay: int  # _NO_DECAY / _COUPLED / _DECOUPLED
   amsgrad: bool
   adam_index: int
-  lr_index: int
 
 
 # tx.update -> _Spec, for update_and_apply (a GradientTransformation is a
@@ -56,37 +59,45 @@ class _Spec:
 _SPECS: "weakref.WeakKeyDictionary[Any, _Spec]" = weakref.WeakKeyDictionary()
 
 
-def fused_adam(plain: optax.GradientTransformation, *, learning_rate, b1, b2,
-               eps, eps_root=0.0, weight_decay=0.0, decoupled: bool = False,
-               amsgrad: bool = False, adam_index: int,
-               lr_index: int) -> optax.GradientTransformation:
-  """``plain`` with a fused CPU ``update`` (state and results unchanged)."""
+def fused_adam(links: list, *, learning_rate, b1, b2, eps, eps_root=0.0,
+               weight_decay=0.0, decoupled: bool = False,
+               amsgrad: bool = False,
+               adam_index: int) -> optax.GradientTransformation:
+  """``optax.chain(*links)`` with a fused CPU ``update`` (same state, same bits).
+
+  ``links`` is ``[add_l2, scale_by_adam, scale_by_learning_rate]`` (coupled)
+  or ``[scale_by_adam, add_decayed_weights, scale_by_learning_rate]``
+  (decoupled) built from the other arguments.
+  """
+  plain = optax.chain(*links)
   if tree.is_literal_zero(weight_decay):
     decay = _NO_DECAY
   else:
     decay = _DECOUPLED if decoupled else _COUPLED
-  spec = _Spec(learning_rate, b1, b2, eps, eps_root, weight_decay, decay,
-               amsgrad, adam_index, lr_index)
+  spec = _Spec(tuple(links), learning_rate, b1, b2, eps, eps_root,
+               weight_decay, decay, amsgrad, adam_index)
 
   def update_fn(updates, state, params=None):
     out = _fused_step(spec, updates, state, params, apply=False)
     return plain.update(updates, state, params) if out is None else out
 
-  tx = optax.GradientTransformation(plain.init, update_fn)
   _SPECS[update_fn] = spec
-  return tx
+  return optax.GradientTransformation(plain.init, update_fn)
 
 
 def update_and_apply(tx: optax.GradientTransformation, grads: Any, state: Any,
                      params: Any) -> tuple[Any, Any]:
   """``(optax.apply_updates(params, u), new_state)`` for ``u, new_state =
-  tx.update(grads, state, params)``, bitwise.
+  tx.update(grads, state, params)``, bitwise equal.
 
-  For ``optzoo.adam`` / ``adamw`` / ``amsgrad`` on CPU this is one custom
-  call that writes the new parameters directly (no update tree: one pass
-  over memory less); donate ``params`` and ``state`` to ``jax.jit`` so it
-  writes them in place. Any other ``tx``, or arrays the kernel does not take,
-  run ``tx.update`` and ``optax.apply_updates``.
+  For ``optzoo.adam`` / ``adamw`` / ``amsgrad`` on CPU this is one C++ call
+  per dtype that reads params, grads and both moments once and writes the
+  new params and moments (in place when ``params`` and ``state`` are donated
+  to ``jax.jit``, or are loop carries): no update tree, one pass over memory
+  less than ``update`` + ``apply_updates``. Any other ``tx``
+  (``optax.inject_hyperparams(optzoo.adam)`` included), or arrays the kernel
+  does not take (see :func:`optzoo.adam`), run ``tx.update`` and
+  ``optax.apply_updates``.
   """
   spec = _SPECS.get(tx.update)
   if spec is not None:
@@ -102,17 +113,18 @@ def update_and_apply(tx: optax.GradientTransformation, grads: Any, state: Any,
 # ---------------------------------------------------------------------------
 
 
-def _backend_ok() -> bool:
+def _kernels():
+  """The loaded kernels when this trace may use them, else None."""
   mode = enabled_mode()
   if mode == "off" or jax.default_backend() != "cpu":
-    return False
+    return None
   if mode == "auto" and jax.device_count() != 1:
-    return False
+    return None
   return load()
 
 
 def _one_device(x) -> bool:
-  """False for an array known to live on (or be sharded over) several devices."""
+  """False for an array known to be sharded over (or live on) several devices."""
   if isinstance(x, jax.core.Tracer):
     try:
       sharding = jax.typeof(x).sharding
@@ -129,104 +141,120 @@ def _keeps(dtype, scalar) -> bool:
   return np.dtype(jnp.result_type(scalar, dtype)) == dtype
 
 
+def _leaves(spec: _Spec, updates, adam_state, params, needs_p: bool):
+  """Flat leaves ``(g, mu, nu, nu_max | None, p | None, treedef)``, or None
+  unless every leaf is a float32/float64 array of one shape and dtype across
+  the trees, on one device."""
+  g, treedef = jax.tree.flatten(updates)
+  if not g:
+    return None
+  try:
+    trees = [adam_state.mu, adam_state.nu]
+    trees += [adam_state.nu_max] if spec.amsgrad else []
+    trees += [params] if needs_p else []
+    others = [treedef.flatten_up_to(t) for t in trees]
+  except (ValueError, TypeError):
+    return None
+  for leaves in zip(g, *others):
+    dtype = getattr(leaves[0], "dtype", None)
+    if dtype is None or np.dtype(dtype) not in _DTYPES:
+      return None
+    for x in leaves:
+      if (getattr(x, "dtype", None) != dtype or
+          np.shape(x) != np.shape(leaves[0]) or not _one_device(x)):
+        return None
+  mu, nu = others[0], others[1]
+  vmax = others[2] if spec.amsgrad else None
+  p = others[-1] if needs_p else None
+  return g, mu, nu, vmax, p, treedef
+
+
 # ---------------------------------------------------------------------------
 # The fused step
 # ---------------------------------------------------------------------------
 
 
-def _scalars(spec: _Spec, adam_state, lr_state):
-  """The chain's scalars, as the plain path computes them.
-
-  Returns ``(count, lr_state, [(slot value, needs_promotion_check)])`` in
-  the kernel's slot order (kernels.cc, ``enum Slot``).
-  """
+def _scalars(spec: _Spec, count, inv_bc1, inv_sqrt_bc2, lr_state, apply: bool):
+  """The kernel's scalars (kernels.cc, ``enum Slot``) as the plain path
+  computes them: ``[(value, cast by promotion?)]``. A value the plain path
+  casts explicitly (a schedule's value: ``jnp.array(lr, dtype=g.dtype)`` in
+  ``optax.scale_by_schedule``) needs no promotion check."""
+  wd = spec.weight_decay if spec.decay != _NO_DECAY else 0.0
   b1, b2 = spec.b1, spec.b2
-  count, inv_bc1, inv_sqrt_bc2 = transform.adam_step_scalars(b1, b2,
-                                                             adam_state.count)
+  values = [(wd, True), (1 - b1, True), (b2, True), (1 - b2, True)]
+  if not apply:  # the moments only; the rest is the plain path's
+    return values + [(0.0, False)] * 5
   if callable(spec.learning_rate):
-    # scale_by_schedule: jnp.array(-lr(count), dtype=g.dtype) * g
     neg_lr = (-1.0 * spec.learning_rate(lr_state.count), False)
-    lr_state = lr_state._replace(count=optax.safe_increment(lr_state.count))
   else:
     neg_lr = (-1.0 * spec.learning_rate, True)  # optax.scale: step * g
-  wd = spec.weight_decay if spec.decay != _NO_DECAY else 0.0
-  values = [(wd, True), (1 - b1, True), (b2, True), (1 - b2, True),
-            (inv_bc1, True), (spec.eps_root, True), (inv_sqrt_bc2, True),
-            (spec.eps, True), neg_lr]
-  return count, lr_state, values
+  return values + [(inv_bc1, True), (spec.eps_root, True),
+                   (inv_sqrt_bc2, True), (spec.eps, True), neg_lr]
 
 
 def _fused_step(spec: _Spec, updates, state, params, apply: bool):
-  """``(out, new_state)`` from the kernel, or None where it does not apply."""
-  if not _backend_ok():
+  """``(new params if apply else u, new_state)`` with the kernel, or None
+  where it does not apply."""
+  kernels = _kernels()
+  if kernels is None:
     return None
-  adam_state, lr_state = state[spec.adam_index], state[spec.lr_index]
-  g_leaves, treedef = jax.tree.flatten(updates)
-  needs_p = apply or spec.decay != _NO_DECAY
-  try:
-    trees = [adam_state.mu, adam_state.nu]
-    if spec.amsgrad:
-      trees.append(adam_state.nu_max)
-    if needs_p:
-      trees.append(params)
-    others = [treedef.flatten_up_to(t) for t in trees]
-  except (ValueError, TypeError):
+  needs_p = apply or spec.decay == _COUPLED
+  leaves = _leaves(spec, updates, state[spec.adam_index], params, needs_p)
+  if leaves is None:
     return None
-  if not g_leaves:
-    return None
-  for leaves in zip(g_leaves, *others):
-    dtype = getattr(leaves[0], "dtype", None)
-    if (dtype is None or np.dtype(dtype) not in _DTYPES or
-        any(getattr(x, "dtype", None) != dtype or
-            np.shape(x) != np.shape(leaves[0]) or not _one_device(x)
-            for x in leaves)):
-      return None
-  count, lr_state, values = _scalars(spec, adam_state, lr_state)
-  dtypes = sorted({np.dtype(g.dtype) for g in g_leaves}, key=str)
+  g_l, mu_l, nu_l, vmax_l, p_l, treedef = leaves
+  adam_state = state[spec.adam_index]
+  lr_index = len(spec.links) - 1
+  count, inv_bc1, inv_sqrt_bc2 = transform.adam_step_scalars(
+      spec.b1, spec.b2, adam_state.count)
+  values = _scalars(spec, count, inv_bc1, inv_sqrt_bc2, state[lr_index], apply)
+  dtypes = sorted({np.dtype(g.dtype) for g in g_l}, key=str)
   if not all(_keeps(d, v) for d in dtypes for v, check in values if check):
     return None
 
-  mu_l, nu_l = others[0], others[1]
-  vmax_l = others[2] if spec.amsgrad else None
-  p_l = others[-1] if needs_p else None
-  out = [None] * len(g_leaves)
+  new_p = list(p_l) if apply else None
   new_mu, new_nu = list(mu_l), list(nu_l)
   new_vmax = list(vmax_l) if spec.amsgrad else None
   for dtype in dtypes:
-    idx = [i for i, g in enumerate(g_leaves) if np.dtype(g.dtype) == dtype]
+    idx = [i for i, g in enumerate(g_l) if np.dtype(g.dtype) == dtype]
     scalars = jnp.stack([jnp.asarray(v).astype(dtype) for v, _ in values])
-    operands, results, aliases = [scalars], [], {}
+    operands, results, aliases, targets = [scalars], [], {}, []
     for i in idx:
-      base = len(operands)
-      operands.append(g_leaves[i])
-      if needs_p:
-        if apply:
-          aliases[len(operands)] = len(results)
-        operands.append(p_l[i])
-      results.append(jax.ShapeDtypeStruct(np.shape(g_leaves[i]), dtype))
-      state_leaves = [mu_l[i], nu_l[i]] + ([vmax_l[i]] if spec.amsgrad else [])
-      for x in state_leaves:
+      operands.append(g_l[i])
+      if needs_p and not apply:
+        operands.append(p_l[i])   # read only (coupled L2)
+      pairs = [(new_p, p_l)] if apply else []
+      pairs += [(new_mu, mu_l), (new_nu, nu_l)]
+      pairs += [(new_vmax, vmax_l)] if spec.amsgrad else []
+      for new, old in pairs:    # results alias their operands
         aliases[len(operands)] = len(results)
-        operands.append(x)
-        results.append(jax.ShapeDtypeStruct(np.shape(x), dtype))
-      del base
-    res = jax.ffi.ffi_call("optzoo_adam", results, vmap_method="broadcast_all",
-                           input_output_aliases=aliases)(
-        *operands, n_leaves=np.int64(len(idx)), decay=np.int64(spec.decay),
-        amsgrad=bool(spec.amsgrad), apply=bool(apply))
-    per = 3 + spec.amsgrad
-    for j, i in enumerate(idx):
-      out[i] = res[per * j]
-      new_mu[i] = res[per * j + 1]
-      new_nu[i] = res[per * j + 2]
-      if spec.amsgrad:
-        new_vmax[i] = res[per * j + 3]
+        operands.append(old[i])
+        results.append(jax.ShapeDtypeStruct(np.shape(old[i]), dtype))
+        targets.append((new, i))
+    res = jax.ffi.ffi_call(
+        "optzoo_adam", results, vmap_method="broadcast_all",
+        input_output_aliases=aliases)(
+            *operands, n_leaves=np.int64(len(idx)), decay=np.int64(spec.decay),
+            amsgrad=bool(spec.amsgrad), apply=bool(apply),
+            fma=bool(kernels.fma))
+    for (new, i), r in zip(targets, res):
+      new[i] = r
 
   unflat = treedef.unflatten
-  adam_state = adam_state._replace(
-      count=count, mu=unflat(new_mu), nu=unflat(new_nu),
-      nu_max=unflat(new_vmax) if spec.amsgrad else adam_state.nu_max)
+  mu, nu = unflat(new_mu), unflat(new_nu)
+  nu_max = unflat(new_vmax) if spec.amsgrad else adam_state.nu_max
   new_state = list(state)
-  new_state[spec.adam_index] = adam_state
-  new_state[spec.lr_index] = lr_state
-  return unflat(out), type(state)(new_state)
+  new_state[spec.adam_index] = adam_state._replace(count=count, mu=mu, nu=nu,
+                                                   nu_max=nu_max)
+  if apply:
+    lr_state = state[lr_index]
+    if callable(spec.learning_rate):  # optax.scale_by_schedule's count
+      lr_state = lr_state._replace(count=optax.safe_increment(lr_state.count))
+    new_state[lr_index] = lr_state
+    return unflat(new_p), type(state)(new_state)
+  # The direction and the links after scale_by_adam, by the plain code.
+  u = transform.adam_direction(updates, mu, nu_max if spec.amsgrad else nu,
+                               inv_bc1, inv_sqrt_bc2, spec.eps, spec.eps_root)
+  for j in range(spec.adam_index + 1, len(spec.links)):
+    u, new_state[j] = spec.links[j].update(u, state[j], params)
+  return u, type(state)(new_state)

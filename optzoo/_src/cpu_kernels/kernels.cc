@@ -5,21 +5,28 @@
 // writing each array exactly once.
 //
 // Exactness: every element is computed with the operations, operand order and
-// rounding of optzoo's plain jnp path (optzoo/_src/transform.py), one IEEE
-// operation per jnp operation. The library is compiled with
-// -ffp-contract=off (no fused multiply-add) and without -ffast-math, so the
-// results are bitwise equal to XLA's. The scalars (1 - b1, 1/(1 - b1^t), ...)
+// rounding of optzoo's plain jnp path as XLA:CPU compiles it (transform.py):
+// one IEEE operation per jnp operation, except that a multiply feeding an
+// add is one fused multiply-add exactly where XLA's LLVM contracts it (see
+// madd). The library is built with -ffp-contract=off and without
+// -ffast-math, so GCC adds no contraction or reassociation of its own. The scalars (1 - b1, 1/(1 - b1^t), ...)
 // are computed by JAX outside and arrive as one small operand, so new
 // hyperparameter values never recompile anything.
 //
 // Operands (one dtype T, float or double; `n` leaves):
 //   scalars: T[S, K]  (S = 1, or the batch size under vmap)
 //   then per leaf i: g_i, [p_i], m_i, v_i, [vmax_i]   (equal shapes)
-// Results per leaf i: out_i, m_i, v_i, [vmax_i], where out_i is the update
-// u_i, or the new parameter p_i + u_i when `apply` is set (p_i is then always
-// an operand). The state results (and out_i in apply mode) alias their
-// operands: XLA writes them in place when the buffers are donated or are
-// loop carries, and copies them first otherwise.
+// Results per leaf i: [p_i'], m_i', v_i', [vmax_i'].
+//
+// Two modes. `apply`: the whole step, p' = p + u with u the chain's update
+// (moments, bias correction, decoupled decay, -lr); what
+// optzoo.update_and_apply runs. Otherwise only the moments (m, v, AMSGrad's
+// max, after coupled L2): what tx.update runs, leaving u to XLA, which fuses
+// it into its consumer (optax.apply_updates) -- a separate u tree written by
+// a custom call would be a fresh temporary buffer on every step (page faults:
+// slower than the plain path). Every result aliases its operand: XLA writes
+// it in place when the buffers are donated or are loop carries, and copies
+// them first otherwise.
 //
 // Under vmap (vmap_method="broadcast_all") every operand gains the same
 // leading batch dimensions: element j of leaf i then uses the scalars of
@@ -58,7 +65,8 @@ enum Decay : int64_t { kNoDecay = 0, kCoupled = 1, kDecoupled = 2 };
 struct Flags {
   int64_t decay;  // Decay
   bool amsgrad;
-  bool apply;     // write p + u instead of u
+  bool apply;     // the whole step (p + u), else the moments only
+  bool fma;       // contract multiply-adds as XLA does
 };
 
 // jnp.maximum: NaN if either operand is NaN.
@@ -67,26 +75,43 @@ inline T nan_max(T a, T b) {
   return (a != a) ? a : ((b != b) ? b : (a > b ? a : b));
 }
 
-// The elementwise step over [begin, end) of one leaf. Written as one loop
-// per flag combination (the flags are template arguments) so that GCC
-// vectorises each; target_clones builds AVX-512, AVX2 and baseline versions
-// and picks one at load time (IEEE results are the same on all of them).
-template <typename T, int64_t kDecay, bool kAms, bool kApply>
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void adam_range(const T* __restrict s, const T* __restrict g,
-                const T* __restrict p, T* __restrict m, T* __restrict v,
-                T* __restrict vmax, T* __restrict out, int64_t begin,
-                int64_t end) {
+// a * b + c rounded as XLA:CPU rounds it. XLA compiles with LLVM's
+// fp-contract=fast ("always allow FMA fusion"), so on a CPU with FMA every
+// multiply feeding an add in one fusion becomes a fused multiply-add; the
+// Python side probes XLA once (cpu_kernels.load) and picks kFma to match.
+// With kFma false this is two roundings: the library is built with
+// -ffp-contract=off, so GCC never contracts on its own.
+template <bool kFma>
+inline __attribute__((always_inline)) float madd(float a, float b, float c) {
+  if constexpr (kFma) return __builtin_fmaf(a, b, c);
+  return a * b + c;
+}
+template <bool kFma>
+inline __attribute__((always_inline)) double madd(double a, double b,
+                                                  double c) {
+  if constexpr (kFma) return __builtin_fma(a, b, c);
+  return a * b + c;
+}
+
+// The elementwise step over [begin, end) of one leaf, one loop per flag
+// combination (template arguments) so that GCC vectorises each. Each line
+// is the jnp expression of the plain path in transform.py, with the
+// multiply-adds LLVM contracts in XLA's fusion of it.
+template <typename T, int64_t kDecay, bool kAms, bool kApply, bool kFma>
+inline __attribute__((always_inline)) void adam_loop(
+    const T* __restrict s, const T* __restrict g, const T* __restrict p,
+    T* __restrict m, T* __restrict v, T* __restrict vmax, T* __restrict out,
+    int64_t begin, int64_t end) {
   const T wd = s[kWeightDecay], c1 = s[kOneMinusB1], b2 = s[kB2],
           c2 = s[kOneMinusB2], inv_bc1 = s[kInvBc1], eps_root = s[kEpsRoot],
           inv_sqrt_bc2 = s[kInvSqrtBc2], eps = s[kEps], neg_lr = s[kNegLr];
   for (int64_t i = begin; i < end; ++i) {
     T gi = g[i];
     // In apply mode the parameters are read from `out` (they alias).
-    const T pi = (kDecay != kNoDecay || kApply) ? (kApply ? out[i] : p[i]) : T(0);
-    if (kDecay == kCoupled) gi = gi + wd * pi;             // add_l2
-    const T mi = m[i] + c1 * (gi - m[i]);                  // lerp
-    const T vi = b2 * v[i] + (c2 * gi) * gi;               // ((1-b2) g) g
+    const T pi = kApply ? out[i] : (kDecay == kCoupled ? p[i] : T(0));
+    if (kDecay == kCoupled) gi = madd<kFma>(wd, pi, gi);  // g + wd p
+    const T mi = madd<kFma>(c1, gi - m[i], m[i]);         // m + (1-b1)(g-m)
+    const T vi = madd<kFma>(b2, v[i], (c2 * gi) * gi);    // b2 v + ((1-b2) g) g
     m[i] = mi;
     v[i] = vi;
     T second = vi;
@@ -94,10 +119,13 @@ void adam_range(const T* __restrict s, const T* __restrict g,
       second = nan_max(vmax[i], vi);
       vmax[i] = second;
     }
-    T u = (mi * inv_bc1) / (std::sqrt(second + eps_root) * inv_sqrt_bc2 + eps);
-    if (kDecay == kDecoupled) u = u + wd * pi;             // add_decayed_weights
-    u = neg_lr * u;                                        // scale_by_learning_rate
-    out[i] = kApply ? pi + u : u;                          // optax.apply_updates
+    if (kApply) {
+      // (m inv_bc1) / (sqrt(v + eps_root) inv_sqrt_bc2 + eps)
+      T u = (mi * inv_bc1) /
+            madd<kFma>(std::sqrt(second + eps_root), inv_sqrt_bc2, eps);
+      if (kDecay == kDecoupled) u = madd<kFma>(wd, pi, u);  // u + wd p
+      out[i] = madd<kFma>(neg_lr, u, pi);                   // p + (-lr) u
+    }
   }
 }
 
@@ -105,23 +133,65 @@ template <typename T>
 using RangeFn = void (*)(const T*, const T*, const T*, T*, T*, T*, T*, int64_t,
                          int64_t);
 
+#define OPTZOO_RANGE_ARGS                                                   \
+  const T *__restrict s, const T *__restrict g, const T *__restrict p,      \
+      T *__restrict m, T *__restrict v, T *__restrict vmax,                 \
+      T *__restrict out, int64_t begin, int64_t end
+#define OPTZOO_RANGE_CALL s, g, p, m, v, vmax, out, begin, end
+
+#if defined(__x86_64__)
+// FMA variant: AVX2 + FMA (x86-64-v3), checked at run time (FmaSupported).
+template <typename T, int64_t kDecay, bool kAms, bool kApply>
+__attribute__((target("arch=x86-64-v3"))) void range_fma(OPTZOO_RANGE_ARGS) {
+  adam_loop<T, kDecay, kAms, kApply, true>(OPTZOO_RANGE_CALL);
+}
+bool FmaSupported() {
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+#else
+template <typename T, int64_t kDecay, bool kAms, bool kApply>
+void range_fma(OPTZOO_RANGE_ARGS) {
+  adam_loop<T, kDecay, kAms, kApply, true>(OPTZOO_RANGE_CALL);
+}
+bool FmaSupported() {
+#if defined(__aarch64__) || defined(__FP_FAST_FMA)
+  return true;
+#else
+  return false;
+#endif
+}
+#endif
+
+// Without contraction (XLA did not contract): baseline ISA.
+template <typename T, int64_t kDecay, bool kAms, bool kApply>
+void range_plain(OPTZOO_RANGE_ARGS) {
+  adam_loop<T, kDecay, kAms, kApply, false>(OPTZOO_RANGE_CALL);
+}
+
+template <typename T, int64_t kDecay, bool kAms, bool kApply>
+RangeFn<T> pick4(bool fma) {
+  return fma ? &range_fma<T, kDecay, kAms, kApply>
+             : &range_plain<T, kDecay, kAms, kApply>;
+}
+
 template <typename T, int64_t kDecay, bool kAms>
-RangeFn<T> pick3(bool apply) {
-  return apply ? &adam_range<T, kDecay, kAms, true>
-               : &adam_range<T, kDecay, kAms, false>;
+RangeFn<T> pick3(bool apply, bool fma) {
+  return apply ? pick4<T, kDecay, kAms, true>(fma)
+               : pick4<T, kDecay, kAms, false>(fma);
 }
 
 template <typename T, int64_t kDecay>
-RangeFn<T> pick2(bool ams, bool apply) {
-  return ams ? pick3<T, kDecay, true>(apply) : pick3<T, kDecay, false>(apply);
+RangeFn<T> pick2(bool ams, bool apply, bool fma) {
+  return ams ? pick3<T, kDecay, true>(apply, fma)
+             : pick3<T, kDecay, false>(apply, fma);
 }
 
 template <typename T>
 RangeFn<T> pick(const Flags& f) {
   switch (f.decay) {
-    case kCoupled: return pick2<T, kCoupled>(f.amsgrad, f.apply);
-    case kDecoupled: return pick2<T, kDecoupled>(f.amsgrad, f.apply);
-    default: return pick2<T, kNoDecay>(f.amsgrad, f.apply);
+    case kCoupled: return pick2<T, kCoupled>(f.amsgrad, f.apply, f.fma);
+    case kDecoupled: return pick2<T, kDecoupled>(f.amsgrad, f.apply, f.fma);
+    default: return pick2<T, kNoDecay>(f.amsgrad, f.apply, f.fma);
   }
 }
 
@@ -162,9 +232,9 @@ template <typename T>
 ffi::Error run(const Flags& flags, int64_t n_leaves, ffi::AnyBuffer scalars,
                ffi::RemainingArgs args, ffi::RemainingRets rets,
                ffi::ThreadPool* pool) {
-  const bool has_p = flags.decay != kNoDecay || flags.apply;
+  const bool has_p = flags.decay == kCoupled || flags.apply;
   const int64_t per_in = 3 + has_p + flags.amsgrad;
-  const int64_t per_out = 3 + flags.amsgrad;
+  const int64_t per_out = 2 + flags.apply + flags.amsgrad;
   if (static_cast<int64_t>(args.size()) != n_leaves * per_in ||
       static_cast<int64_t>(rets.size()) != n_leaves * per_out) {
     return ffi::Error::InvalidArgument("optzoo adam: operand count mismatch");
@@ -199,7 +269,7 @@ ffi::Error run(const Flags& flags, int64_t n_leaves, ffi::AnyBuffer scalars,
       return b.has_value() ? reinterpret_cast<T*>((*b)->untyped_data())
                            : nullptr;
     };
-    job->out.push_back(res(r++));
+    job->out.push_back(flags.apply ? res(r++) : nullptr);
     // State results alias their operands (input_output_aliases): write the
     // result buffers, which are the operand buffers unless XLA copied.
     T* m_out = res(r++);
@@ -247,8 +317,12 @@ ffi::Error run(const Flags& flags, int64_t n_leaves, ffi::AnyBuffer scalars,
 
 ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::AnyBuffer scalars,
                     ffi::RemainingArgs args, ffi::RemainingRets rets,
-                    int64_t n_leaves, int64_t decay, bool amsgrad, bool apply) {
-  const Flags flags{decay, amsgrad, apply};
+                    int64_t n_leaves, int64_t decay, bool amsgrad, bool apply,
+                    bool fma) {
+  if (fma && !FmaSupported()) {
+    return ffi::Error::InvalidArgument("optzoo adam: this CPU has no FMA");
+  }
+  const Flags flags{decay, amsgrad, apply, fma};
   switch (scalars.element_type()) {
     case ffi::DataType::F32:
       return run<float>(flags, n_leaves, scalars, args, rets, &pool);
@@ -270,4 +344,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OptzooAdam, AdamImpl,
                                   .Attr<int64_t>("n_leaves")
                                   .Attr<int64_t>("decay")
                                   .Attr<bool>("amsgrad")
-                                  .Attr<bool>("apply"));
+                                  .Attr<bool>("apply")
+                                  .Attr<bool>("fma"));
+
+// For the loader: can the FMA variant run on this CPU?
+extern "C" __attribute__((visibility("default"))) int OptzooFmaSupported() {
+  return FmaSupported() ? 1 : 0;
+}
