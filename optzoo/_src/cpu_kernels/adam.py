@@ -9,13 +9,26 @@ plain jnp code, which XLA fuses into its consumer (``optax.apply_updates``).
 :func:`update_and_apply` runs the whole step, new parameters included, in
 the one custom call: the bytes an Adam step must move and no more.
 
-Results are bitwise equal to the plain path (tests/test_cpu_kernels.py): the
-scalars (``1 - b1``, the bias corrections, ``-lr``) are computed here by the
-plain path's own jnp expressions and cast to the leaves' dtype exactly where
-the plain path's type promotion casts them. Where promotion would instead
-widen an elementwise operation (a float64 array hyperparameter, or under
-``jax_enable_x64`` the float64 bias correction, next to float32 leaves), that
-call takes the plain path.
+Results are bitwise equal to the plain path compiled by XLA on the same
+input arrays (tests/test_cpu_kernels.py): the scalars (``1 - b1``, the bias
+corrections, ``-lr``) are computed here by the plain path's own jnp
+expressions and cast to the leaves' dtype exactly where the plain path's
+type promotion casts them, and the kernel rounds each element as XLA:CPU
+does (kernels.cc). Where promotion would instead widen an elementwise
+operation (a float64 array hyperparameter, or under ``jax_enable_x64`` the
+float64 bias correction, next to float32 leaves), that call takes the plain
+path.
+
+The one exception, precisely: "the same input arrays" means that the
+gradients, parameters and state reach the step as materialised arrays (jit
+arguments, scan carries or ``xs``, outputs of an op XLA does not fuse into
+the update). When the gradient's last elementwise operations, or a state
+freshly initialised to zeros, sit in the same jitted function, XLA may fuse
+them into the plain update and round differently (contract the gradient's
+final multiply with Adam's ``g - m`` into one FMA, fold ``0 + x``); the plain
+path then differs by about an ulp from the very same plain path compiled on
+materialised inputs, and the kernel, whose inputs are always materialised,
+gives the latter.
 """
 
 from __future__ import annotations
