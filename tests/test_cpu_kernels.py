@@ -148,6 +148,17 @@ def test_mixed_dtype_tree_one_call_per_dtype(monkeypatch):
   assert txt.count("@optzoo_adam(") == 2
 
 
+def test_many_leaves_chunked_calls(monkeypatch):
+  """Leaves go to calls of at most _MAX_LEAVES (compile time stays linear)."""
+  params = {f"x{i:03d}": jnp.full((3,), i, jnp.float64) for i in range(40)}
+  tx = optzoo.adamw(1e-2)
+  txt = jax.jit(_step_fn(tx, "apply")).lower(
+      params, tx.init(params), params).as_text()
+  assert txt.count("@optzoo_adam(") == -(-40 // fused._MAX_LEAVES)
+  plain = _run(tx, params, "apply", "0", monkeypatch, steps=5)
+  _assert_bitwise(_run(tx, params, "apply", "1", monkeypatch, steps=5), plain)
+
+
 def test_negative_control_without_fma_emulation(monkeypatch):
   """The kernel with XLA's multiply-add contraction switched off differs:
   the bitwise tests do see rounding-level differences."""

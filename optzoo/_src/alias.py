@@ -354,6 +354,13 @@ def adam(
   use :func:`adamw` for decoupled decay. Chain: ``add_l2 -> scale_by_adam ->
   scale_by_learning_rate``. Equal to ``optax.adam`` without weight decay.
 
+  On CPU (one device; float32/float64 leaves; not ``maximize``/``mu_dtype``)
+  the moments are updated by one fused C++ call per dtype, and
+  :func:`optzoo.update_and_apply` runs the whole step, new params included,
+  in that call; both are bitwise equal to the plain jnp path on the same
+  input arrays (``OPTZOO_CPU_KERNELS=0`` switches them off; see
+  ``optzoo/_src/cpu_kernels``).
+
   Args:
     learning_rate: :math:`\eta` (torch default 1e-3).
     b1, b2: moment decays in [0, 1).
@@ -445,6 +452,7 @@ def adamw(
   The paper multiplies :math:`\lambda` by the schedule multiplier
   :math:`\eta_t/\alpha` only (not by :math:`\alpha`); torch and optax use
   :math:`\eta_t\lambda`, so paper :math:`\lambda` = :math:`\alpha\lambda` here.
+  The fused CPU step of :func:`adam` applies (not with ``mask``).
 
   Args:
     mask: optional pytree/callable selecting the leaves to decay (e.g. not

@@ -49,6 +49,10 @@ from optzoo._src.cpu_kernels import enabled_mode, load
 __all__ = ["fused_adam", "update_and_apply"]
 
 _NO_DECAY, _COUPLED, _DECOUPLED = 0, 1, 2
+# Leaves per custom call. XLA's alias analysis of one call with n in-place
+# operands costs O(n^2) compile time (1,000 leaves in one call: 168 s to
+# compile; in calls of 16: 3.4 s, optax.adam 14 s, on 2 loaded cores).
+_MAX_LEAVES = 16
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -228,8 +232,12 @@ def _fused_step(spec: _Spec, updates, state, params, apply: bool):
   new_p = list(p_l) if apply else None
   new_mu, new_nu = list(mu_l), list(nu_l)
   new_vmax = list(vmax_l) if spec.amsgrad else None
+  groups = []
   for dtype in dtypes:
     idx = [i for i, g in enumerate(g_l) if np.dtype(g.dtype) == dtype]
+    groups += [(dtype, idx[j:j + _MAX_LEAVES])
+               for j in range(0, len(idx), _MAX_LEAVES)]
+  for dtype, idx in groups:
     scalars = jnp.stack([jnp.asarray(v).astype(dtype) for v, _ in values])
     operands, results, aliases, targets = [scalars], [], {}, []
     for i in idx:

@@ -2,16 +2,16 @@
 //
 // One call updates every leaf of one dtype (a variadic call: one custom call
 // per dtype per step instead of several XLA fusions per leaf), reading and
-// writing each array exactly once.
+// writing each array it touches exactly once.
 //
 // Exactness: every element is computed with the operations, operand order and
 // rounding of optzoo's plain jnp path as XLA:CPU compiles it (transform.py):
 // one IEEE operation per jnp operation, except that a multiply feeding an
 // add is one fused multiply-add exactly where XLA's LLVM contracts it (see
 // madd). The library is built with -ffp-contract=off and without
-// -ffast-math, so GCC adds no contraction or reassociation of its own. The scalars (1 - b1, 1/(1 - b1^t), ...)
-// are computed by JAX outside and arrive as one small operand, so new
-// hyperparameter values never recompile anything.
+// -ffast-math, so GCC adds no contraction or reassociation of its own. The
+// scalars (1 - b1, 1/(1 - b1^t), ...) are computed by JAX outside and arrive
+// as one small operand, so new hyperparameter values never recompile.
 //
 // Operands (one dtype T, float or double; `n` leaves):
 //   scalars: T[S, K]  (S = 1, or the batch size under vmap)
@@ -46,7 +46,7 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-// Scalar slots (K = kNumScalars), see optzoo/_src/cpu_kernels/__init__.py.
+// Scalar slots (K = kNumScalars), filled by optzoo/_src/cpu_kernels/adam.py.
 enum Slot : int {
   kWeightDecay = 0,  // coupled L2 or decoupled decay coefficient
   kOneMinusB1,       // 1 - b1
