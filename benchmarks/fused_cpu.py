@@ -18,7 +18,10 @@ alike; ``ms`` is the median round, ``min`` the fastest round:
   is importable);
 * ``roofline``: the bytes an Adam step must move (read params, grads, m, v;
   write params, m, v: 28 bytes/param) at the bandwidth of a large
-  ``np.copyto`` measured in the same run (2 bytes moved per byte copied).
+  ``np.copyto`` measured in the same run (2 bytes moved per byte copied;
+  one thread), and ``roofline kernel``: a donated XLA elementwise kernel
+  moving those same bytes (benchmarks/_common.py; all threads), whose time
+  is the achievable floor on this machine.
 """
 from __future__ import annotations
 
@@ -125,6 +128,10 @@ def run_config(n_params, n_leaves, repeats, with_torch):
       "zoo plain": _Plain(C.optimizer_step(zoo), params, st, grads),
       "optax": C.Stepper(C.optimizer_step(ox), params, ox.init(params), grads),
       "memcpy": _Copy(),
+      # The same 28 bytes/param through a donated XLA elementwise kernel
+      # (multi-threaded, unlike np.copyto): benchmarks/_common.py.
+      "roofline kernel": C.Stepper(C.make_roofline(), params, ox.init(params),
+                                   grads),
   }
   hlo = steppers["zoo fused"].compiled.as_text()
   assert "optzoo_adam" in hlo, "the fused kernel was not used"
@@ -136,6 +143,7 @@ def run_config(n_params, n_leaves, repeats, with_torch):
   moved = 28 * n_params
   row = {"params": n_params, "leaves": n_leaves,
          "bandwidth_GBs": bandwidth / 1e9, "roofline_ms": 1e3 * moved / bandwidth,
+         "roofline_kernel_GBs": moved / min(samples["roofline kernel"]) / 1e9,
          "ms": {k: 1e3 * statistics.median(v) for k, v in samples.items()
                 if k != "memcpy"},
          "min_ms": {k: 1e3 * min(v) for k, v in samples.items() if k != "memcpy"},
@@ -155,30 +163,36 @@ def main():
   ap.add_argument("--leaves", type=int, default=20)
   ap.add_argument("--repeats", type=int, default=15)
   ap.add_argument("--no-torch", action="store_true")
+  ap.add_argument("--torch-threads", type=int, default=os.cpu_count(),
+                  help="torch.set_num_threads; on a loaded machine OpenMP's "
+                  "spinning threads make 2+ threads far slower than 1")
   ap.add_argument("--json")
   args = ap.parse_args()
   with_torch = not args.no_torch
   if with_torch:
     try:
       import torch  # pylint: disable=g-import-not-at-top
-      torch.set_num_threads(os.cpu_count())
+      torch.set_num_threads(args.torch_threads)
     except ImportError:
       with_torch = False
   info = C.machine_info()
   info["loadavg_before"] = os.getloadavg()
+  info["torch_threads"] = args.torch_threads if with_torch else None
   rows = []
   for s in args.sizes.split(","):
     row = run_config(_parse_size(s), args.leaves, args.repeats, with_torch)
     rows.append(row)
     print(f"\n{row['params']:,} params in {row['leaves']} leaves; memcpy "
-          f"{row['bandwidth_GBs']:.1f} GB/s, roofline {row['roofline_ms']:.2f} ms")
+          f"{row['bandwidth_GBs']:.1f} GB/s, roofline {row['roofline_ms']:.2f} ms; "
+          f"XLA roofline kernel {row['roofline_kernel_GBs']:.1f} GB/s")
     for k, v in row["ms"].items():
       print(f"  {k:<18}{v:>9.2f} ms   (min {row['min_ms'][k]:.2f}, "
             f"roofline/this {row['roofline_ms'] / v:.2f})")
     for k, v in row["ratios"].items():
       print(f"  {k:<34}{v:>6.2f}")
   info["loadavg_after"] = os.getloadavg()
-  print("\nload average before/after:", info["loadavg_before"], info["loadavg_after"])
+  print("\nload average before/after:", info["loadavg_before"],
+        info["loadavg_after"], " torch threads:", info["torch_threads"])
   if args.json:
     with open(args.json, "w") as f:
       json.dump({"machine": info, "rows": rows}, f, indent=1)
