@@ -18,9 +18,12 @@ vectorise (results unchanged).
 
 ``OPTZOO_CPU_KERNELS`` selects: ``0`` never use the kernel; ``1`` use it
 whenever the arrays allow, even with several devices (the caller vouches
-that no array is sharded: under ``jit`` shardings are not visible at trace
-time); unset or anything else: use it on the CPU backend with exactly one
-device. A failed build warns once and every step takes the plain jnp path.
+that no array is sharded: under ``jit`` input shardings are not visible at
+trace time, and XLA would replicate a sharded array around the custom call,
+so the state would come back replicated); unset or anything else: use it on
+the CPU backend with exactly one device. The variable is read when a step is
+traced (a cached trace keeps its choice). A failed build warns once and
+every step takes the plain jnp path.
 """
 
 from __future__ import annotations
