@@ -303,6 +303,13 @@ def test_sharded_arrays_fall_back(monkeypatch):
                            apply=False) is None
   u, _ = tx.update(params, state, params)
   assert u["x"].sharding.is_equivalent_to(sharding, 1)
+  # Under jit, shardings of explicit-axis meshes are visible while tracing.
+  explicit = jax.make_mesh((8,), ("d",),
+                           axis_types=(jax.sharding.AxisType.Explicit,))
+  sharding = jax.sharding.NamedSharding(explicit, jax.sharding.PartitionSpec("d"))
+  params = {"x": jax.device_put(jnp.linspace(-1, 1, 64), sharding)}
+  for kind in ("update", "apply"):
+    assert not _uses_kernel(_step_fn(tx, kind), params, tx.init(params), params)
 
 
 def test_modes(monkeypatch):

@@ -17,9 +17,10 @@ once to see whether it does. ``-fno-math-errno`` only lets ``sqrt``
 vectorise (results unchanged).
 
 ``OPTZOO_CPU_KERNELS`` selects: ``0`` never use the kernel; ``1`` use it
-whenever the arrays allow, even with several devices (the caller vouches
-that no array is sharded: under ``jit`` input shardings are not visible at
-trace time, and XLA would replicate a sharded array around the custom call,
+whenever the arrays allow, even with several devices (arrays sharded over
+an explicit-axis mesh, and concrete multi-device arrays, still take the plain
+path; but under ``jit`` the shardings of an auto-axis mesh are not visible
+while tracing, and XLA would replicate such an array around the custom call,
 so the state would come back replicated); unset or anything else: use it on
 the CPU backend with exactly one device. The variable is read when a step is
 traced (a cached trace keeps its choice). A failed build warns once and
