@@ -333,6 +333,15 @@ def test_update_and_apply_other_transformations(monkeypatch):
                     jax.jit(_step_fn(tx, "update"))(*args))
 
 
+def test_update_and_apply_bad_input():
+  params = _params(jnp.float64)
+  with pytest.raises(TypeError, match="tx"):
+    optzoo.update_and_apply(lambda g: g, params, (), params)
+  tx = optzoo.adam(1e-2)
+  with pytest.raises(ValueError, match="params"):
+    optzoo.update_and_apply(tx, params, tx.init(params), None)
+
+
 def test_failed_build_warns_once_and_falls_back(monkeypatch, tmp_path):
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
   monkeypatch.setenv("CXX", "/bin/false")
