@@ -389,6 +389,31 @@ def _moments(updates, mu, nu, b1, b2):
   return mu, nu
 
 
+def adam_step_scalars(b1: Any, b2: Any, count: chex.Array):
+  """The new count and Adam's ``1 / (1 - b1^t)``, ``1 / sqrt(1 - b2^t)``.
+
+  torch divides, ``(m / bc1) / (sqrt(v) / sqrt(bc2) + eps)``; the scalar
+  reciprocals are taken once, so each element costs one division (equal up
+  to rounding; optax's form costs three). Shared with the fused CPU kernel
+  (``optzoo/_src/cpu_kernels``), which must see the very same scalars.
+  """
+  count = optax.safe_increment(count)
+  t = _count_float(count)
+  bc1 = _bias_correction(b1, t)
+  sqrt_bc2 = jnp.sqrt(_bias_correction(b2, t))
+  return count, 1.0 / bc1, 1.0 / sqrt_bc2
+
+
+def adam_direction(updates, mu, second, inv_bc1, inv_sqrt_bc2, eps, eps_root):
+  """Adam's update ``(m * inv_bc1) / (sqrt(v + eps_root) * inv_sqrt_bc2 + eps)``, in
+  the dtype of ``updates`` (``second`` is ``nu``, or AMSGrad's max)."""
+  return jax.tree.map(
+      lambda g, m, v: per_part(
+          lambda m, v: (m * inv_bc1) / (jnp.sqrt(v + eps_root) * inv_sqrt_bc2
+                                        + eps), m, v).astype(g.dtype),
+      updates, mu, second)
+
+
 def _maximum(a, b):
   """Elementwise max (per real / imaginary part for complex leaves)."""
   return per_part(jnp.maximum, a, b)
@@ -461,25 +486,15 @@ def scale_by_adam(
   def update_fn(updates, state, params=None):
     del params
     mu, nu = _moments(updates, state.mu, state.nu, b1, b2)
-    count = optax.safe_increment(state.count)
-    t = _count_float(count)
-    bc1 = _bias_correction(b1, t)
-    sqrt_bc2 = jnp.sqrt(_bias_correction(b2, t))
+    count, inv_bc1, inv_sqrt_bc2 = adam_step_scalars(b1, b2, state.count)
     if amsgrad:
       nu_max = jax.tree.map(_maximum, state.nu_max, nu)
       second = nu_max
     else:
       nu_max = state.nu_max
       second = nu
-    # torch: (m / bc1) / (sqrt(v) / sqrt(bc2) + eps). The scalar reciprocals
-    # are taken once, so each element costs one division (equal up to
-    # rounding; optax's form costs three).
-    inv_bc1, inv_sqrt_bc2 = 1.0 / bc1, 1.0 / sqrt_bc2
-    new = jax.tree.map(
-        lambda g, m, v: per_part(
-            lambda m, v: (m * inv_bc1) / (jnp.sqrt(v + eps_root) * inv_sqrt_bc2
-                                          + eps), m, v).astype(g.dtype),
-        updates, mu, second)
+    new = adam_direction(updates, mu, second, inv_bc1, inv_sqrt_bc2, eps,
+                         eps_root)
     return new, ScaleByAdamState(count=count, mu=mu, nu=nu, nu_max=nu_max)
 
   return optax.GradientTransformation(init_fn, update_fn)

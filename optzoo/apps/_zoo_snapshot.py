@@ -6,6 +6,7 @@ edit. Used only while PUBLIC_NAMES equals optzoo.__all__.
 # pylint: skip-file
 
 PUBLIC_NAMES = (
+    'update_and_apply',
     'communication_stats',
     'CompressionState',
     'ef_signsgd',
