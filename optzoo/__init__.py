@@ -39,7 +39,7 @@ if _TYPE_CHECKING:  # the table __getattr__ reads; static for type checkers and 
   from optzoo._src.classic import adamax
   from optzoo._src.classic import asgd
   from optzoo._src.classic import asgd_averaged_params
-  from optzoo._src.classic import negate
+  from optzoo._src.transform import negate
   from optzoo._src.classic import rprop
   from optzoo._src.classic import scale_by_adadelta
   from optzoo._src.classic import scale_by_adamax

@@ -43,16 +43,10 @@ __all__ = [
 ]
 
 
-def _maximize(maximize: bool) -> list:
-  """torch's ``maximize=True``: negate the gradient first (before any L2)."""
-  validation.check_bool("maximize", maximize)
-  return [classic.negate()] if maximize else []
-
-
 def _coupled_or_not(weight_decay: Any, decoupled: bool) -> list:
   """The coupled-L2 link unless torch's ``decoupled_weight_decay=True``."""
   validation.check_bool("decoupled_weight_decay", decoupled)
-  return [] if decoupled else _l2(weight_decay)
+  return [] if decoupled else transform.l2_links(weight_decay)
 
 
 def _decoupled(weight_decay: Any, decoupled: bool) -> list:
@@ -64,16 +58,6 @@ def _decoupled(weight_decay: Any, decoupled: bool) -> list:
   if not decoupled:
     return []
   return [transform.add_decayed_weights(weight_decay)]
-
-
-def _l2(weight_decay: Any) -> list:
-  """The coupled-L2 link (stateless; a literal 0 makes it a no-op).
-
-  A literal 0 reads no params; the link itself always stays, so the state has
-  the same structure as with an injected (array) weight decay.
-  """
-  validation.check_nonneg("weight_decay", weight_decay)
-  return [transform.add_l2(weight_decay)]
 
 
 def _check_momentum(momentum: Any, nesterov: bool) -> None:
@@ -137,7 +121,7 @@ def sgd(
   """
   validation.check_lr(learning_rate)
   _check_momentum(momentum, nesterov)
-  links = _maximize(maximize) + _l2(weight_decay)
+  links = transform.maximize_links(maximize) + transform.l2_links(weight_decay)
   if momentum is not None:
     links.append(transform.trace(momentum, nesterov, dampening=dampening,
                                  accumulator_dtype=accumulator_dtype))
@@ -225,7 +209,7 @@ def sgdw(
   validation.check_lr(learning_rate)
   _check_momentum(momentum, nesterov)
   validation.check_nonneg("weight_decay", weight_decay)
-  links = _maximize(maximize)
+  links = transform.maximize_links(maximize)
   if momentum is not None:
     links.append(transform.trace(momentum, nesterov, dampening=dampening,
                                  accumulator_dtype=accumulator_dtype))
@@ -271,8 +255,8 @@ def adagrad(
   """
   validation.check_lr(learning_rate)
   return optax.chain(
-      *_maximize(maximize),
-      *_l2(weight_decay),
+      *transform.maximize_links(maximize),
+      *transform.l2_links(weight_decay),
       transform.scale_by_adagrad(initial_accumulator_value, eps, lr_decay),
       transform.scale_by_learning_rate(learning_rate),
   )
@@ -314,7 +298,7 @@ def rmsprop(
   """
   validation.check_lr(learning_rate)
   _check_momentum(momentum, False)
-  links = _maximize(maximize) + _l2(weight_decay)
+  links = transform.maximize_links(maximize) + transform.l2_links(weight_decay)
   links.append(transform.scale_by_rms(decay, eps, 0.0, centered=centered))
   if momentum is not None:
     links.append(transform.trace(momentum))
@@ -377,8 +361,8 @@ def adam(
   """
   validation.check_lr(learning_rate)
   links = [
-      *_maximize(maximize),
-      *_l2(weight_decay),
+      *transform.maximize_links(maximize),
+      *transform.l2_links(weight_decay),
       transform.scale_by_adam(b1, b2, eps, amsgrad=amsgrad, mu_dtype=mu_dtype),
       transform.scale_by_learning_rate(learning_rate),
   ]
@@ -462,7 +446,7 @@ def adamw(
   """
   validation.check_lr(learning_rate)
   links = [
-      *_maximize(maximize),
+      *transform.maximize_links(maximize),
       transform.scale_by_adam(b1, b2, eps, amsgrad=amsgrad, mu_dtype=mu_dtype),
       transform.add_decayed_weights(weight_decay, mask),
       transform.scale_by_learning_rate(learning_rate),
@@ -504,7 +488,7 @@ def nadam(
   """
   validation.check_lr(learning_rate)
   return optax.chain(
-      *_maximize(maximize),
+      *transform.maximize_links(maximize),
       *_coupled_or_not(weight_decay, decoupled_weight_decay),
       transform.scale_by_nadam(b1, b2, eps, momentum_decay),
       *_decoupled(weight_decay, decoupled_weight_decay),
@@ -545,7 +529,7 @@ def radam(
   """
   validation.check_lr(learning_rate)
   return optax.chain(
-      *_maximize(maximize),
+      *transform.maximize_links(maximize),
       *_coupled_or_not(weight_decay, decoupled_weight_decay),
       transform.rectify(b1, b2, eps, threshold=threshold, fallback=fallback,
                        strict=strict),
@@ -606,7 +590,7 @@ def adabound(
     raise ValueError("`learning_rate` must be > 0 for adabound: the bounds scale "
                      "with final_lr / learning_rate(0).")
   return optax.chain(
-      *_l2(weight_decay),
+      *transform.l2_links(weight_decay),
       transform.scale_by_bounds(final_lr, base_lr, b1, b2, gamma, eps,
                                 amsbound=amsbound),
       transform.scale_by_learning_rate(learning_rate),

@@ -29,7 +29,6 @@ __all__ = [
     "adamax",
     "asgd",
     "asgd_averaged_params",
-    "negate",
     "rprop",
     "scale_by_adadelta",
     "scale_by_adamax",
@@ -52,44 +51,6 @@ def _lerp(a, b, w):
   if isinstance(w, (int, float)):
     return a + w * (b - a) if abs(w) < 0.5 else b - (b - a) * (1 - w)
   return jnp.where(jnp.abs(w) < 0.5, a + w * (b - a), b - (b - a) * (1 - w))
-
-
-@registry.register(
-    family="primitive",
-    summary="Negate the gradient (torch's maximize=True: ascend the objective).",
-    paper="-",
-    reference="torch.optim.* maximize=True",
-    verified="torch.optim maximize=True 2.13, float64, 300 steps (tests/test_torch_optimizers.py)",
-)
-def negate() -> optax.GradientTransformation:
-  r"""Negate the updates: :math:`g \leftarrow -g`.
-
-  Put it first in a chain to maximize instead of minimize; this is what
-  torch's ``maximize=True`` does (before the coupled weight decay is added).
-  """
-
-  def init_fn(params):
-    del params
-    return optax.EmptyState()
-
-  def update_fn(updates, state, params=None):
-    del params
-    return jax.tree.map(jnp.negative, updates), state
-
-  return optax.GradientTransformation(init_fn, update_fn)
-
-
-def _prefix(maximize: bool, weight_decay: Any) -> list:
-  """``[negate] + [add_l2]``: torch's gradient preprocessing order.
-
-  The L2 link always stays (a literal 0 makes it a stateless no-op), so the
-  state has the same structure as with an injected weight decay.
-  """
-  validation.check_bool("maximize", maximize)
-  validation.check_nonneg("weight_decay", weight_decay)
-  links = [negate()] if maximize else []
-  links.append(transform.add_l2(weight_decay))
-  return links
 
 
 # ---------------------------------------------------------------------------
@@ -199,7 +160,8 @@ def adamax(
     <https://arxiv.org/abs/1412.6980>`_, ICLR 2015.
   """
   validation.check_lr(learning_rate)
-  return optax.chain(*_prefix(maximize, weight_decay),
+  return optax.chain(*transform.maximize_links(maximize),
+                     *transform.l2_links(weight_decay),
                      scale_by_adamax(b1, b2, eps),
                      transform.scale_by_learning_rate(learning_rate))
 
@@ -299,7 +261,8 @@ def adadelta(
     <https://arxiv.org/abs/1212.5701>`_, 2012.
   """
   validation.check_lr(learning_rate)
-  return optax.chain(*_prefix(maximize, weight_decay),
+  return optax.chain(*transform.maximize_links(maximize),
+                     *transform.l2_links(weight_decay),
                      scale_by_adadelta(rho, eps),
                      transform.scale_by_learning_rate(learning_rate))
 
@@ -417,9 +380,8 @@ def rprop(
     ICNN 1993.
   """
   validation.check_lr(learning_rate)
-  validation.check_bool("maximize", maximize)
   init = learning_rate(0) if callable(learning_rate) else learning_rate
-  links = [negate()] if maximize else []
+  links = transform.maximize_links(maximize)
   links += [scale_by_rprop(init, eta_minus, eta_plus, min_step_size, max_step_size),
             optax.scale(-1.0)]
   return optax.chain(*links)
@@ -549,7 +511,8 @@ def asgd(
     <https://doi.org/10.1137/0330046>`_, SIAM J. Control Optim. 30(4), 1992.
   """
   validation.check_lr(learning_rate)
-  return optax.chain(*_prefix(maximize, weight_decay),
+  return optax.chain(*transform.maximize_links(maximize),
+                     *transform.l2_links(weight_decay),
                      scale_by_asgd(learning_rate, lambd, alpha, t0))
 
 

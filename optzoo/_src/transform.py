@@ -51,6 +51,7 @@ __all__ = [
     "add_gradient_noise",
     "add_decayed_weights",
     "add_l2",
+    "negate",
     "rectify",
     "scale_by_adagrad",
     "scale_by_adam",
@@ -770,6 +771,49 @@ def scale_by_bounds(
 # ---------------------------------------------------------------------------
 # Weight decay and learning rate
 # ---------------------------------------------------------------------------
+
+
+@registry.register(
+    family="primitive",
+    summary="Negate the gradient (torch's maximize=True: ascend the objective).",
+    paper="-",
+    reference="torch.optim.* maximize=True",
+    verified="torch.optim maximize=True 2.13, float64, 300 steps (tests/test_torch_optimizers.py)",
+)
+def negate() -> optax.GradientTransformation:
+  r"""Negate the updates: :math:`g \leftarrow -g`.
+
+  Put it first in a chain to maximize instead of minimize; this is what
+  torch's ``maximize=True`` does (before the coupled weight decay is added).
+  """
+
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    del params
+    return jax.tree.map(jnp.negative, updates), state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def maximize_links(maximize: bool) -> list:
+  """torch's ``maximize=True`` as chain links: ``[negate()]``, first in the
+  chain (before any coupled L2), or ``[]``."""
+  validation.check_bool("maximize", maximize)
+  return [negate()] if maximize else []
+
+
+def l2_links(weight_decay: Any) -> list:
+  """torch's coupled ``weight_decay`` as chain links: ``[add_l2(weight_decay)]``.
+
+  The link always stays (a literal 0 makes it a stateless no-op that reads no
+  params), so the state has the same structure as with an injected (array)
+  weight decay.
+  """
+  validation.check_nonneg("weight_decay", weight_decay)
+  return [add_l2(weight_decay)]
 
 
 @registry.register(
