@@ -128,25 +128,74 @@ def test_quantizer_matches_numpy_and_error_bounds(signed, shape, block_size):
   assert np.all(per_block <= absmax * (np.max(np.diff(qmap)) / 2) * (1 + 1e-5))
 
 
-@pytest.mark.parametrize("signed", [True, False])
-def test_nearest_code_equals_a_search_everywhere(signed):
-  """The direct (search-free) code computation equals np.searchsorted over
-  the midpoints on every map value, every midpoint and its float32
-  neighbours, and 200k log-uniform values over all decades."""
+def _mids(signed):
   qmap = optzoo.dynamic_quantization_map(signed)
-  mids = ((qmap[1:].astype(np.float64) + qmap[:-1]) / 2).astype(np.float32)
+  return ((qmap[1:].astype(np.float64) + qmap[:-1]) / 2).astype(np.float32)
+
+
+def _ulp_neighbours(v, k):
+  """float32 values within k ulps of each of v (v >= 0), by bit pattern."""
+  bits = np.asarray(v, np.float32).view(np.int32).astype(np.int64)
+  out = (bits[:, None] + np.arange(-k, k + 1)[None]).ravel()
+  return out[(out >= 0) & (out < 0x7F800000)].astype(np.int32).view(np.float32)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_decode_is_the_table_bit_for_bit(signed):
+  """The arithmetic decoder gives the float32 map value of every code,
+  bit-identical (jitted, as the optimizer runs it)."""
+  from optzoo._src import quantized as Q
+  codes = jnp.arange(256, dtype=jnp.uint8)
+  got = np.asarray(jax.jit(Q._decode_codes, static_argnums=1)(codes, signed))
+  want = optzoo.dynamic_quantization_map(signed)
+  np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_encode_equals_a_search_everywhere(signed):
+  """The arithmetic (table- and search-free) encoder equals np.searchsorted
+  over the float32 midpoints (nearest value, ties to the lower code) on a
+  dense grid: every map value and every midpoint with its 64 float32
+  neighbours on each side (so every tie and both sides of it), both signs,
+  +0 and -0, the extremes, values just outside [-1, 1] (clamped), and 200k
+  log-uniform values over all decades. (tests/check_quantizer_exhaustive.py
+  checks every float32 in [-1, 1].)"""
+  from optzoo._src import quantized as Q
+  qmap = optzoo.dynamic_quantization_map(signed)
+  mids = _mids(signed)
   rng = np.random.default_rng(4)
   mags = (10.0 ** rng.uniform(-9, 0, 200_000)).astype(np.float32)
-  ys = np.concatenate([
-      qmap, mids, np.nextafter(mids, np.float32(2)), np.nextafter(mids, np.float32(-2)),
-      mags, -mags, np.float32([0.0, 1.0, -1.0, 1e-38, -1e-38])]).astype(np.float32)
-  ys = np.clip(ys, -1, 1)
-  x = np.concatenate([np.float32([1.0]), ys])   # absmax 1: y = x exactly
+  pos = np.concatenate([_ulp_neighbours(np.abs(mids), 64),
+                        _ulp_neighbours(np.abs(qmap), 2), mags,
+                        np.float32([0.0, 1.0, 1e-38, 1e-45, 2.75e-7])])
+  ys = np.concatenate([pos, -pos, np.float32([-0.0, -1.0])])
+  ys = ys[np.abs(ys) <= np.nextafter(np.float32(1), np.float32(2))]
+  got = np.asarray(jax.jit(Q._encode_unit, static_argnums=1)(jnp.asarray(ys), signed))
+  want = np.minimum(np.searchsorted(mids, ys if signed else np.maximum(ys, 0),
+                                    side="left"), 255)
+  np.testing.assert_array_equal(got, want)
+  assert ys.size > 60_000
+  # Through the public quantizer (absmax 1: y = x exactly).
+  x = np.concatenate([np.float32([1.0]), np.clip(ys, -1, 1)])
   q = jax.jit(optzoo.quantize_blockwise, static_argnums=(1, 2))(
       jnp.asarray(x), x.size, signed)
-  got = np.asarray(q.codes).reshape(-1)
-  want = np.searchsorted(mids, np.maximum(x, 0) if not signed else x, side="left")
-  np.testing.assert_array_equal(got, want)
+  want = np.searchsorted(mids, x if signed else np.maximum(x, 0), side="left")
+  np.testing.assert_array_equal(np.asarray(q.codes).reshape(-1), want)
+  # NaN (a diverged moment) gets the code of 0.
+  nan = np.asarray(Q._encode_unit(jnp.float32(jnp.nan), signed))
+  assert qmap[nan] == 0
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_codec_has_no_gather_sort_or_while(signed):
+  """Encode and decode are elementwise arithmetic: no table gathers, no
+  search, no loop in the compiled quantize/dequantize round trip."""
+  def round_trip(x):
+    q = optzoo.quantize_blockwise(x, 256, signed)
+    return optzoo.dequantize_blockwise(q, x.shape, x.dtype, signed)
+  hlo = jax.jit(round_trip).lower(jnp.ones((40, 30), jnp.float32)).compile().as_text()
+  for op in (" gather(", " sort(", " while(", " scatter("):
+    assert op not in hlo, op
 
 
 @pytest.mark.parametrize("signed", [True, False])

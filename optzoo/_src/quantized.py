@@ -83,9 +83,19 @@ def dynamic_quantization_map(signed: bool = True) -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def _boundaries(signed: bool) -> np.ndarray:
-  """Midpoints between consecutive map values (nearest rounding)."""
+  """Midpoints between consecutive map values (nearest rounding), float32."""
   m = dynamic_quantization_map(signed).astype(np.float64)
   return ((m[1:] + m[:-1]) / 2).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def _decade_edges(signed: bool) -> tuple[float, ...]:
+  """The 8 boundaries that separate decades: 0 | first value, decade i |
+  decade i+1 (i = 0..5), last value | 1 (float32 values, as Python floats)."""
+  u = 0 if signed else 1
+  b = _boundaries(signed)
+  zero = 127 if signed else 0          # index of the boundary 0 | first value
+  return tuple(float(b[zero + 2 ** (d + u) - 1 - u]) for d in range(8))
 
 
 class QuantizedArray(NamedTuple):
@@ -107,6 +117,128 @@ def _layout(size: int, block_size: int) -> tuple[int, int]:
   return -(-size // block), block
 
 
+# ---------------------------------------------------------------------------
+# The map as arithmetic: code <-> value without a table.
+#
+# Positive interior values, in sorted order, are indexed by q = 1..127
+# (signed map: code 127 + q) or q = 2..255 (unsigned: code q - 1). With
+# n = 2^floor(log2 q) (the decade holds q = n..2n-1, decade d = log2(n) - u,
+# u = 0 signed / 1 unsigned) and k = q - n the bin in it,
+#
+#   10^(d-6) (0.1 + 0.9 (k + 1/2) / n)  =  N / D,
+#   N = 18 q + 9 - 16 n,   D = 2^(8+u) 5^(7-d),
+#
+# both exact small integers in float32, so one IEEE division gives the
+# correctly rounded float32 value: bit-identical to the table (checked for
+# all 256 codes of both maps in tests/test_quantized.py).
+# ---------------------------------------------------------------------------
+
+
+def _pow5(j: jax.Array) -> jax.Array:
+  """5^j for int32 j in [0, 7], exactly, as float32 (three selects)."""
+  one = jnp.float32(1)
+  return (jnp.where((j & 1) != 0, jnp.float32(5), one)
+          * jnp.where((j & 2) != 0, jnp.float32(25), one)
+          * jnp.where((j & 4) != 0, jnp.float32(625), one))
+
+
+def _decode_codes(codes: jax.Array, signed: bool) -> jax.Array:
+  """float32 ``dynamic_quantization_map(signed)[codes]`` by arithmetic."""
+  u = 0 if signed else 1
+  c = codes.astype(jnp.int32)
+  q = jnp.abs(c - 127) if signed else c + 1
+  qf = q.astype(jnp.float32)
+  bits = jax.lax.bitcast_convert_type(qf, jnp.int32)
+  n = jax.lax.bitcast_convert_type(bits & 0x7F800000, jnp.float32)  # 2^floor(log2 q)
+  j = (134 + u) - jnp.right_shift(bits, jnp.int32(23))             # 7 - decade
+  num = 18.0 * qf + (9.0 - 16.0 * n)
+  val = num / (_pow5(j) * jnp.float32(2 ** (8 + u)))
+  zero = c == (127 if signed else 0)
+  val = jnp.where(zero, jnp.float32(0), jnp.where(c == 255, jnp.float32(1), val))
+  if signed:
+    val = jnp.where(c < 127, -val, val)
+  return val
+
+
+def _encode_unit(y: jax.Array, signed: bool) -> jax.Array:
+  """int32 code of the nearest map value to float32 ``y`` (ties: lower).
+
+  Exactly ``searchsorted(boundaries, y)`` with the float32 midpoints of
+  :func:`_boundaries` (``max(y, 0)`` for the unsigned map), computed without
+  a table. The signed map is symmetric except for its top value (+1 has no
+  negative twin), so a negative ``y`` counts the positive boundaries
+  ``<= |y|``, i.e. ``< nextafter(|y|, inf)``, and mirrors. For ``a >= 0``
+  the count of positive boundaries ``< a`` is
+
+  * the decade, by eight compares with the boundaries between decades
+    (:func:`_decade_edges`: exact float32 constants);
+  * inside decade ``d`` the boundary between bins ``k`` and ``k + 1`` is
+    near ``(18 (q + 1) - 16 n) / D``; ``t = (a D + 16 n) / 18 - 1`` rounded
+    to the nearest integer ``kappa`` names the only boundary ``a`` can be
+    close to (the others are at least half a bin away, far beyond
+    float32 error); that one is computed exactly as the float32 midpoint of
+    its two neighbours, ``fl(V_kappa + V_kappa+1) / 2`` with ``V`` from the
+    exact division above, and compared with ``a``.
+  """
+  u = 0 if signed else 1
+  top = 128 if signed else 255                # positive boundaries
+  if signed:
+    neg = y < 0
+    bits = jax.lax.bitcast_convert_type(jnp.abs(y), jnp.int32)
+    a = jax.lax.bitcast_convert_type(jnp.where(neg, bits + 1, bits), jnp.float32)
+  else:
+    a = jnp.maximum(y, jnp.float32(0))
+  edges = _decade_edges(signed)
+  above = [(a > jnp.float32(e)).astype(jnp.int32) for e in edges]
+  di = functools.reduce(jnp.add, above)         # 0: below the first value
+  d = jnp.clip(di - 1, 0, 6)
+  n = jnp.left_shift(jnp.int32(1), d + u)
+  nf = n.astype(jnp.float32)
+  den = _pow5(7 - d) * jnp.float32(2 ** (8 + u))
+  t = (a * den + 16.0 * nf) * jnp.float32(1.0 / 18.0) - 1.0
+  kappa = jnp.clip(jnp.floor(t + 0.5).astype(jnp.int32), n, 2 * n - 2)
+  num = (18 * kappa + 9 - 16 * n).astype(jnp.float32)
+  below = (num / den + (num + 18.0) / den) < (a + a)
+  inner = kappa - n + below.astype(jnp.int32)
+  if signed:                                    # decade 0 has a single value
+    inner = jnp.where(n == 1, 0, inner)
+  count = n + (1 - 2 ** u) + inner
+  count = jnp.where(di == 0, 0, jnp.where(di == 8, top, count))
+  if signed:
+    return jnp.clip(jnp.where(neg, 127 - count, 127 + count), 0, 255)
+  return count
+
+
+def _blocks(x: jax.Array, block_size: int) -> jax.Array:
+  """``x`` flattened, as float32, zero-padded to (num_blocks, block)."""
+  size = int(np.prod(np.shape(x)))
+  nb, block = _layout(size, block_size)
+  flat = jnp.ravel(x).astype(jnp.float32)
+  return jnp.pad(flat, (0, nb * block - size)).reshape(nb, block)
+
+
+def _absmax(blocks: Sequence[jax.Array]) -> list[jax.Array]:
+  """Each block's max |x| for several (num_blocks, block) arrays of one
+  shape, in one variadic reduction (max and min of each; XLA:CPU keeps a
+  variadic reduce in a loop fusion with its producers, where a single
+  max-reduce becomes a library call that needs its input in memory)."""
+  ops = [b for x in blocks for b in (x, x)]
+  inits = [v for _ in blocks for v in (jnp.float32(-jnp.inf), jnp.float32(jnp.inf))]
+
+  def red(acc, val):
+    return tuple(jnp.maximum(a, v) if i % 2 == 0 else jnp.minimum(a, v)
+                 for i, (a, v) in enumerate(zip(acc, val)))
+
+  out = jax.lax.reduce(ops, inits, red, (1,))
+  return [jnp.abs(jnp.maximum(out[2 * i], -out[2 * i + 1]))
+          for i in range(len(blocks))]
+
+
+def _encode(blocks: jax.Array, absmax: jax.Array, signed: bool) -> jax.Array:
+  scale = jnp.where(absmax > 0, absmax, jnp.ones_like(absmax))
+  return _encode_unit(blocks / scale[:, None], signed).astype(jnp.uint8)
+
+
 def quantize_blockwise(x: jax.Array, block_size: int = 2048,
                        signed: bool = True) -> QuantizedArray:
   """Block-wise dynamic quantization of ``x`` (any shape, floating).
@@ -114,77 +246,22 @@ def quantize_blockwise(x: jax.Array, block_size: int = 2048,
   The flattened ``x`` is cut into blocks of ``block_size`` contiguous entries
   (zero-padded), each block is divided by its absmax (float32) and every
   entry is rounded to the nearest value of the dynamic map (ties to the lower
-  code). A block of zeros has absmax 0 and decodes to zeros.
+  code; precisely: the index of the first float32 midpoint between
+  consecutive map values that is ``>= x / absmax``). A block of zeros has
+  absmax 0 and decodes to zeros. The code is computed arithmetically from
+  the map's structure (no table, no search).
   """
-  size = int(np.prod(np.shape(x)))
-  nb, block = _layout(size, block_size)
-  flat = jnp.ravel(x).astype(jnp.float32)
-  flat = jnp.pad(flat, (0, nb * block - size))
-  blocks = flat.reshape(nb, block)
-  absmax = jnp.max(jnp.abs(blocks), axis=1)
-  scale = jnp.where(absmax > 0, absmax, jnp.ones_like(absmax))
-  y = blocks / scale[:, None]
-  codes = _nearest_code(y, signed)
-  return QuantizedArray(codes=codes.astype(jnp.uint8), absmax=absmax)
-
-
-def _nearest_code(y: jax.Array, signed: bool) -> jax.Array:
-  """Index of the nearest map value to each ``y`` in [-1, 1] (ties: lower).
-
-  Equal to ``searchsorted(boundaries, y)`` but without a search: the map's
-  structure gives a candidate directly (decade by six compares, then the
-  linear bin inside the decade), which is within one index of the answer;
-  comparing ``y`` with the two boundaries around the candidate settles it.
-  Two gathers from a 255-entry table per element, no loop.
-  """
-  s = 0 if signed else 1
-  base = 128 if signed else 1            # index of the smallest positive value
-  a = jnp.abs(y) if signed else jnp.maximum(y, 0)
-  with jax.numpy_dtype_promotion("standard"):
-    # Decade i (values in [10^(i-7), 10^(i-6))) and t = a * 10^(6-i), by
-    # compares and selects (no log / pow: cheap and vectorized everywhere).
-    i = jnp.zeros(y.shape, jnp.int32)
-    scale = jnp.full(y.shape, 1e6, y.dtype)
-    for j in range(1, 7):
-      above = a >= jnp.asarray(10.0 ** (j - 7), y.dtype)
-      i = i + above.astype(jnp.int32)
-      scale = jnp.where(above, jnp.asarray(10.0 ** (6 - j), y.dtype), scale)
-    n = jnp.left_shift(jnp.int32(1), i + s)               # values in it
-    t = a * scale
-    k = jnp.floor((t - 0.1) / 0.9 * n.astype(y.dtype))
-    k = jnp.clip(k.astype(jnp.int32), 0, n - 1)
-    cand = base + n - (1 << s) + k
-    if signed:
-      cand = jnp.where(y < 0, 254 - cand, cand)
-    lo = jnp.clip(cand - 1, 0, 253)
-    bounds = jnp.asarray(_boundaries(signed))
-    out = _explicit(lo)
-    b0 = bounds.at[lo].get(out_sharding=out)
-    b1 = bounds.at[lo + 1].get(out_sharding=out)
-    return lo + (b0 < y).astype(jnp.int32) + (b1 < y).astype(jnp.int32)
+  blocks = _blocks(x, block_size)
+  (absmax,) = _absmax([blocks])
+  return QuantizedArray(codes=_encode(blocks, absmax, signed), absmax=absmax)
 
 
 def dequantize_blockwise(q: QuantizedArray, shape: Sequence[int], dtype: Any,
                          signed: bool = True) -> jax.Array:
   """Inverse of :func:`quantize_blockwise`: ``map[code] * absmax``."""
-  qmap = jnp.asarray(dynamic_quantization_map(signed))
-  idx = q.codes.astype(jnp.int32)
-  vals = qmap.at[idx].get(out_sharding=_explicit(idx)) * q.absmax[:, None]
+  vals = _decode_codes(q.codes, signed) * q.absmax[:, None]
   size = int(np.prod(shape))
   return vals.reshape(-1)[:size].reshape(tuple(shape)).astype(dtype)
-
-
-def _explicit(x):
-  """``x``'s sharding when it lives on a mesh with Explicit axes, else None."""
-  try:
-    sharding = jax.typeof(x).sharding
-  except Exception:  # pylint: disable=broad-except
-    return None
-  mesh = getattr(sharding, "mesh", None)
-  types = getattr(mesh, "axis_types", None) or ()
-  if any(t == jax.sharding.AxisType.Explicit for t in types):
-    return sharding
-  return None
 
 
 def _last_field(path) -> Optional[str]:
