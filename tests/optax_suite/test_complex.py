@@ -97,7 +97,7 @@ def test_negative_control_modulus_form_does_not_match():
 
 # Team Adam methods whose complex-parameter support is not implemented yet
 # (large-batch, factored and 8-bit state).
-COMPLEX_NOT_YET = {"adafactor", "adam_8bit", "adamw_8bit", "lamb", "sm3",
+COMPLEX_NOT_YET = {"adafactor", "lamb", "sm3",
                    "adamax", "adadelta"}
 
 
