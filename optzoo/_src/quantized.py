@@ -500,7 +500,7 @@ def quantize_state(
     # Four evaluations of the same inner step (see _inner_step): block
     # absmax of the new state (whole blocks; the short last blocks), its
     # codes, then the update.
-    absmax = _group_absmax(t_leaves, plans, step(0), step(3), block_size)
+    absmax = _absmax_by_param(t_leaves, plans, step(0), step(3), block_size)
     new = step(1)
     codes = {i: _encode(new[i], absmax[i], block_size, plans[i])
              for i in absmax}
@@ -547,7 +547,7 @@ def _inner_step(inner, t_def, t_leaves, plans, block_size, updates, state,
   return (updates, new) if with_updates else new
 
 
-def _group_absmax(t_leaves, plans, main, tail, block_size) -> dict:
+def _absmax_by_param(t_leaves, plans, main, tail, block_size) -> dict:
   """{leaf index: block absmax} of the quantized new-state leaves (``main``,
   ``tail``: two evaluations of the new state, see :func:`_absmax`). Leaves
   of the same parameter (same path below the state field, e.g. ``mu['w']``
