@@ -10,7 +10,9 @@ the median step time (params and state donated). Each measurement runs in a
 fresh interpreter (``--in-process`` to disable):
 
 * ``optax.adam``;
-* ``optzoo.adam``;
+* ``optzoo.adam`` (on CPU: the moments in one fused C++ call per dtype);
+* ``optzoo.adam (plain)``: traced with ``OPTZOO_CPU_KERNELS=0``;
+* ``update_and_apply(optzoo.adam)``: the whole step in one C++ call;
 * ``optzoo.group_leaves(optzoo.adam)``: same-shape leaves stacked;
 * ``optax.flatten(optax.adam)``: one raveled vector (breaks sharding).
 
@@ -39,6 +41,8 @@ from benchmarks import _common as C  # noqa: E402
 VARIANTS = {
     "optax.adam": lambda: optax.adam(1e-3),
     "optzoo.adam": lambda: optzoo.adam(1e-3),
+    "optzoo.adam (plain)": lambda: optzoo.adam(1e-3),
+    "update_and_apply(optzoo.adam)": lambda: optzoo.adam(1e-3),
     "group_leaves(optzoo.adam)": lambda: optzoo.group_leaves(optzoo.adam(1e-3)),
     "optax.flatten(optax.adam)": lambda: optax.flatten(optax.adam(1e-3)),
 }
@@ -54,12 +58,33 @@ def model_params(n_leaves: int, width: int = 64):
   return params, grads
 
 
-def measure(tx, params, grads, repeats=5):
+# Variants traced with the fused CPU kernel switched off, and variants whose
+# step is optzoo.update_and_apply (one custom call writing the new params).
+_KERNEL_OFF = {"optzoo.adam (plain)"}
+_UPDATE_AND_APPLY = {"update_and_apply(optzoo.adam)"}
+
+
+def _step(name, tx):
+  if name in _UPDATE_AND_APPLY:
+    return lambda p, s, g: optzoo.update_and_apply(tx, g, s, p)
+  return C.optimizer_step(tx)
+
+
+def measure(tx, params, grads, repeats=5, name=""):
   state = tx.init(C.copy_tree(params))
-  step = C.optimizer_step(tx)
+  step = _step(name, tx)
   p, s = C.copy_tree(params), C.copy_tree(state)
+  old = os.environ.get("OPTZOO_CPU_KERNELS")
+  if name in _KERNEL_OFF:
+    os.environ["OPTZOO_CPU_KERNELS"] = "0"
   t0 = time.perf_counter()
-  lowered = jax.jit(step, donate_argnums=(0, 1)).lower(p, s, grads)
+  try:
+    lowered = jax.jit(step, donate_argnums=(0, 1)).lower(p, s, grads)
+  finally:
+    if old is None:
+      os.environ.pop("OPTZOO_CPU_KERNELS", None)
+    else:
+      os.environ["OPTZOO_CPU_KERNELS"] = old
   t1 = time.perf_counter()
   compiled = lowered.compile()
   t2 = time.perf_counter()
@@ -98,7 +123,7 @@ def main(argv=None):
   if args.one:
     params, grads = model_params(int(args.leaves))
     print(json.dumps(measure(VARIANTS[args.one](), params, grads,
-                             args.repeats)))
+                             args.repeats, args.one)))
     return
   print("  ".join(f"{k}={v}" for k, v in C.machine_info().items()))
   head = (f"{'variant':<28}{'leaves':>7}{'trace+lower s':>15}{'compile s':>11}"
@@ -111,7 +136,7 @@ def main(argv=None):
     for name in args.variants.split(","):
       if args.in_process:
         lower_s, compile_s, step_s = measure(VARIANTS[name](), params, grads,
-                                             args.repeats)
+                                             args.repeats, name)
       else:
         lower_s, compile_s, step_s = _measure_isolated(name, n, args.repeats)
       total = lower_s + compile_s

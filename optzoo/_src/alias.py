@@ -24,6 +24,7 @@ from optzoo._src import validation
 from optzoo._src import classic
 from optzoo._src import transform
 from optzoo._src.complex_view import per_part, real_dot
+from optzoo._src.cpu_kernels.adam import fused_adam
 
 __all__ = [
     "SwatsState",
@@ -353,6 +354,13 @@ def adam(
   use :func:`adamw` for decoupled decay. Chain: ``add_l2 -> scale_by_adam ->
   scale_by_learning_rate``. Equal to ``optax.adam`` without weight decay.
 
+  On CPU (one device; float32/float64 leaves; not ``maximize``/``mu_dtype``)
+  the moments are updated by one fused C++ call per dtype, and
+  :func:`optzoo.update_and_apply` runs the whole step, new params included,
+  in that call; both are bitwise equal to the plain jnp path on the same
+  input arrays (``OPTZOO_CPU_KERNELS=0`` switches them off; see
+  ``optzoo/_src/cpu_kernels``).
+
   Args:
     learning_rate: :math:`\eta` (torch default 1e-3).
     b1, b2: moment decays in [0, 1).
@@ -368,12 +376,17 @@ def adam(
     <https://arxiv.org/abs/1412.6980>`_, ICLR 2015.
   """
   validation.check_lr(learning_rate)
-  return optax.chain(
+  links = [
       *_maximize(maximize),
       *_l2(weight_decay),
       transform.scale_by_adam(b1, b2, eps, amsgrad=amsgrad, mu_dtype=mu_dtype),
       transform.scale_by_learning_rate(learning_rate),
-  )
+  ]
+  if maximize or mu_dtype is not None:
+    return optax.chain(*links)
+  # The same chain, state and bits, with a fused C++ step on CPU.
+  return fused_adam(links, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps,
+                    weight_decay=weight_decay, amsgrad=amsgrad, adam_index=1)
 
 
 @registry.register(
@@ -439,6 +452,7 @@ def adamw(
   The paper multiplies :math:`\lambda` by the schedule multiplier
   :math:`\eta_t/\alpha` only (not by :math:`\alpha`); torch and optax use
   :math:`\eta_t\lambda`, so paper :math:`\lambda` = :math:`\alpha\lambda` here.
+  The fused CPU step of :func:`adam` applies (not with ``mask``).
 
   Args:
     mask: optional pytree/callable selecting the leaves to decay (e.g. not
@@ -447,12 +461,18 @@ def adamw(
       first).
   """
   validation.check_lr(learning_rate)
-  return optax.chain(
+  links = [
       *_maximize(maximize),
       transform.scale_by_adam(b1, b2, eps, amsgrad=amsgrad, mu_dtype=mu_dtype),
       transform.add_decayed_weights(weight_decay, mask),
       transform.scale_by_learning_rate(learning_rate),
-  )
+  ]
+  if maximize or mu_dtype is not None or mask is not None:
+    return optax.chain(*links)
+  # The same chain, state and bits, with a fused C++ step on CPU.
+  return fused_adam(links, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps,
+                    weight_decay=weight_decay, decoupled=True, amsgrad=amsgrad,
+                    adam_index=0)
 
 
 @registry.register(

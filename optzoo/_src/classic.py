@@ -43,10 +43,6 @@ def _zeros_like(params):
   return jax.tree.map(jnp.zeros_like, params)
 
 
-def _float_dtype():
-  return jnp.result_type(float)
-
-
 def _lerp(a, b, w):
   """``torch.lerp(a, b, w)`` for a scalar weight, with torch's two formulas.
 
@@ -130,7 +126,9 @@ def scale_by_adamax(
     \Delta_t = \frac{m_t}{(1-\beta_1^t)\, u_t}.
 
   ``eps`` is added to :math:`|g_t|` inside the max (torch and optax). The first
-  moment uses torch's ``lerp`` formula.
+  moment uses torch's ``lerp`` formula. A complex leaf is two real coordinates
+  per entry (torch's ``view_as_real``): :math:`|g|`, the max and the division
+  are taken per real / imaginary part.
 
   Args:
     b1: first-moment decay in [0, 1).
@@ -149,14 +147,15 @@ def scale_by_adamax(
   def update_fn(updates, state, params=None):
     del params
     count = optax.safe_increment(state.count)
-    bc = 1.0 - jnp.asarray(b1, _float_dtype()) ** jnp.asarray(count, _float_dtype())
+    fd = tree_lib.float_dtype()
+    bc = 1.0 - jnp.asarray(b1, fd) ** jnp.asarray(count, fd)
     mu = jax.tree.map(lambda g, m: _lerp(m, g, 1 - b1).astype(m.dtype),
                       updates, state.mu)
-    nu = jax.tree.map(
-        lambda g, u: jnp.maximum(b2 * u, jnp.abs(g) + eps).astype(u.dtype),
+    nu = jax.tree.map(lambda g, u: complex_view.per_part(
+        lambda g, u: jnp.maximum(b2 * u, jnp.abs(g) + eps), g, u).astype(u.dtype),
         updates, state.nu)
-    new = jax.tree.map(lambda g, m, u: ((m / u) / bc).astype(g.dtype),
-                       updates, mu, nu)
+    new = jax.tree.map(lambda g, m, u: complex_view.per_part(
+        lambda m, u: (m / u) / bc, m, u).astype(g.dtype), updates, mu, nu)
     return new, ScaleByAdamaxState(count, mu, nu)
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -234,7 +233,9 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> optax.GradientTran
     a_t = \rho a_{t-1} + (1-\rho)\Delta_t^2.
 
   The learning rate is *not* part of :math:`a_t` (torch, Zeiler's Algorithm 1);
-  it multiplies the step afterwards.
+  it multiplies the step afterwards. A complex leaf is two real coordinates
+  per entry (torch's ``view_as_real``): the squares and square roots are
+  taken per real / imaginary part.
 
   Args:
     rho: decay in [0, 1] (torch allows 1).
@@ -247,11 +248,15 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> optax.GradientTran
     return ScaleByAdadeltaState(_zeros_like(params),
                                 _zeros_like(params))
 
-  def leaf(g, v, a):
+  def real_leaf(g, v, a):
     v = (rho * v + (1 - rho) * (g * g)).astype(v.dtype)
     delta = jnp.sqrt(a + eps) / jnp.sqrt(v + eps) * g
     a = (rho * a + (1 - rho) * (delta * delta)).astype(a.dtype)
     return delta.astype(g.dtype), v, a
+
+  def leaf(g, v, a):
+    # Complex leaves: per real / imaginary part (torch's view_as_real).
+    return complex_view.per_part(real_leaf, g, v, a)
 
   def update_fn(updates, state, params=None):
     del params
@@ -364,11 +369,7 @@ def scale_by_rprop(
   def leaf(g, prev, step):
     # Complex leaves: real and imaginary parts as independent reals (torch's
     # view_as_real), each with its own step size.
-    if jnp.iscomplexobj(g):
-      re = real_leaf(jnp.real(g), jnp.real(prev), jnp.real(step))
-      im = real_leaf(jnp.imag(g), jnp.imag(prev), jnp.imag(step))
-      return tuple(jax.lax.complex(a, b.astype(a.dtype)) for a, b in zip(re, im))
-    return real_leaf(g, prev, step)
+    return complex_view.per_part(real_leaf, g, prev, step)
 
   def real_leaf(g, prev, step):
     s = jnp.sign(g * prev)
@@ -477,7 +478,7 @@ def scale_by_asgd(
   validation.check_number("lambd", lambd)
   validation.check_number("alpha", alpha)
   validation.check_number("t0", t0)
-  fd = _float_dtype()
+  fd = tree_lib.float_dtype()
   lr_at = learning_rate if callable(learning_rate) else (lambda c: learning_rate)
 
   def init_fn(params):

@@ -9,6 +9,15 @@
   (the paper's algorithm with relative step sizes and momentum).
 * :func:`scale_by_sm3` / :func:`sm3`: one accumulator per dimension of each
   leaf (rows, columns, ...), exactly ``pytorch_optimizer.SM3``.
+
+Complex parameters: the references reject them (``torch.optim.Adafactor``,
+``pytorch_optimizer.AdaFactor`` and ``SM3`` raise). Here a complex leaf of
+shape ``s`` is handled as torch handles complex parameters everywhere else,
+as its real view ``torch.view_as_real(p)`` of shape ``s + (2,)``: the methods
+compute exactly what the references compute when given that real tensor
+(the part axis is the last one, so it is one of the two factored axes of
+Adafactor and has its own SM3 accumulator of size 2; the statistics of a
+complex leaf are real arrays shaped after the real view).
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optzoo._src import complex_view
 from optzoo._src import registry
 from optzoo._src import tree
 from optzoo._src import validation
@@ -32,10 +42,6 @@ __all__ = [
     "scale_by_sm3",
     "sm3",
 ]
-
-
-def _float_dtype():
-  return jnp.result_type(float)
 
 
 def _zero_count():
@@ -111,6 +117,11 @@ def scale_by_factored_rms(
   (the paper, ``pytorch_optimizer.AdaFactor``): :math:`S = G^2 + \epsilon`,
   no clamping (``eps=None`` means 1e-30 there).
 
+  A complex leaf of shape ``s`` is its real view of shape ``s + (2,)``
+  (``torch.view_as_real``; see the module docstring): a complex vector is
+  factored as an ``(n, 2)`` matrix, a complex ``(n, m)`` matrix keeps
+  statistics of shapes ``(n, m)`` and ``(n, 2)``.
+
   Args:
     decay_rate: :math:`c \le 0` (torch ``beta2_decay``, default -0.8).
     b2: cap :math:`\beta_2` in [0, 1) of the second-moment decay, or
@@ -148,8 +159,8 @@ def scale_by_factored_rms(
   def update_fn(updates, state, params=None):
     del params
     count = optax.safe_increment(state.count)
-    t = jnp.asarray(count, _float_dtype())
-    w = t ** jnp.asarray(decay_rate, _float_dtype())
+    t = jnp.asarray(count, tree.float_dtype())
+    w = t ** jnp.asarray(decay_rate, tree.float_dtype())
     if b2 is not None:
       w = jnp.maximum(1.0 - b2, w)
 
@@ -188,7 +199,7 @@ def scale_by_factored_rms(
     u, r, c, v = (treedef.unflatten([x[i] for x in rows]) for i in range(4))
     return u, ScaleByFactoredRmsState(count=count, v_row=r, v_col=c, v=v)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return complex_view.on_real_view(optax.GradientTransformation(init_fn, update_fn))
 
 
 class AdafactorStepState(NamedTuple):
@@ -212,7 +223,7 @@ def _adafactor_step(learning_rate, variant, eps_scale, clip_threshold,
 
   def update_fn(updates, state, params=None):
     validation.require_params(params, "adafactor")
-    fd = _float_dtype()
+    fd = tree.float_dtype()
     count = optax.safe_increment(state.count)
     t = jnp.asarray(count, fd)
     lr = (jnp.asarray(learning_rate(state.count), fd) if callable(learning_rate)
@@ -268,7 +279,7 @@ def _adafactor_step(learning_rate, variant, eps_scale, clip_threshold,
       out.append((-new).astype(u.dtype))
     return treedef.unflatten(out), AdafactorStepState(count=count, mu=mu)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return complex_view.on_real_view(optax.GradientTransformation(init_fn, update_fn))
 
 
 _PAPER_ONLY = ("weight_decouple", "fixed_decay", "relative_step",
@@ -363,6 +374,15 @@ def adafactor(
   ``maximize``, and the bf16 default of its ``momentum_dtype`` (here
   ``mu_dtype``, default the params' dtype; pass ``jnp.bfloat16`` for the
   reference's default).
+
+  Complex parameters (which both references reject) are handled as their
+  real view ``torch.view_as_real(p)``, shape ``s + (2,)``: the factored
+  second moment, the RMS of the parameters and of the update are those of
+  the real tensor, exactly the reference run on that tensor. The state of a
+  complex leaf (statistics and momentum) is real and shaped after the real
+  view, so a complex ``(n, m)`` matrix keeps row statistics of shape
+  ``(n, m)``: factor such leaves yourself (e.g. keep real and imaginary
+  parts as separate real leaves) when the memory matters.
 
   Args:
     learning_rate: :math:`\gamma` (float >= 0 or schedule); default 1e-2
@@ -477,6 +497,11 @@ def scale_by_sm3(b2: float = 0.0, eps: float = 1e-30) -> optax.GradientTransform
   the accumulators at 0 (steps of :math:`g/\sqrt{\epsilon}`); it is
   rejected here.
 
+  A complex leaf of shape ``s`` (the reference rejects complex parameters)
+  is handled as its real view ``torch.view_as_real(p)`` of shape ``s + (2,)``:
+  its accumulators are real, one per axis of the real view (the last of size
+  2).
+
   Args:
     b2: :math:`\beta_2` in [0, 1).
     eps: :math:`\epsilon \ge 0` inside the square root (1e-30).
@@ -545,7 +570,7 @@ def scale_by_sm3(b2: float = 0.0, eps: float = 1e-30) -> optax.GradientTransform
         new.append(na)
     return treedef.unflatten(outs), ScaleBySm3State(treedef.unflatten(new))
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return complex_view.on_real_view(optax.GradientTransformation(init_fn, update_fn))
 
 
 class Sm3MomentumState(NamedTuple):
@@ -602,6 +627,9 @@ def sm3(
   Differences from ``optax.sm3``: optax defaults to momentum ``b1 = 0.9``
   and ``b2 = 1.0``, ``eps = 1e-8`` outside the square root, and its momentum
   is not the same EMA.
+
+  Complex parameters (the reference rejects them) are handled as their real
+  view, see :func:`scale_by_sm3`.
 
   Left out: sparse gradients and ``maximize``.
 

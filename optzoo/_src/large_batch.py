@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optzoo._src import complex_view
 from optzoo._src import registry
 from optzoo._src import tree
 from optzoo._src import validation
@@ -52,13 +53,14 @@ MaskOrFn = Optional[Union[Any, Callable[[Any], Any]]]
 # ---------------------------------------------------------------------------
 
 
-def _float_dtype():
-  return jnp.result_type(float)
-
-
 def _norm(x: chex.Array) -> chex.Array:
-  """The Frobenius norm of a leaf, computed in at least float32."""
+  """The Frobenius norm of a leaf, computed in at least float32.
+
+  A complex leaf has the norm of its real view (``torch.linalg.norm``).
+  """
   x = x.astype(tree.compute_dtype(x))
+  if jnp.iscomplexobj(x):
+    return jnp.sqrt(complex_view.real_dot(x, x))
   return jnp.sqrt(jnp.sum(x * x))
 
 
@@ -143,8 +145,8 @@ def exclude_bias_and_norm(params: Any) -> Any:
 
 def _lr_at(learning_rate: Any, count: chex.Array) -> chex.Array:
   if callable(learning_rate):
-    return jnp.asarray(learning_rate(count), _float_dtype())
-  return jnp.asarray(learning_rate, _float_dtype())
+    return jnp.asarray(learning_rate(count), tree.float_dtype())
+  return jnp.asarray(learning_rate, tree.float_dtype())
 
 
 # ---------------------------------------------------------------------------
@@ -188,6 +190,8 @@ def scale_by_lars_trust_ratio(
   The denominator uses :math:`\|g\| + \lambda\|w\|` (the paper's Eq. 6 and
   ``pytorch_optimizer.LARS``), not :math:`\|g + \lambda w\|` as
   ``optax.scale_by_trust_ratio`` after ``add_decayed_weights`` does.
+  A complex leaf's norms are those of its real view (``torch.linalg.norm``
+  of a complex tensor); the default masks look at the complex shape.
 
   Args:
     trust_coefficient: :math:`\eta_{tc} \ge 0` (paper's :math:`\eta`; 1e-3).
@@ -317,6 +321,11 @@ def lars(
   the buffer, :math:`v_t = \mu v_{t-1} + \gamma_t \rho_t (g_t + \beta w)`;
   with a constant learning rate both agree.
 
+  Complex parameters are handled as the reference handles them: the norms
+  are those of the real view (``torch.linalg.norm`` of the complex tensor),
+  everything else is linear, and the ``ndim > 1`` rule looks at the complex
+  shape (a complex vector is not adapted).
+
   Chain: ``scale_by_lars_trust_ratio -> momentum -> scale_by_learning_rate``.
 
   Differences from ``optax.lars``: optax (i) decays and adapts *every* leaf
@@ -399,7 +408,7 @@ def scale_by_lamb_trust_ratio(
   The clip :math:`c` (``max_weight_norm``, 10 in ``pytorch_optimizer.Lamb``;
   ``None`` disables it) is the paper's :math:`\phi(z) = \min(z, \gamma_u)`.
   ``optax.scale_by_trust_ratio`` has no clip and no ``eps`` in the
-  denominator.
+  denominator. A complex leaf's norms are those of its real view.
 
   Args:
     eps: >= 0, added to :math:`\|u\|`.
@@ -444,8 +453,10 @@ def _lamb_pre_norm(max_grad_norm: Any, eps: Any) -> optax.GradientTransformation
     leaves = [u for u in jax.tree.leaves(updates)]
     if not leaves:
       return updates, state
-    cd = jnp.result_type(*[tree.compute_dtype(u) for u in leaves])
-    sq = sum(jnp.sum(jnp.square(u.astype(cd))) for u in leaves)
+    # The real dtype (complex leaves count as their real view).
+    cd = jnp.result_type(*[jnp.finfo(tree.compute_dtype(u)).dtype for u in leaves])
+    sq = sum(complex_view.real_dot(u, u, cd) if jnp.iscomplexobj(u)
+             else jnp.sum(jnp.square(u.astype(cd))) for u in leaves)
     factor = jnp.minimum(max_grad_norm / (jnp.sqrt(sq) + eps), 1.0)
     factor = jnp.where(jnp.asarray(max_grad_norm) == 0, 1.0, factor)
     return jax.tree.map(lambda u: (u * factor).astype(u.dtype), updates), state
@@ -472,10 +483,14 @@ def _lamb_moments(b1: Any, b2: Any, eps: Any, grad_averaging: bool,
     del params
     b3 = 1.0 - b1 if grad_averaging else 1.0
 
-    def leaf(g, m, v):
+    def real_leaf(g, m, v):
       m = (b1 * m + b3 * g).astype(m.dtype)
       v = (b2 * v + (1.0 - b2) * g * g).astype(v.dtype)
       return (m / (jnp.sqrt(v) + eps)).astype(g.dtype), m, v
+
+    def leaf(g, m, v):
+      # Complex leaves: per real / imaginary part (the reference's view_as_real).
+      return complex_view.per_part(real_leaf, g, m, v)
 
     u, mu, nu = tree.tree_unzip(jax.tree.map(leaf, updates, state.mu, state.nu),
                                 updates, 3)
@@ -504,8 +519,9 @@ def _lamb_step(learning_rate, b1, weight_decay, weight_decouple, fixed_decay,
     validation.require_params(params, "lamb")
     lr = _lr_at(learning_rate, state.count)
     count = optax.safe_increment(state.count)
-    t = jnp.asarray(count, _float_dtype())
-    step_size = lr if adam_debias else lr / (1.0 - jnp.asarray(b1, _float_dtype()) ** t)
+    fd = tree.float_dtype()
+    t = jnp.asarray(count, fd)
+    step_size = lr if adam_debias else lr / (1.0 - jnp.asarray(b1, fd) ** t)
     treedef = jax.tree.structure(updates)
     us, ps = treedef.flatten_up_to(updates), treedef.flatten_up_to(params)
     adapt = _leaf_flags(trust_ratio_mask, params, updates, _all_true)
@@ -584,6 +600,11 @@ def lamb(
   trust ratio's weight norm is taken *after* the decoupled decay; the
   coupled decay (``weight_decouple=False``) is added to the Adam update, not
   the gradient (the paper's :math:`r + \lambda x`).
+
+  Complex parameters are handled as the reference handles them
+  (``torch.view_as_real``): the second moment and its square root are taken
+  per real / imaginary part, the norms (trust ratio, ``pre_norm``) are those
+  of the real view.
 
   Chain: ``[pre_norm] -> moments -> [coupled decay] -> trust ratio, step
   size and decoupled decay``. The trust ratio alone is

@@ -52,6 +52,9 @@ def newton_schulz(
   """
   if x.ndim != 2:
     raise ValueError(f"newton_schulz needs a 2-D matrix, got shape {x.shape}.")
+  if jnp.iscomplexobj(x):
+    raise TypeError(f"newton_schulz needs a real matrix, got {x.dtype.name}"
+                    " (torch.optim.Muon rejects complex parameters).")
   a, b, c = ns_coefficients
   out_dtype = x.dtype
   ns_dtype = (jnp.promote_types(x.dtype, jnp.float32) if ns_dtype is None
@@ -96,6 +99,11 @@ def _check_2d(updates, who):
       raise ValueError(
           f"{who} only handles 2-D leaves, got a leaf of shape {jnp.shape(leaf)};"
           " use optzoo.muon, which routes the other leaves to `fallback`.")
+    if jnp.iscomplexobj(leaf):
+      raise TypeError(
+          f"{who} only handles real leaves (torch.optim.Muon rejects complex"
+          f" parameters), got a {jnp.result_type(leaf).name} leaf; use"
+          " optzoo.muon, which routes complex leaves to `fallback`.")
 
 
 def orthogonalize(
@@ -188,7 +196,8 @@ def scale_by_muon(
 
 
 def _label(params):
-  return jax.tree.map(lambda p: "muon" if jnp.ndim(p) == 2 else "fallback", params)
+  return jax.tree.map(lambda p: "muon" if jnp.ndim(p) == 2 and not jnp.iscomplexobj(p)
+                      else "fallback", params)
 
 
 @registry.register(
@@ -225,8 +234,9 @@ def muon(
   :math:`\eta_t`, as torch). Chain on 2-D leaves: ``scale_by_muon ->
   add_decayed_weights(weight_decay) -> scale_by_learning_rate``.
 
-  torch's Muon accepts only 2-D parameters; here every other leaf (biases,
-  norm scales, scalars, and also 3-D/4-D convolution kernels) goes to
+  torch's Muon accepts only real 2-D parameters; here every other leaf
+  (biases, norm scales, scalars, 3-D/4-D convolution kernels, and complex
+  leaves, whose Newton-Schulz iteration torch does not define) goes to
   ``fallback``, as torch users pass them to a second optimizer (torch's
   docs: AdamW). ``fallback=None`` means ``optzoo.adamw(learning_rate)``
   (torch AdamW's defaults otherwise, ``weight_decay=1e-2``) with the *same*

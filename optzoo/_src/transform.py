@@ -44,7 +44,7 @@ import optax
 from optzoo._src import registry
 from optzoo._src import tree
 from optzoo._src import validation
-from optzoo._src.complex_view import full_like, per_part
+from optzoo._src.complex_view import from_real_view, full_like, per_part
 
 __all__ = [
     "AddGradientNoiseState",
@@ -389,6 +389,31 @@ def _moments(updates, mu, nu, b1, b2):
   return mu, nu
 
 
+def adam_step_scalars(b1: Any, b2: Any, count: chex.Array):
+  """The new count and Adam's ``1 / (1 - b1^t)``, ``1 / sqrt(1 - b2^t)``.
+
+  torch divides, ``(m / bc1) / (sqrt(v) / sqrt(bc2) + eps)``; the scalar
+  reciprocals are taken once, so each element costs one division (equal up
+  to rounding; optax's form costs three). Shared with the fused CPU kernel
+  (``optzoo/_src/cpu_kernels``), which must see the very same scalars.
+  """
+  count = optax.safe_increment(count)
+  t = _count_float(count)
+  bc1 = _bias_correction(b1, t)
+  sqrt_bc2 = jnp.sqrt(_bias_correction(b2, t))
+  return count, 1.0 / bc1, 1.0 / sqrt_bc2
+
+
+def adam_direction(updates, mu, second, inv_bc1, inv_sqrt_bc2, eps, eps_root):
+  """Adam's update ``(m * inv_bc1) / (sqrt(v + eps_root) * inv_sqrt_bc2 + eps)``, in
+  the dtype of ``updates`` (``second`` is ``nu``, or AMSGrad's max)."""
+  return jax.tree.map(
+      lambda g, m, v: per_part(
+          lambda m, v: (m * inv_bc1) / (jnp.sqrt(v + eps_root) * inv_sqrt_bc2
+                                        + eps), m, v).astype(g.dtype),
+      updates, mu, second)
+
+
 def _maximum(a, b):
   """Elementwise max (per real / imaginary part for complex leaves)."""
   return per_part(jnp.maximum, a, b)
@@ -461,25 +486,15 @@ def scale_by_adam(
   def update_fn(updates, state, params=None):
     del params
     mu, nu = _moments(updates, state.mu, state.nu, b1, b2)
-    count = optax.safe_increment(state.count)
-    t = _count_float(count)
-    bc1 = _bias_correction(b1, t)
-    sqrt_bc2 = jnp.sqrt(_bias_correction(b2, t))
+    count, inv_bc1, inv_sqrt_bc2 = adam_step_scalars(b1, b2, state.count)
     if amsgrad:
       nu_max = jax.tree.map(_maximum, state.nu_max, nu)
       second = nu_max
     else:
       nu_max = state.nu_max
       second = nu
-    # torch: (m / bc1) / (sqrt(v) / sqrt(bc2) + eps). The scalar reciprocals
-    # are taken once, so each element costs one division (equal up to
-    # rounding; optax's form costs three).
-    inv_bc1, inv_sqrt_bc2 = 1.0 / bc1, 1.0 / sqrt_bc2
-    new = jax.tree.map(
-        lambda g, m, v: per_part(
-            lambda m, v: (m * inv_bc1) / (jnp.sqrt(v + eps_root) * inv_sqrt_bc2
-                                          + eps), m, v).astype(g.dtype),
-        updates, mu, second)
+    new = adam_direction(updates, mu, second, inv_bc1, inv_sqrt_bc2, eps,
+                         eps_root)
     return new, ScaleByAdamState(count=count, mu=mu, nu=nu, nu_max=nu_max)
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -886,6 +901,14 @@ class AddGradientNoiseState(NamedTuple):
   key: jax.Array
 
 
+def _normal(key: jax.Array, g: jax.Array) -> jax.Array:
+  """Standard normal noise like ``g``; complex: N(0, 1) per real/imaginary part."""
+  if jnp.iscomplexobj(g):
+    rd = jnp.finfo(g.dtype).dtype
+    return from_real_view(jax.random.normal(key, g.shape + (2,), rd), g)
+  return jax.random.normal(key, g.shape, g.dtype)
+
+
 @registry.register(
     family="primitive",
     summary="Add annealed Gaussian noise N(0, eta/(1+t)^gamma) to the"
@@ -918,7 +941,11 @@ def add_gradient_noise(
   an int ``key``) and is split at every update; an extra argument ``key=``
   (a PRNG key) overrides it for that update (the state key then stays
   unchanged). Unknown extra arguments are
-  ignored. Noise is drawn in each leaf's dtype (bf16 stays bf16).
+  ignored. Noise is drawn in each leaf's dtype (bf16 stays bf16). A complex
+  leaf gets :math:`\mathcal N(0, \sigma_t^2)` noise in the real and in the
+  imaginary part (its real view, as torch treats complex parameters;
+  ``optax.add_noise`` draws complex normals, of variance
+  :math:`\sigma_t^2/2` per part).
 
   Args:
     eta: :math:`\eta` >= 0, the variance at :math:`t = 0`.
@@ -948,15 +975,12 @@ def add_gradient_noise(
       next_key, use_key = jax.random.split(state.key)
     else:
       next_key, use_key = state.key, key
-    t = state.count.astype(jnp.result_type(float))
+    t = state.count.astype(tree.float_dtype())
     std = jnp.sqrt(eta / (1.0 + t) ** gamma)
     leaves, treedef = jax.tree.flatten(updates)
     leaves = [jnp.asarray(g) for g in leaves]
     keys = jax.random.split(use_key, max(len(leaves), 1))
-    noisy = [
-        (g + std.astype(g.dtype) * jax.random.normal(k, g.shape, g.dtype))
-        for g, k in zip(leaves, keys)
-    ]
+    noisy = [(g + std.astype(g.dtype) * _normal(k, g)) for g, k in zip(leaves, keys)]
     return treedef.unflatten(noisy), AddGradientNoiseState(
         count=optax.safe_increment(state.count), key=next_key)
 

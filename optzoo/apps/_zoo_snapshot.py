@@ -6,6 +6,7 @@ edit. Used only while PUBLIC_NAMES equals optzoo.__all__.
 # pylint: skip-file
 
 PUBLIC_NAMES = (
+    'update_and_apply',
     'communication_stats',
     'CompressionState',
     'ef_signsgd',
@@ -783,7 +784,7 @@ METHODS = [
         'paper': 'Grill et al., Bootstrap Your Own Latent, NeurIPS 2020, https://arxiv.org/abs/2006.07733; Izmailov et al., Averaging Weights Leads to Wider Optima, UAI 2018',
         'reference': 'torch.optim.swa_utils.AveragedModel with get_ema_multi_avg_fn / get_swa_multi_avg_fn',
         'kind': 'transformation',
-        'verified': 'torch.optim.swa_utils.AveragedModel 2.13, float64 (tests/test_dynamics.py)',
+        'verified': 'torch.optim.swa_utils.AveragedModel 2.13, float64 (tests/test_ema.py)',
         'extra_args': (),
         'needs_params': True,
         'exactness': 'reference-exact',
@@ -1143,7 +1144,7 @@ METHODS = [
         'paper': 'Zou, Shen, Jie, Zhang & Liu, A Sufficient Condition for Convergences of Adam and RMSProp, CVPR 2019, https://arxiv.org/abs/1811.09358',
         'reference': "NumPy re-derivation; Reddi et al.'s counterexample",
         'kind': 'transformation',
-        'verified': 'NumPy re-derivation (tests/test_dynamics.py)',
+        'verified': 'NumPy re-derivation (tests/test_generic_adam.py)',
         'extra_args': (),
         'needs_params': False,
         'exactness': 're-derived',
@@ -1467,7 +1468,7 @@ METHODS = [
         'paper': 'Zou et al., CVPR 2019, https://arxiv.org/abs/1811.09358',
         'reference': 'closed form',
         'kind': 'utility',
-        'verified': 'closed form (tests/test_dynamics.py)',
+        'verified': 'closed form (tests/test_generic_adam.py)',
         'extra_args': (),
         'needs_params': False,
         'exactness': 're-derived',

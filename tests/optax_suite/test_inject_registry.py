@@ -135,14 +135,10 @@ def _run_eager(tx, info, params):
   return tx.update(_grads(params), state, params, **extra)[0]
 
 
-# Complex parameters are not supported yet (stochastic quantization levels).
-NO_COMPLEX = {"qsgd"}
-
-
 @pytest.mark.parametrize("info", _TRANSFORMS, ids=ids(_TRANSFORMS))
 def test_inject_hyperparams_f32_bf16_complex64_outside_jit(info):
   base_params = problem(jnp.float32, shapes=_SMALL)[0]
-  dtypes = (jnp.float32, jnp.bfloat16) + (() if info.name in NO_COMPLEX else (jnp.complex64,))
+  dtypes = (jnp.float32, jnp.bfloat16, jnp.complex64)
   for dtype in dtypes:
     params = jax.tree.map(lambda p: p.astype(dtype), base_params)
     if dtype == jnp.complex64:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -113,9 +114,13 @@ def test_schedule_annotations_are_not_strings():
 def test_schedule_as_learning_rate(opt_name, opt_kwargs):
   """optax ScheduleAsLearningRateTest.test_optimization."""
   opt_setup = getattr(optzoo, opt_name)
-  lr_arg = inspect.signature(opt_setup).parameters.get("learning_rate", None)
-  assert lr_arg is not None and lr_arg.annotation in (optax.ScalarOrSchedule,
-                                                      optax.Schedule), lr_arg
+  # eval_str: modules with ``from __future__ import annotations`` keep string
+  # annotations; Optional: adafactor's None picks its variant's default.
+  lr_arg = inspect.signature(opt_setup, eval_str=True).parameters.get(
+      "learning_rate", None)
+  assert lr_arg is not None and lr_arg.annotation in (
+      optax.ScalarOrSchedule, optax.Schedule,
+      Optional[optax.ScalarOrSchedule]), lr_arg
 
   opt_with_schedule = opt_setup(**dict(opt_kwargs,
                                        learning_rate=optax.constant_schedule(1e-3)))

@@ -10,6 +10,11 @@ the output is the same aggregated gradient estimate on all replicas.
 Outside ``shard_map`` (``axis_name`` not bound) each behaves as the one-replica
 case: the compressor and its error feedback run, nothing is communicated.
 
+A complex leaf is compressed as its real view (``torch.view_as_real``: the
+real and imaginary parts are separate real entries, so a complex leaf of
+``n`` entries is ``2n`` real entries to sparsify, quantize or sign); its
+error-feedback / momentum memory is real, shaped after the real view.
+
 Every state reports ``comm_bytes`` (bytes one replica sends this step) and
 ``dense_bytes`` (what a dense all-reduce of the same gradient would send); see
 ``optzoo.communication_stats``.
@@ -24,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optzoo._src import complex_view
 from optzoo._src import registry
 from optzoo._src import tree
 from optzoo._src import validation
@@ -94,12 +100,30 @@ def _i32(x: int) -> jax.Array:
   return jnp.asarray(min(int(x), 2**31 - 1), jnp.int32)
 
 
+def _flat(g: Any) -> jax.Array:
+  """A leaf as a flat vector of reals in its compute dtype (complex: real view)."""
+  g = jnp.asarray(g)
+  return jnp.reshape(complex_view.real_view(g.astype(tree.compute_dtype(g))), (-1,))
+
+
+def _unflat(x: jax.Array, g: Any) -> jax.Array:
+  """The inverse of :func:`_flat`, in ``g``'s shape and dtype."""
+  g = jnp.asarray(g)
+  shape = g.shape + ((2,) if jnp.iscomplexobj(g) else ())
+  return complex_view.from_real_view(jnp.reshape(x, shape), g).astype(g.dtype)
+
+
 def _error_init(params: Any, on: bool) -> Any:
-  """Per-replica memory like ``params`` (leading axis 1); ``MaskedNode`` if off."""
+  """Per-replica memory like ``params`` (leading axis 1); ``MaskedNode`` if off.
+
+  A complex leaf's memory is its real view (real, shape ``s + (2,)``).
+  """
   def one(p):
     if not on:
       return optax.MaskedNode()
-    return jnp.zeros((1,) + jnp.shape(p), tree.compute_dtype(p))
+    p = jnp.asarray(p)
+    shape = p.shape + ((2,) if jnp.iscomplexobj(p) else ())
+    return jnp.zeros((1,) + shape, jnp.finfo(tree.compute_dtype(p)).dtype)
   return jax.tree.map(one, params)
 
 
@@ -123,8 +147,7 @@ def _ef_transform(leaf_fn, *, error_feedback: bool, key: Any, axis_name: Any):
     outs, new_errs, sent = [], [], 0
     for i, (g, e) in enumerate(zip(leaves, errs)):
       g = jnp.asarray(g)
-      dt = tree.compute_dtype(g)
-      p = jnp.reshape(g.astype(dt), (-1,))
+      p = _flat(g)
       if error_feedback:
         p = p + jnp.reshape(e[0], (-1,))
       if p.size == 0:
@@ -133,7 +156,7 @@ def _ef_transform(leaf_fn, *, error_feedback: bool, key: Any, axis_name: Any):
         continue
       agg, local, nbytes = leaf_fn(p, jax.random.fold_in(step_key, i), n, world)
       sent += nbytes
-      outs.append(jnp.reshape(agg, g.shape).astype(g.dtype))
+      outs.append(_unflat(agg, g))
       new_errs.append(jnp.reshape(p - local, e.shape) if error_feedback else e)
     return treedef.unflatten(outs), CompressionState(
         count=optax.safe_increment(state.count),
@@ -404,8 +427,7 @@ def ef_signsgd(
     n = C.axis_size(axis_name)
     leaves, treedef = jax.tree.flatten(updates)
     errs = treedef.flatten_up_to(state.error)
-    ps = [jnp.asarray(g).astype(tree.compute_dtype(g)).reshape(-1) + e[0].reshape(-1)
-          for g, e in zip(leaves, errs)]
+    ps = [_flat(g) + e[0].reshape(-1) for g, e in zip(leaves, errs)]
     if not layerwise:
       total = sum(p.size for p in ps)
       l1 = sum((jnp.sum(jnp.abs(p)) for p in ps), jnp.zeros([], ps[0].dtype)
@@ -427,7 +449,7 @@ def ef_signsgd(
       all_sc = C.all_gather(sc, axis_name, n)
       agg = jnp.mean(all_sc[:, None] * signs, axis=0)
       sent += C.packed_sign_bytes(p.size) + (p.dtype.itemsize if layerwise else 0)
-      outs.append(agg.reshape(g.shape).astype(g.dtype))
+      outs.append(_unflat(agg, g))
       new_errs.append((p - delta).reshape(e.shape))
     if not layerwise and ps:
       sent += ps[0].dtype.itemsize
@@ -491,14 +513,14 @@ def signsgd_majority_vote(
       g = jnp.asarray(g)
       mm = m[0].reshape(-1)
       b = jnp.asarray(momentum, mm.dtype)
-      mm = b * mm + (1 - b) * g.astype(mm.dtype).reshape(-1)
+      mm = b * mm + (1 - b) * _flat(g).astype(mm.dtype)
       new_m.append(mm.reshape(m.shape))
       if mm.size == 0:
         outs.append(g)
         continue
       votes = C.unpack_signs(C.all_gather(C.pack_signs(mm), axis_name, n),
                              mm.size, jnp.int32)
-      outs.append(jnp.sign(jnp.sum(votes, axis=0)).reshape(g.shape).astype(g.dtype))
+      outs.append(_unflat(jnp.sign(jnp.sum(votes, axis=0)).astype(mm.dtype), g))
       sent += C.packed_sign_bytes(mm.size)
     return treedef.unflatten(outs), MajorityVoteState(
         count=optax.safe_increment(state.count),

@@ -11,6 +11,7 @@ import numpy as np
 import optax
 
 from optzoo._src import registry
+from optzoo._src.complex_view import per_part
 from optzoo._src import tree
 from optzoo._src import validation
 
@@ -53,7 +54,7 @@ def _hyper(learning_rate, b1, theta, s, r, step):
     " Convergences of Adam and RMSProp, CVPR 2019,"
     " https://arxiv.org/abs/1811.09358",
     reference="NumPy re-derivation; Reddi et al.'s counterexample",
-    verified="NumPy re-derivation (tests/test_dynamics.py)",
+    verified="NumPy re-derivation (tests/test_generic_adam.py)",
 )
 def generic_adam(
     learning_rate: ScalarOrSchedule = 1e-3,
@@ -122,9 +123,13 @@ def generic_adam(
     del params
     alpha, beta1, th = _hyper(learning_rate, b1, theta, s, r, state.count)
     mu = tree.tree_moment(updates, state.mu, beta1, 1)
-    nu = tree.tree_moment(updates, state.nu, th, 2)
+    # Complex leaves: the second moment and its root per real / imaginary
+    # part (torch's view_as_real convention).
+    nu = jax.tree.map(lambda g, v: per_part(
+        lambda g, v: th * v + (1 - th) * g * g, g, v).astype(v.dtype), updates, state.nu)
     new_updates = jax.tree.map(
-        lambda m, v, g: (-alpha * m / jnp.sqrt(v + eps)).astype(g.dtype),
+        lambda m, v, g: per_part(lambda m, v: -alpha * m / jnp.sqrt(v + eps), m, v
+                                 ).astype(g.dtype),
         mu, nu, updates)
     return new_updates, GenericAdamState(
         count=optax.safe_increment(state.count), mu=mu, nu=nu)
@@ -190,7 +195,7 @@ class GenericAdamReport:
     " schedules (per-clause report).",
     paper="Zou et al., CVPR 2019, https://arxiv.org/abs/1811.09358",
     reference="closed form",
-    verified="closed form (tests/test_dynamics.py)",
+    verified="closed form (tests/test_generic_adam.py)",
 )
 def generic_adam_condition(
     learning_rate: ScalarOrSchedule = 1e-3,

@@ -1,0 +1,391 @@
+"""The fused CPU Adam kernel (optzoo/_src/cpu_kernels) vs the plain jnp path.
+
+Every fused result must be bitwise equal to the plain path compiled by XLA
+(``OPTZOO_CPU_KERNELS=0``): float64 (x64, as conftest sets) and float32
+(x64 off), with coupled / decoupled weight decay, AMSGrad, schedules,
+injected hyperparameters, under jit, scan and vmap; and the torch fixtures
+of tests/test_alias_oracles.py must still pass with the kernel forced on.
+Skipped where no C++ compiler is found.
+"""
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optzoo
+from optzoo._src import cpu_kernels
+from optzoo._src.cpu_kernels import adam as fused
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None,
+                                reason="no g++ to build the kernel")
+
+
+@pytest.fixture(autouse=True)
+def force_kernel(monkeypatch):
+  # conftest simulates 8 devices, where the default ('auto') takes the plain
+  # path; these arrays all live on one device.
+  monkeypatch.setenv("OPTZOO_CPU_KERNELS", "1")
+  if cpu_kernels.load() is None:
+    pytest.skip("the kernel did not build here")
+
+
+def _params(dtype, seed=0):
+  k = jax.random.split(jax.random.key(seed), 3)
+  return {"w": jax.random.normal(k[0], (257, 33), dtype),
+          "b": jax.random.normal(k[1], (33,), dtype),
+          "s": jax.random.normal(k[2], (), dtype), "none": None}
+
+
+def _grads(params, i):
+  # Varying scales, signs and exact zeros.
+  scale = 10.0 ** (-(i % 4))
+  return jax.tree.map(lambda p: scale * jnp.sin(p * (i + 1)) *
+                      (jnp.abs(p) > 0.05), params)
+
+
+def _step_fn(tx, kind):
+  if kind == "apply":
+    return lambda p, s, g: optzoo.update_and_apply(tx, g, s, p)
+
+  def step(p, s, g):
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+  return step
+
+
+def _uses_kernel(fn, *args) -> bool:
+  # A fresh function object: jit caches traces by function, and the
+  # environment variable is read while tracing.
+  return "optzoo_adam" in jax.jit(lambda *a: fn(*a)).lower(*args).as_text()
+
+
+def _run(tx, params, kind, env, monkeypatch, steps=25, expect_kernel=None):
+  """``steps`` jitted steps (a fresh jit, traced under ``env``)."""
+  monkeypatch.setenv("OPTZOO_CPU_KERNELS", env)
+  step = _step_fn(tx, kind)
+  state = tx.init(params)
+  if expect_kernel is not None:
+    assert _uses_kernel(step, params, state, _grads(params, 0)) == expect_kernel
+  f = jax.jit(step)
+  p, s = params, state
+  for i in range(steps):
+    p, s = f(p, s, _grads(params, i))
+  return p, s
+
+
+def _assert_bitwise(a, b):
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(la, lb):
+    assert x.dtype == y.dtype
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), strict=True)
+
+
+CASES = {
+    "adam": lambda: optzoo.adam(1e-2),
+    "adam_l2": lambda: optzoo.adam(3e-3, b1=0.8, b2=0.99, eps=1e-6,
+                                   weight_decay=0.1),
+    "adam_b1_0": lambda: optzoo.adam(1e-2, b1=0.0, eps=0.0),
+    "adamw": lambda: optzoo.adamw(1e-2),
+    "adamw_0": lambda: optzoo.adamw(1e-2, weight_decay=0.0),
+    "amsgrad": lambda: optzoo.amsgrad(1e-2, weight_decay=0.05),
+    "adamw_ams": lambda: optzoo.adamw(1e-2, weight_decay=0.3, amsgrad=True),
+    "schedule": lambda: optzoo.adam(optax.linear_schedule(1e-2, 1e-3, 10)),
+    "adamw_schedule": lambda: optzoo.adamw(
+        optax.cosine_decay_schedule(1e-2, 20), weight_decay=0.1),
+}
+
+
+@pytest.mark.parametrize("kind", ["update", "apply"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_bitwise_float64(name, kind, monkeypatch):
+  tx, params = CASES[name](), _params(jnp.float64)
+  plain = _run(tx, params, kind, "0", monkeypatch, expect_kernel=False)
+  fast = _run(tx, params, kind, "1", monkeypatch, expect_kernel=True)
+  _assert_bitwise(fast, plain)
+
+
+@pytest.mark.parametrize("kind", ["update", "apply"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_bitwise_float32(name, kind, monkeypatch):
+  with jax.enable_x64(False):
+    tx, params = CASES[name](), _params(jnp.float32)
+    plain = _run(tx, params, kind, "0", monkeypatch, expect_kernel=False)
+    fast = _run(tx, params, kind, "1", monkeypatch, expect_kernel=True)
+  _assert_bitwise(fast, plain)
+
+
+def test_float32_leaves_under_x64(monkeypatch):
+  """x64 on, float32 leaves: the moments fuse (their scalars are Python
+  floats, cast to float32 as the plain path casts them); the whole step
+  (update_and_apply) does not, since the plain path computes the direction
+  in float64 there (float64 bias corrections), and falls back."""
+  tx, params = optzoo.adamw(1e-2, weight_decay=0.1), _params(jnp.float32)
+  plain = _run(tx, params, "update", "0", monkeypatch)
+  _assert_bitwise(_run(tx, params, "update", "1", monkeypatch,
+                       expect_kernel=True), plain)
+  # update_and_apply falls back to tx.update (which fuses the moments).
+  step = _step_fn(tx, "apply")
+  txt = jax.jit(step).lower(params, tx.init(params), params).as_text()
+  assert "apply = false" in txt and "apply = true" not in txt
+  _assert_bitwise(_run(tx, params, "apply", "1", monkeypatch), plain)
+
+
+def test_mixed_dtype_tree_one_call_per_dtype(monkeypatch):
+  tx = optzoo.adam(1e-2, weight_decay=0.01)
+  params = {**_params(jnp.float64), "f32": jnp.linspace(-1, 1, 50, dtype=jnp.float32)}
+  plain = _run(tx, params, "update", "0", monkeypatch)
+  fast = _run(tx, params, "update", "1", monkeypatch, expect_kernel=True)
+  _assert_bitwise(fast, plain)
+  txt = jax.jit(_step_fn(tx, "update")).lower(
+      params, tx.init(params), params).as_text()
+  assert txt.count("@optzoo_adam(") == 2
+
+
+def test_many_leaves_chunked_calls(monkeypatch):
+  """Leaves go to calls of at most _MAX_LEAVES (compile time stays linear)."""
+  params = {f"x{i:03d}": jnp.full((3,), i, jnp.float64) for i in range(40)}
+  tx = optzoo.adamw(1e-2)
+  txt = jax.jit(_step_fn(tx, "apply")).lower(
+      params, tx.init(params), params).as_text()
+  assert txt.count("@optzoo_adam(") == -(-40 // fused._MAX_LEAVES)
+  plain = _run(tx, params, "apply", "0", monkeypatch, steps=5)
+  _assert_bitwise(_run(tx, params, "apply", "1", monkeypatch, steps=5), plain)
+
+
+def test_negative_control_without_fma_emulation(monkeypatch):
+  """The kernel with XLA's multiply-add contraction switched off differs:
+  the bitwise tests do see rounding-level differences."""
+  real = cpu_kernels.load()
+  if not real.fma:
+    pytest.skip("XLA does not contract multiply-adds on this CPU")
+  tx, params = optzoo.adamw(1e-2, weight_decay=0.1), _params(jnp.float64)
+  plain = _run(tx, params, "apply", "0", monkeypatch)
+  monkeypatch.setattr(fused, "load", lambda: cpu_kernels.Kernels(fma=False))
+  wrong = _run(tx, params, "apply", "1", monkeypatch, expect_kernel=True)
+  assert any(not np.array_equal(np.asarray(x), np.asarray(y))
+             for x, y in zip(jax.tree.leaves(wrong), jax.tree.leaves(plain)))
+  # ... yet equal to round-off: the same algorithm.
+  for x, y in zip(jax.tree.leaves(wrong[0]), jax.tree.leaves(plain[0])):
+    np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-15)
+
+
+def test_state_structure_and_init_unchanged(monkeypatch):
+  params = _params(jnp.float64)
+  for name, make in CASES.items():
+    tx = make()
+    s0 = tx.init(params)
+    monkeypatch.setenv("OPTZOO_CPU_KERNELS", "0")
+    plain_state = jax.eval_shape(lambda s: tx.update(params, s, params)[1], s0)
+    monkeypatch.setenv("OPTZOO_CPU_KERNELS", "1")
+    fast_state = jax.eval_shape(lambda s: tx.update(params, s, params)[1], s0)
+    assert jax.tree.structure(fast_state) == jax.tree.structure(plain_state), name
+    assert jax.tree.structure(s0) == jax.tree.structure(plain_state), name
+
+
+@pytest.mark.parametrize("kind", ["update", "apply"])
+def test_scan(kind, monkeypatch):
+  tx, params = optzoo.adamw(1e-2, amsgrad=True), _params(jnp.float64)
+  grads = jax.tree.map(lambda *g: jnp.stack(g), *[_grads(params, i)
+                                                    for i in range(30)])
+
+  def run(env):
+    monkeypatch.setenv("OPTZOO_CPU_KERNELS", env)
+    step = _step_fn(tx, kind)
+
+    def train(p, s, gs):
+      def body(carry, g):
+        return step(*carry, g), None
+      return jax.lax.scan(body, (p, s), gs)[0]
+    f = jax.jit(train)
+    args = (params, tx.init(params), grads)
+    assert ("optzoo_adam" in f.lower(*args).as_text()) == (env == "1")
+    return f(*args)
+  _assert_bitwise(run("1"), run("0"))
+
+
+@pytest.mark.parametrize("kind", ["update", "apply"])
+def test_vmap_batched_params_and_hyperparameters(kind, monkeypatch):
+  """vmap over params, grads, state (and, for update, injected per-member
+  learning rates and weight decays): each batch row uses its own scalars."""
+  batch = jax.tree.map(lambda x: jnp.stack([x, 2 * x, -x]), _params(jnp.float64))
+  if kind == "update":
+    make = lambda lr, wd: optax.inject_hyperparams(optzoo.adamw)(
+        learning_rate=lr, weight_decay=wd)
+    hp = (jnp.array([1e-2, 3e-3, 1e-1]), jnp.array([0.0, 0.1, 0.5]))
+  else:
+    make = lambda lr, wd: optzoo.adam(1e-2, weight_decay=0.1)
+    hp = (jnp.zeros(3), jnp.zeros(3))
+
+  def run(env):
+    monkeypatch.setenv("OPTZOO_CPU_KERNELS", env)
+
+    def member_init(p, lr, wd):
+      return make(lr, wd).init(p)
+
+    def member_step(p, s, g, lr, wd):
+      return _step_fn(make(lr, wd), kind)(p, s, g)
+    f = jax.jit(jax.vmap(member_step))
+    p, s = batch, jax.vmap(member_init)(batch, *hp)
+    g0 = jax.vmap(lambda p: _grads(p, 0))(batch)
+    assert ("optzoo_adam" in f.lower(p, s, g0, *hp).as_text()) == (env == "1")
+    for i in range(6):
+      p, s = f(p, s, jax.vmap(lambda p: _grads(p, i))(batch), *hp)
+    return p, s
+  _assert_bitwise(run("1"), run("0"))
+
+
+def test_inject_hyperparams_no_recompile(monkeypatch):
+  tx = optax.inject_hyperparams(optzoo.adam)(learning_rate=1e-2, b1=0.9,
+                                             b2=0.99, eps=1e-8,
+                                             weight_decay=1e-3)
+  params = _params(jnp.float64)
+  traces = []
+
+  def step(p, s, g):
+    traces.append(1)
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  def run(env):
+    monkeypatch.setenv("OPTZOO_CPU_KERNELS", env)
+    f = jax.jit(lambda *a: step(*a))
+    p, s = params, tx.init(params)
+    for i in range(12):
+      s.hyperparams["learning_rate"] = jnp.asarray(1e-2 / (i + 1))
+      s.hyperparams["b1"] = jnp.asarray(0.9 - 0.01 * i)
+      p, s = f(p, s, _grads(params, i))
+    return p, s
+
+  fast = run("1")
+  assert len(traces) == 1  # new hyperparameter values: no retrace
+  assert _uses_kernel(step, params, tx.init(params), params)
+  _assert_bitwise(fast, run("0"))
+
+
+@pytest.mark.parametrize("make,why", [
+    (lambda: optzoo.adam(1e-2, maximize=True), "maximize: plain chain"),
+    (lambda: optzoo.adam(1e-2, mu_dtype=jnp.bfloat16), "mu_dtype"),
+    (lambda: optzoo.adamw(1e-2, mask=lambda p: jax.tree.map(
+        lambda x: x.ndim > 1, p)), "mask"),
+])
+def test_variants_that_stay_plain(make, why, monkeypatch):
+  tx, params = make(), _params(jnp.float64)
+  step = _step_fn(tx, "update")
+  assert not _uses_kernel(step, params, tx.init(params), params), why
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.complex128])
+def test_other_dtypes_fall_back(dtype, monkeypatch):
+  tx = optzoo.adam(1e-2)
+  params = {"x": jnp.linspace(-1, 1, 40).astype(dtype)}
+  for kind in ("update", "apply"):
+    step = _step_fn(tx, kind)
+    assert not _uses_kernel(step, params, tx.init(params), params)
+    plain = _run(tx, params, kind, "0", monkeypatch, steps=5)
+    _assert_bitwise(_run(tx, params, kind, "1", monkeypatch, steps=5), plain)
+
+
+def test_sharded_arrays_fall_back(monkeypatch):
+  mesh = jax.make_mesh((8,), ("d",))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
+  params = {"x": jax.device_put(jnp.linspace(-1, 1, 64), sharding)}
+  tx = optzoo.adam(1e-2)
+  state = tx.init(params)
+  # Eager (concrete) sharded arrays: the plain path.
+  assert fused._fused_step(fused._SPECS[tx.update], params, state, params,
+                           apply=False) is None
+  u, _ = tx.update(params, state, params)
+  assert u["x"].sharding.is_equivalent_to(sharding, 1)
+  # Under jit, shardings of explicit-axis meshes are visible while tracing.
+  explicit = jax.make_mesh((8,), ("d",),
+                           axis_types=(jax.sharding.AxisType.Explicit,))
+  sharding = jax.sharding.NamedSharding(explicit, jax.sharding.PartitionSpec("d"))
+  params = {"x": jax.device_put(jnp.linspace(-1, 1, 64), sharding)}
+  for kind in ("update", "apply"):
+    assert not _uses_kernel(_step_fn(tx, kind), params, tx.init(params), params)
+
+
+def test_modes(monkeypatch):
+  tx, params = optzoo.adam(1e-2), _params(jnp.float64)
+  step = _step_fn(tx, "update")
+  args = (params, tx.init(params), params)
+  monkeypatch.setenv("OPTZOO_CPU_KERNELS", "0")
+  assert not _uses_kernel(step, *args)
+  monkeypatch.delenv("OPTZOO_CPU_KERNELS")  # auto: 8 simulated devices here
+  assert _uses_kernel(step, *args) == (jax.device_count() == 1)
+  monkeypatch.setenv("OPTZOO_CPU_KERNELS", "1")
+  assert _uses_kernel(step, *args)
+
+
+def test_update_and_apply_other_transformations(monkeypatch):
+  params = _params(jnp.float64)
+  for tx in (optax.sgd(0.1, momentum=0.9), optzoo.rmsprop(1e-2),
+             optax.inject_hyperparams(optzoo.adam)(learning_rate=1e-2)):
+    args = (params, tx.init(params), _grads(params, 1))
+    _assert_bitwise(jax.jit(_step_fn(tx, "apply"))(*args),
+                    jax.jit(_step_fn(tx, "update"))(*args))
+
+
+def test_update_and_apply_bad_input():
+  params = _params(jnp.float64)
+  with pytest.raises(TypeError, match="tx"):
+    optzoo.update_and_apply(lambda g: g, params, (), params)
+  tx = optzoo.adam(1e-2)
+  with pytest.raises(ValueError, match="params"):
+    optzoo.update_and_apply(tx, params, tx.init(params), None)
+
+
+def test_failed_build_warns_once_and_falls_back(monkeypatch, tmp_path):
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  monkeypatch.setenv("CXX", "/bin/false")
+  cpu_kernels.load.cache_clear()
+  try:
+    tx, params = optzoo.adam(1e-2), _params(jnp.float64)
+    with warnings.catch_warnings(record=True) as w:
+      warnings.simplefilter("always")
+      step = _step_fn(tx, "update")
+      assert not _uses_kernel(step, params, tx.init(params), params)
+      assert not _uses_kernel(_step_fn(tx, "apply"), params, tx.init(params),
+                              params)
+    msgs = [str(x.message) for x in w if "fused CPU kernels" in str(x.message)]
+    assert len(msgs) == 1, msgs
+  finally:
+    monkeypatch.undo()
+    cpu_kernels.load.cache_clear()
+    assert cpu_kernels.load() is not None
+
+
+# ---------------------------------------------------------------------------
+# The torch fixtures with the kernel forced on.
+# ---------------------------------------------------------------------------
+
+
+def _fixture_cases():
+  import test_alias_oracles as T  # pylint: disable=g-import-not-at-top
+  out = []
+  for alias in ("adam", "amsgrad", "adamw"):
+    _, settings = T.load_alias(alias)
+    out += [pytest.param(alias, k, id=f"{alias}-s{k}")
+            for k in range(len(settings))]
+  return out
+
+
+@pytest.mark.parametrize("alias,k", _fixture_cases())
+def test_torch_fixtures_with_kernel(alias, k, monkeypatch):
+  import test_alias_oracles as T  # pylint: disable=g-import-not-at-top
+  _, settings = T.load_alias(alias)
+  kwargs = settings[k]["kwargs"]
+  tx = getattr(optzoo, alias)(**T.to_optzoo_kwargs(kwargs))
+  monkeypatch.setenv("OPTZOO_CPU_KERNELS", "1")
+  eq, et = T.trajectory_errors(tx, alias, k)
+  assert eq <= T.RTOL and et <= T.RTOL, (alias, kwargs, eq, et)
+  x0, gq = T.quad_problem()
+  uses = _uses_kernel(lambda x: T._scan(tx, x, gq, 3), x0)
+  assert uses == (not kwargs.get("maximize", False)), kwargs
