@@ -463,7 +463,7 @@ def quantize_state(
                     f" got {second_moment_fields!r}.")
   block_size, min_size = int(block_size), int(min_size)
   second = frozenset(second_moment_fields)
-  inner = optax.with_extra_args_support(inner)
+  inner = optax.with_extra_args_support(_plain_jnp(inner))
 
   def plan(path, leaf):
     """None (keep as is) or the signed flag of a quantized leaf."""
@@ -568,6 +568,17 @@ def _absmax_by_param(t_leaves, plans, main, tail, block_size) -> dict:
   return out
 
 
+def _plain_jnp(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """``tx`` with its plain jnp update when it is an Adam with the fused CPU
+  kernel (optzoo/_src/cpu_kernels: same state, same bits). Inside
+  quantize_state the moments are decoded and re-encoded around the inner
+  step, and a custom call there would need them written to memory four
+  times over; the plain step fuses into the 8-bit kernels."""
+  from optzoo._src.cpu_kernels import adam as fused  # pylint: disable=g-import-not-at-top
+  spec = fused._SPECS.get(tx.update)  # pylint: disable=protected-access
+  return tx if spec is None else optax.chain(*spec.links)
+
+
 def _on_real_view(inner: optax.GradientTransformation
                   ) -> optax.GradientTransformationExtraArgs:
   """``inner`` run on the real view of complex parameters and updates
@@ -633,7 +644,8 @@ def adam_8bit(
     Dettmers et al., 8-bit Optimizers via Block-wise Quantization, ICLR 2022.
   """
   return quantize_state(
-      _on_real_view(alias.adam(learning_rate, b1, b2, eps, weight_decay)),
+      _on_real_view(_plain_jnp(
+          alias.adam(learning_rate, b1, b2, eps, weight_decay))),
       **_sizes(block_size, min_size))
 
 
@@ -666,7 +678,8 @@ def adamw_8bit(
     Dettmers et al., 8-bit Optimizers via Block-wise Quantization, ICLR 2022.
   """
   return quantize_state(
-      _on_real_view(alias.adamw(learning_rate, b1, b2, eps, weight_decay)),
+      _on_real_view(_plain_jnp(
+          alias.adamw(learning_rate, b1, b2, eps, weight_decay))),
       **_sizes(block_size, min_size))
 
 
