@@ -89,7 +89,7 @@ def _methods():
       "sm3": (lambda: optzoo.sm3(LR), lambda: optax.sm3(LR, momentum=0.0)),
       # 8-bit moments (every leaf quantized, block 2048), vs float32 optax
       # adam: the state is ~4x smaller, the step does more arithmetic
-      # (absmax, the code's position in the 256-value map, a gather).
+      # (block absmax, encode and decode; benchmarks/quantized_step.py).
       "adam_8bit": (lambda: optzoo.adam_8bit(LR, min_size=1),
                     lambda: optax.adam(LR)),
   }

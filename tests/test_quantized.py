@@ -104,7 +104,11 @@ def test_quantizer_matches_numpy_and_error_bounds(signed, shape, block_size):
   codes, absmax, y, qmap = _np_quantize(x, block_size, signed)
   np.testing.assert_array_equal(np.asarray(q.absmax), absmax)
   got = np.asarray(q.codes)
-  assert got.shape == codes.shape and got.dtype == np.uint8
+  assert got.shape == shape and got.dtype == np.uint8     # the buffer's shape
+  # The oracle's padded (blocks, block) layout, flattened, is x's order.
+  n = x.size
+  got = np.pad(got.reshape(-1), (0, codes.size - n)).reshape(codes.shape)
+  got.reshape(-1)[n:] = codes.reshape(-1)[n:]             # padding: not stored
   # Same codes except at exact float32 ties between two map values.
   diff = got != codes
   if diff.any():
@@ -114,8 +118,8 @@ def test_quantizer_matches_numpy_and_error_bounds(signed, shape, block_size):
     np.testing.assert_allclose(d1, d2, rtol=1e-6, atol=1e-12)
   assert diff.mean() < 1e-3
   # Round trip: |x - x^| <= absmax * (half the gap around y), per element.
-  xhat = np.asarray(optzoo.dequantize_blockwise(q, shape, jnp.float32, signed))
-  n = x.size
+  xhat = np.asarray(optzoo.dequantize_blockwise(q, shape, jnp.float32, signed,
+                                                block_size))
   err = np.abs(xhat.reshape(-1) - x.reshape(-1))
   yflat = y.reshape(-1)[:n]
   k = np.clip(np.searchsorted(qmap, yflat), 1, 255)
@@ -128,25 +132,74 @@ def test_quantizer_matches_numpy_and_error_bounds(signed, shape, block_size):
   assert np.all(per_block <= absmax * (np.max(np.diff(qmap)) / 2) * (1 + 1e-5))
 
 
-@pytest.mark.parametrize("signed", [True, False])
-def test_nearest_code_equals_a_search_everywhere(signed):
-  """The direct (search-free) code computation equals np.searchsorted over
-  the midpoints on every map value, every midpoint and its float32
-  neighbours, and 200k log-uniform values over all decades."""
+def _mids(signed):
   qmap = optzoo.dynamic_quantization_map(signed)
-  mids = ((qmap[1:].astype(np.float64) + qmap[:-1]) / 2).astype(np.float32)
+  return ((qmap[1:].astype(np.float64) + qmap[:-1]) / 2).astype(np.float32)
+
+
+def _ulp_neighbours(v, k):
+  """float32 values within k ulps of each of v (v >= 0), by bit pattern."""
+  bits = np.asarray(v, np.float32).view(np.int32).astype(np.int64)
+  out = (bits[:, None] + np.arange(-k, k + 1)[None]).ravel()
+  return out[(out >= 0) & (out < 0x7F800000)].astype(np.int32).view(np.float32)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_decode_is_the_table_bit_for_bit(signed):
+  """The arithmetic decoder gives the float32 map value of every code,
+  bit-identical (jitted, as the optimizer runs it)."""
+  from optzoo._src import quantized as Q
+  codes = jnp.arange(256, dtype=jnp.uint8)
+  got = np.asarray(jax.jit(Q._decode_codes, static_argnums=1)(codes, signed))
+  want = optzoo.dynamic_quantization_map(signed)
+  np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_encode_equals_a_search_everywhere(signed):
+  """The arithmetic (table- and search-free) encoder equals np.searchsorted
+  over the float32 midpoints (nearest value, ties to the lower code) on a
+  dense grid: every map value and every midpoint with its 64 float32
+  neighbours on each side (so every tie and both sides of it), both signs,
+  +0 and -0, the extremes, values just outside [-1, 1] (clamped), and 200k
+  log-uniform values over all decades. (tests/check_quantizer_exhaustive.py
+  checks every float32 in [-1, 1].)"""
+  from optzoo._src import quantized as Q
+  qmap = optzoo.dynamic_quantization_map(signed)
+  mids = _mids(signed)
   rng = np.random.default_rng(4)
   mags = (10.0 ** rng.uniform(-9, 0, 200_000)).astype(np.float32)
-  ys = np.concatenate([
-      qmap, mids, np.nextafter(mids, np.float32(2)), np.nextafter(mids, np.float32(-2)),
-      mags, -mags, np.float32([0.0, 1.0, -1.0, 1e-38, -1e-38])]).astype(np.float32)
-  ys = np.clip(ys, -1, 1)
-  x = np.concatenate([np.float32([1.0]), ys])   # absmax 1: y = x exactly
+  pos = np.concatenate([_ulp_neighbours(np.abs(mids), 64),
+                        _ulp_neighbours(np.abs(qmap), 2), mags,
+                        np.float32([0.0, 1.0, 1e-38, 1e-45, 2.75e-7])])
+  ys = np.concatenate([pos, -pos, np.float32([-0.0, -1.0])])
+  ys = ys[np.abs(ys) <= np.nextafter(np.float32(1), np.float32(2))]
+  got = np.asarray(jax.jit(Q._encode_unit, static_argnums=1)(jnp.asarray(ys), signed))
+  want = np.minimum(np.searchsorted(mids, ys if signed else np.maximum(ys, 0),
+                                    side="left"), 255)
+  np.testing.assert_array_equal(got, want)
+  assert ys.size > 60_000
+  # Through the public quantizer (absmax 1: y = x exactly).
+  x = np.concatenate([np.float32([1.0]), np.clip(ys, -1, 1)])
   q = jax.jit(optzoo.quantize_blockwise, static_argnums=(1, 2))(
       jnp.asarray(x), x.size, signed)
-  got = np.asarray(q.codes).reshape(-1)
-  want = np.searchsorted(mids, np.maximum(x, 0) if not signed else x, side="left")
-  np.testing.assert_array_equal(got, want)
+  want = np.searchsorted(mids, x if signed else np.maximum(x, 0), side="left")
+  np.testing.assert_array_equal(np.asarray(q.codes).reshape(-1), want)
+  # NaN (a diverged moment) gets the code of 0.
+  nan = np.asarray(Q._encode_unit(jnp.float32(jnp.nan), signed))
+  assert qmap[nan] == 0
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_codec_has_no_gather_sort_or_while(signed):
+  """Encode and decode are elementwise arithmetic: no table gathers, no
+  search, no loop in the compiled quantize/dequantize round trip."""
+  def round_trip(x):
+    q = optzoo.quantize_blockwise(x, 256, signed)
+    return optzoo.dequantize_blockwise(q, x.shape, x.dtype, signed, 256)
+  hlo = jax.jit(round_trip).lower(jnp.ones((40, 30), jnp.float32)).compile().as_text()
+  for op in (" gather(", " sort(", " while(", " scatter("):
+    assert op not in hlo, op
 
 
 @pytest.mark.parametrize("signed", [True, False])
@@ -159,12 +212,12 @@ def test_values_on_the_map_round_trip_exactly(signed):
   x = (qmap[codes] * scales[:, None]).astype(np.float32)
   q = optzoo.quantize_blockwise(jnp.asarray(x), 512, signed)
   np.testing.assert_array_equal(np.asarray(q.codes), codes)
-  back = optzoo.dequantize_blockwise(q, x.shape, jnp.float32, signed)
+  back = optzoo.dequantize_blockwise(q, x.shape, jnp.float32, signed, 512)
   np.testing.assert_array_equal(np.asarray(back), x)
   # Zeros (a whole block and single entries) are exact too.
   z = optzoo.quantize_blockwise(jnp.zeros(10), 4, signed)
   assert np.all(np.asarray(optzoo.dequantize_blockwise(z, (10,), jnp.float32,
-                                                       signed)) == 0)
+                                                       signed, 4)) == 0)
 
 
 # ---------------------------------------------------------------------------
@@ -186,7 +239,7 @@ def test_state_layout_and_first_step_equals_adam():
   adam_state = _adam(state)
   mu, nu = adam_state.mu, adam_state.nu
   assert isinstance(mu["w"], optzoo.QuantizedArray)
-  assert mu["w"].codes.shape == (5, 256) and mu["w"].absmax.shape == (5,)
+  assert mu["w"].codes.shape == (40, 30) and mu["w"].absmax.shape == (5,)
   assert mu["w"].codes.dtype == jnp.uint8 and mu["w"].absmax.dtype == jnp.float32
   assert not isinstance(mu["b"], optzoo.QuantizedArray)   # 30 < min_size
   assert mu["n"] is None and adam_state.count.dtype == jnp.int32
@@ -199,8 +252,8 @@ def test_state_layout_and_first_step_equals_adam():
     assert u[k].dtype == params[k].dtype
   # The stored moments decode to Adam's within the map's resolution.
   _, sr = jax.jit(ref.update)(g, ref.init(params), params)
-  m = optzoo.dequantize_blockwise(_adam(s1).mu["w"], (40, 30), jnp.float32, True)
-  v = optzoo.dequantize_blockwise(_adam(s1).nu["w"], (40, 30), jnp.float32, False)
+  m = optzoo.dequantize_blockwise(_adam(s1).mu["w"], (40, 30), jnp.float32, True, 256)
+  v = optzoo.dequantize_blockwise(_adam(s1).nu["w"], (40, 30), jnp.float32, False, 256)
   mr, vr = np.asarray(_adam(sr).mu["w"]), np.asarray(_adam(sr).nu["w"])
   assert np.max(np.abs(m - mr)) <= 0.00704 * np.max(np.abs(mr))
   assert np.max(np.abs(v - vr)) <= 0.0036 * np.max(np.abs(vr))
@@ -209,7 +262,7 @@ def test_state_layout_and_first_step_equals_adam():
   bad = optzoo.quantize_state(optzoo.adam(1e-2), block_size=256, min_size=100,
                               second_moment_fields=("mu", "nu"))
   _, sb = jax.jit(bad.update)(g, bad.init(params), params)
-  mb = optzoo.dequantize_blockwise(_adam(sb).mu["w"], (40, 30), jnp.float32, False)
+  mb = optzoo.dequantize_blockwise(_adam(sb).mu["w"], (40, 30), jnp.float32, False, 256)
   assert np.max(np.abs(mb - mr)) > 0.5 * np.max(np.abs(mr))
 
 
@@ -278,6 +331,94 @@ def test_bad_arguments():
     optzoo.quantize_state(optzoo.adam(), block_size=0)
   with pytest.raises(TypeError, match="second_moment_fields"):
     optzoo.quantize_state(optzoo.adam(), second_moment_fields="nu")
+
+
+# ---------------------------------------------------------------------------
+# Complex parameters: torch's view_as_real (real and imaginary parts as
+# independent reals).
+# ---------------------------------------------------------------------------
+
+
+def _to_real(z):
+  return jnp.stack([jnp.real(z), jnp.imag(z)], axis=-1)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_complex_buffer_is_quantized_as_its_real_view(signed):
+  rng = np.random.default_rng(5)
+  z = rng.standard_t(2, size=(33, 40)) + 1j * rng.standard_t(2, size=(33, 40))
+  if not signed:
+    z = np.abs(z.real) ** 2 + 1j * np.abs(z.imag) ** 2
+  z = jnp.asarray(z, jnp.complex64)
+  qz = optzoo.quantize_blockwise(z, 256, signed)
+  qr = optzoo.quantize_blockwise(_to_real(z), 256, signed)
+  assert qz.codes.shape == (33, 40, 2) and qz.absmax.shape == (11,)
+  np.testing.assert_array_equal(np.asarray(qz.codes), np.asarray(qr.codes))
+  np.testing.assert_array_equal(np.asarray(qz.absmax), np.asarray(qr.absmax))
+  back = optzoo.dequantize_blockwise(qz, (33, 40), jnp.complex64, signed, 256)
+  back_r = optzoo.dequantize_blockwise(qr, (33, 40, 2), jnp.float32, signed, 256)
+  assert back.dtype == jnp.complex64
+  np.testing.assert_array_equal(np.asarray(_to_real(back)), np.asarray(back_r))
+
+
+@pytest.mark.parametrize("name", ["adam_8bit", "adamw_8bit"])
+def test_complex_leaf_gives_exactly_the_update_of_its_real_view(name):
+  """30 steps along one trajectory: at every step the complex leaf (with its
+  own 8-bit state) and its real view (5, 7, 2) get the same parameters and
+  gradients; the updates are bit-identical (and so are the states)."""
+  tx = getattr(optzoo, name)(0.1, block_size=8, min_size=1)
+  rng = np.random.default_rng(0)
+  z0 = jnp.asarray(rng.normal(size=(5, 7)) + 3j * rng.normal(size=(5, 7)), jnp.complex64)
+  t = _to_real(jnp.asarray(rng.normal(size=(5, 7)) + 0.1j * rng.normal(size=(5, 7)),
+                           jnp.complex64))
+  as_complex = lambda x: jax.lax.complex(x[..., 0], x[..., 1])
+
+  def body(carry, _):
+    x, s_r, s_c = carry
+    g = 2 * (x - t)
+    u_r, s_r = tx.update(g, s_r, x)
+    u_c, s_c = tx.update(as_complex(g), s_c, as_complex(x))
+    return (x + u_r, s_r, s_c), (u_r, _to_real(u_c))
+
+  x0 = _to_real(z0)
+  (_, s_r, s_c), (u_r, u_c) = jax.jit(lambda x: jax.lax.scan(
+      body, (x, tx.init(x), tx.init(z0)), None, length=30))(x0)
+  assert u_c.dtype == jnp.float32 and np.all(np.isfinite(np.asarray(u_c)))
+  np.testing.assert_array_equal(np.asarray(u_c), np.asarray(u_r))
+  assert np.max(np.abs(np.asarray(u_r))) > 0
+  mu = _adam(s_c).mu
+  assert isinstance(mu, optzoo.QuantizedArray) and mu.codes.shape == (5, 7, 2)
+  for a, b in zip(jax.tree.leaves(s_c), jax.tree.leaves(s_r)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("adam_8bit", dict(learning_rate=1e-1)),
+    ("adamw_8bit", dict(learning_rate=1e-1, weight_decay=1e-4))])
+def test_complex_convergence_with_every_leaf_quantized(name, kwargs):
+  """optax's alias test problems (parabola, Rosenbrock; float32 and
+  complex64; 10000 steps) with min_size=1, so that every moment is 8-bit
+  (tests/optax_suite/test_alias.py runs them with the default min_size)."""
+  from optax_suite import test_alias as ta
+  opt = getattr(optzoo, name)(**kwargs, min_size=1)
+  setups = {f"{tn}_{dn}": (lambda t=target, d=dtype: t(d))
+            for tn, target in (("parabola", ta._setup_parabola),
+                               ("rosenbrock", ta._setup_rosenbrock))
+            for dn, dtype in (("float32", jnp.float32), ("complex64", jnp.complex64))}
+  init, final, objective = ta._combined(setups)
+
+  def step(params, state):
+    g = jax.tree.map(jnp.conj, jax.grad(objective)(params))
+    u, state = opt.update(g, state, params)
+    return optax.apply_updates(params, u), state
+
+  state = opt.init(init)
+  assert isinstance(_adam(state).mu["rosenbrock_complex64"], optzoo.QuantizedArray)
+  params, _ = jax.jit(lambda p, s: jax.lax.fori_loop(
+      0, 10000, lambda _, c: step(*c), (p, s)))(init, state)
+  for k in final:
+    np.testing.assert_allclose(np.asarray(params[k]), np.asarray(final[k]),
+                               rtol=3e-2, atol=3e-2, err_msg=k)
 
 
 # ---------------------------------------------------------------------------

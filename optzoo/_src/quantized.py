@@ -9,6 +9,9 @@ as one ``uint8`` code per element plus one float32 absmax scale per block of
 ``block_size`` elements. ``update`` dequantizes, runs the inner update in full
 precision (the returned update is computed from the full-precision new
 moments, as in the paper's kernels) and quantizes the new state again.
+Encoding and decoding are elementwise arithmetic on the map's structure (no
+table lookups, no search), and the step is arranged so that no params-sized
+float32 temporary is written to memory (see :func:`_inner_step`).
 """
 from __future__ import annotations
 
@@ -83,19 +86,31 @@ def dynamic_quantization_map(signed: bool = True) -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def _boundaries(signed: bool) -> np.ndarray:
-  """Midpoints between consecutive map values (nearest rounding)."""
+  """Midpoints between consecutive map values (nearest rounding), float32."""
   m = dynamic_quantization_map(signed).astype(np.float64)
   return ((m[1:] + m[:-1]) / 2).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def _decade_edges(signed: bool) -> tuple[float, ...]:
+  """The 8 boundaries that separate decades: 0 | first value, decade i |
+  decade i+1 (i = 0..5), last value | 1 (float32 values, as Python floats)."""
+  u = 0 if signed else 1
+  b = _boundaries(signed)
+  zero = 127 if signed else 0          # index of the boundary 0 | first value
+  return tuple(float(b[zero + 2 ** (d + u) - 1 - u]) for d in range(8))
 
 
 class QuantizedArray(NamedTuple):
   """A state buffer stored block-wise in 8 bits.
 
   Attributes:
-    codes: ``uint8`` of shape ``(num_blocks, block)``: indices into
-      :func:`dynamic_quantization_map`; the flattened buffer, zero-padded to a
-      whole number of blocks (``block = min(block_size, size)``).
-    absmax: float32 of shape ``(num_blocks,)``: each block's max ``|x|``.
+    codes: ``uint8`` with the buffer's shape: indices into
+      :func:`dynamic_quantization_map`.
+    absmax: float32 of shape ``(num_blocks,)``: the max ``|x|`` of each
+      block, a block being ``block = min(block_size, size)`` contiguous
+      entries of the flattened buffer (the last one shorter when ``block``
+      does not divide the size).
   """
 
   codes: jax.Array
@@ -107,84 +122,226 @@ def _layout(size: int, block_size: int) -> tuple[int, int]:
   return -(-size // block), block
 
 
+# ---------------------------------------------------------------------------
+# The map as arithmetic: code <-> value without a table.
+#
+# Positive interior values, in sorted order, are indexed by q = 1..127
+# (signed map: code 127 + q) or q = 2..255 (unsigned: code q - 1). With
+# n = 2^floor(log2 q) (the decade holds q = n..2n-1, decade d = log2(n) - u,
+# u = 0 signed / 1 unsigned) and k = q - n the bin in it,
+#
+#   10^(d-6) (0.1 + 0.9 (k + 1/2) / n)  =  N / D,
+#   N = 18 q + 9 - 16 n,   D = 2^(8+u) 5^(7-d),
+#
+# both exact small integers in float32, so one IEEE division gives the
+# correctly rounded float32 value: bit-identical to the table (checked for
+# all 256 codes of both maps in tests/test_quantized.py).
+# ---------------------------------------------------------------------------
+
+
+def _pow5(j: jax.Array) -> jax.Array:
+  """5^j for int32 j in [0, 7], exactly, as float32 (three selects)."""
+  one = jnp.float32(1)
+  return (jnp.where((j & 1) != 0, jnp.float32(5), one)
+          * jnp.where((j & 2) != 0, jnp.float32(25), one)
+          * jnp.where((j & 4) != 0, jnp.float32(625), one))
+
+
+def _decode_codes(codes: jax.Array, signed: bool) -> jax.Array:
+  """float32 ``dynamic_quantization_map(signed)[codes]`` by arithmetic."""
+  u = 0 if signed else 1
+  c = codes.astype(jnp.int32)
+  q = jnp.abs(c - 127) if signed else c + 1
+  qf = q.astype(jnp.float32)
+  bits = jax.lax.bitcast_convert_type(qf, jnp.int32)
+  n = jax.lax.bitcast_convert_type(bits & 0x7F800000, jnp.float32)  # 2^floor(log2 q)
+  j = (134 + u) - jnp.right_shift(bits, jnp.int32(23))             # 7 - decade
+  num = 18.0 * qf + (9.0 - 16.0 * n)
+  val = num / (_pow5(j) * jnp.float32(2 ** (8 + u)))
+  zero = c == (127 if signed else 0)
+  val = jnp.where(zero, jnp.float32(0), jnp.where(c == 255, jnp.float32(1), val))
+  if signed:
+    val = jnp.where(c < 127, -val, val)
+  return val
+
+
+def _encode_unit(y: jax.Array, signed: bool) -> jax.Array:
+  """int32 code of the nearest map value to float32 ``y`` (ties: lower).
+
+  Exactly ``searchsorted(boundaries, y)`` with the float32 midpoints of
+  :func:`_boundaries` (``max(y, 0)`` for the unsigned map), computed without
+  a table. The signed map is symmetric except for its top value (+1 has no
+  negative twin), so a negative ``y`` counts the positive boundaries
+  ``<= |y|``, i.e. ``< nextafter(|y|, inf)``, and mirrors. For ``a >= 0``
+  the count of positive boundaries ``< a`` is
+
+  * the decade, by eight compares with the boundaries between decades
+    (:func:`_decade_edges`: exact float32 constants);
+  * inside decade ``d`` the boundary between bins ``k`` and ``k + 1`` is
+    near ``(18 (q + 1) - 16 n) / D``; ``t = (a D + 16 n) / 18 - 1`` rounded
+    to the nearest integer ``kappa`` names the only boundary ``a`` can be
+    close to (the others are at least half a bin away, far beyond
+    float32 error); that one is computed exactly as the float32 midpoint of
+    its two neighbours, ``fl(V_kappa + V_kappa+1) / 2`` with ``V`` from the
+    exact division above, and compared with ``a``.
+  """
+  u = 0 if signed else 1
+  top = 128 if signed else 255                # positive boundaries
+  if signed:
+    # y is read once (XLA:CPU fuses an expensive producer, the division by
+    # the absmax, only into a consumer that reads it once). A sign bit with
+    # zero magnitude (-0) becomes the smallest subnormal: code 127 as for +0.
+    bits = jax.lax.bitcast_convert_type(y, jnp.int32)
+    neg = bits < 0
+    mag = bits & 0x7FFFFFFF
+    a = jax.lax.bitcast_convert_type(jnp.where(neg, mag + 1, mag), jnp.float32)
+  else:
+    a = jnp.maximum(y, jnp.float32(0))
+  edges = _decade_edges(signed)
+  above = [(a > jnp.float32(e)).astype(jnp.int32) for e in edges]
+  di = functools.reduce(jnp.add, above)         # 0: below the first value
+  d = jnp.clip(di - 1, 0, 6)
+  n = jnp.left_shift(jnp.int32(1), d + u)
+  nf = n.astype(jnp.float32)
+  den = _pow5(7 - d) * jnp.float32(2 ** (8 + u))
+  t = (a * den + 16.0 * nf) * jnp.float32(1.0 / 18.0) - 1.0
+  kappa = jnp.clip(jnp.floor(t + 0.5).astype(jnp.int32), n, 2 * n - 2)
+  num = (18 * kappa + 9 - 16 * n).astype(jnp.float32)
+  below = (num / den + (num + 18.0) / den) < (a + a)
+  inner = kappa - n + below.astype(jnp.int32)
+  if signed:                                    # decade 0 has a single value
+    inner = jnp.where(n == 1, 0, inner)
+  count = n + (1 - 2 ** u) + inner
+  count = jnp.where(di == 0, 0, jnp.where(di == 8, top, count))
+  if signed:
+    return jnp.clip(jnp.where(neg, 127 - count, 127 + count), 0, 255)
+  return count
+
+
+def _real_view(x: jax.Array) -> jax.Array:
+  """``torch.view_as_real``: a complex array as a real one with a trailing
+  axis of 2 (real, imaginary part); a real array unchanged. (Private, kept
+  here: the 8-bit state of a complex buffer is the state of its real view.)"""
+  if jnp.iscomplexobj(x):
+    return jnp.stack([jnp.real(x), jnp.imag(x)], axis=-1)
+  return x
+
+
+def _from_real_view(v: jax.Array, dtype: Any) -> jax.Array:
+  """Inverse of :func:`_real_view` for a buffer of ``dtype``."""
+  if jnp.issubdtype(dtype, jnp.complexfloating):
+    part = jnp.finfo(dtype).dtype
+    return jax.lax.complex(v[..., 0].astype(part), v[..., 1].astype(part))
+  return v.astype(dtype)
+
+
+def _real_shape(shape: Sequence[int], dtype: Any) -> tuple[int, ...]:
+  complex_ = jnp.issubdtype(dtype, jnp.complexfloating)
+  return tuple(shape) + ((2,) if complex_ else ())
+
+
+def _flat32(x: jax.Array) -> jax.Array:
+  return jnp.ravel(_real_view(x)).astype(jnp.float32)
+
+
+def _absmax(main: Sequence[jax.Array], tail: Sequence[jax.Array],
+            block_size: int) -> list[jax.Array]:
+  """Each block's max |x|, shape (num_blocks,), for several arrays of one
+  shape, by one variadic reduction over the whole blocks (``main``) and one
+  over the shorter last block (``tail``: the same values, from a separate
+  evaluation in the optimizer so that each has one consumer).
+
+  The whole blocks are a prefix slice reshaped to (blocks, block): pure
+  index arithmetic that XLA vectorizes (padding to whole blocks puts a
+  bounds check on every element and does not vectorize). A variadic
+  max/min reduction stays in a loop fusion with its producers on XLA:CPU,
+  where a single max-reduce becomes a library call that needs its input
+  in memory.
+  """
+  size = int(np.prod(_real_shape(np.shape(main[0]), main[0].dtype)))
+  nb, block = _layout(size, block_size)
+  full = size // block
+  if nb == 0:
+    return [jnp.zeros((0,), jnp.float32) for _ in main]
+
+  def maxmin(xs, axis):
+    ops = [x for x in xs for _ in (0, 1)]
+    inits = [v for _ in xs for v in (jnp.float32(-jnp.inf), jnp.float32(jnp.inf))]
+
+    def red(acc, val):
+      return tuple(jnp.maximum(a, v) if i % 2 == 0 else jnp.minimum(a, v)
+                   for i, (a, v) in enumerate(zip(acc, val)))
+
+    out = jax.lax.reduce(ops, inits, red, (axis,))
+    return [jnp.abs(jnp.maximum(out[2 * i], -out[2 * i + 1])) for i in range(len(xs))]
+
+  parts = []
+  if full:
+    parts.append(maxmin([_flat32(x)[:full * block].reshape(full, block)
+                         for x in main], 1))
+  if nb > full:
+    parts.append([r[None] for r in maxmin([_flat32(x)[full * block:]
+                                           for x in tail], 0)])
+  return [p[0] if len(p) == 1 else jnp.concatenate(p) for p in zip(*parts)]
+
+
+def _per_entry(absmax: jax.Array, shape: Sequence[int], block: int) -> jax.Array:
+  """The block values broadcast to every entry of a buffer of ``shape``."""
+  size = int(np.prod(shape))
+  rows = jnp.broadcast_to(absmax[:, None], (absmax.shape[0], block))
+  return rows.reshape(-1)[:size].reshape(tuple(shape))
+
+
+def _encode(x: jax.Array, absmax: jax.Array, block_size: int,
+            signed: bool) -> jax.Array:
+  """uint8 codes of ``x`` (its shape; its real view's if complex) given its
+  block absmax."""
+  x = _real_view(x)
+  _, block = _layout(int(np.prod(np.shape(x))), block_size)
+  scale = jnp.where(absmax > 0, absmax, jnp.ones_like(absmax))
+  y = x.astype(jnp.float32) / _per_entry(scale, np.shape(x), block)
+  return _encode_unit(y, signed).astype(jnp.uint8)
+
+
 def quantize_blockwise(x: jax.Array, block_size: int = 2048,
                        signed: bool = True) -> QuantizedArray:
   """Block-wise dynamic quantization of ``x`` (any shape, floating).
 
   The flattened ``x`` is cut into blocks of ``block_size`` contiguous entries
-  (zero-padded), each block is divided by its absmax (float32) and every
-  entry is rounded to the nearest value of the dynamic map (ties to the lower
-  code). A block of zeros has absmax 0 and decodes to zeros.
+  (the last one shorter if needed), each block is divided by its absmax
+  (float32) and every entry is rounded to the nearest value of the dynamic
+  map (ties to the lower code; precisely: the index of the first float32
+  midpoint between consecutive map values that is ``>= x / absmax``). A
+  block of zeros has absmax 0 and decodes to zeros. The code is computed
+  arithmetically from the map's structure (no table, no search). The codes
+  keep ``x``'s shape; a complex ``x`` is quantized as its real view
+  (``torch.view_as_real``: real and imaginary parts interleaved, as two
+  independent reals), codes of shape ``x.shape + (2,)``.
   """
-  size = int(np.prod(np.shape(x)))
-  nb, block = _layout(size, block_size)
-  flat = jnp.ravel(x).astype(jnp.float32)
-  flat = jnp.pad(flat, (0, nb * block - size))
-  blocks = flat.reshape(nb, block)
-  absmax = jnp.max(jnp.abs(blocks), axis=1)
-  scale = jnp.where(absmax > 0, absmax, jnp.ones_like(absmax))
-  y = blocks / scale[:, None]
-  codes = _nearest_code(y, signed)
-  return QuantizedArray(codes=codes.astype(jnp.uint8), absmax=absmax)
-
-
-def _nearest_code(y: jax.Array, signed: bool) -> jax.Array:
-  """Index of the nearest map value to each ``y`` in [-1, 1] (ties: lower).
-
-  Equal to ``searchsorted(boundaries, y)`` but without a search: the map's
-  structure gives a candidate directly (decade by six compares, then the
-  linear bin inside the decade), which is within one index of the answer;
-  comparing ``y`` with the two boundaries around the candidate settles it.
-  Two gathers from a 255-entry table per element, no loop.
-  """
-  s = 0 if signed else 1
-  base = 128 if signed else 1            # index of the smallest positive value
-  a = jnp.abs(y) if signed else jnp.maximum(y, 0)
-  with jax.numpy_dtype_promotion("standard"):
-    # Decade i (values in [10^(i-7), 10^(i-6))) and t = a * 10^(6-i), by
-    # compares and selects (no log / pow: cheap and vectorized everywhere).
-    i = jnp.zeros(y.shape, jnp.int32)
-    scale = jnp.full(y.shape, 1e6, y.dtype)
-    for j in range(1, 7):
-      above = a >= jnp.asarray(10.0 ** (j - 7), y.dtype)
-      i = i + above.astype(jnp.int32)
-      scale = jnp.where(above, jnp.asarray(10.0 ** (6 - j), y.dtype), scale)
-    n = jnp.left_shift(jnp.int32(1), i + s)               # values in it
-    t = a * scale
-    k = jnp.floor((t - 0.1) / 0.9 * n.astype(y.dtype))
-    k = jnp.clip(k.astype(jnp.int32), 0, n - 1)
-    cand = base + n - (1 << s) + k
-    if signed:
-      cand = jnp.where(y < 0, 254 - cand, cand)
-    lo = jnp.clip(cand - 1, 0, 253)
-    bounds = jnp.asarray(_boundaries(signed))
-    out = _explicit(lo)
-    b0 = bounds.at[lo].get(out_sharding=out)
-    b1 = bounds.at[lo + 1].get(out_sharding=out)
-    return lo + (b0 < y).astype(jnp.int32) + (b1 < y).astype(jnp.int32)
+  (absmax,) = _absmax([x], [x], block_size)
+  return QuantizedArray(codes=_encode(x, absmax, block_size, signed),
+                        absmax=absmax)
 
 
 def dequantize_blockwise(q: QuantizedArray, shape: Sequence[int], dtype: Any,
-                         signed: bool = True) -> jax.Array:
-  """Inverse of :func:`quantize_blockwise`: ``map[code] * absmax``."""
-  qmap = jnp.asarray(dynamic_quantization_map(signed))
-  idx = q.codes.astype(jnp.int32)
-  vals = qmap.at[idx].get(out_sharding=_explicit(idx)) * q.absmax[:, None]
-  size = int(np.prod(shape))
-  return vals.reshape(-1)[:size].reshape(tuple(shape)).astype(dtype)
+                         signed: bool = True,
+                         block_size: int = 2048) -> jax.Array:
+  """Inverse of :func:`quantize_blockwise`: ``map[code] * absmax``.
 
-
-def _explicit(x):
-  """``x``'s sharding when it lives on a mesh with Explicit axes, else None."""
-  try:
-    sharding = jax.typeof(x).sharding
-  except Exception:  # pylint: disable=broad-except
-    return None
-  mesh = getattr(sharding, "mesh", None)
-  types = getattr(mesh, "axis_types", None) or ()
-  if any(t == jax.sharding.AxisType.Explicit for t in types):
-    return sharding
-  return None
+  ``block_size`` must be the one the codes were made with (it is implied by
+  the shapes unless there are several blocks).
+  """
+  shape = tuple(shape)
+  rshape = _real_shape(shape, dtype)
+  size = int(np.prod(rshape))
+  nb, block = _layout(size, block_size)
+  if int(np.size(q.codes)) != size or np.shape(q.absmax) != (nb,):
+    raise ValueError(
+        f"dequantize_blockwise: codes of shape {np.shape(q.codes)} and absmax"
+        f" of shape {np.shape(q.absmax)} do not fit shape={shape} ({dtype})"
+        f" with block_size={block_size} ({nb} blocks).")
+  vals = _decode_codes(q.codes, signed).reshape(rshape)
+  return _from_real_view(vals * _per_entry(q.absmax, rshape, block), dtype)
 
 
 def _last_field(path) -> Optional[str]:
@@ -216,12 +373,13 @@ def quantize_state(
 ) -> optax.GradientTransformationExtraArgs:
   r"""Keeps ``inner``'s state in 8 bits (block-wise dynamic quantization).
 
-  Every floating state leaf of ``inner`` with ``ndim >= 1`` and at least
-  ``min_size`` elements (Adam's :math:`m, v`, a momentum buffer, ...) is
-  stored as a :class:`QuantizedArray`: the flattened buffer in blocks of
-  ``block_size`` contiguous entries, each entry the ``uint8`` index of the
-  nearest value of the dynamic tree map (:func:`dynamic_quantization_map`)
-  after division by the block's absmax (one float32 per block):
+  Every floating (or complex) state leaf of ``inner`` with ``ndim >= 1``
+  and at least ``min_size`` elements (Adam's :math:`m, v`, a momentum
+  buffer, ...) is stored as a :class:`QuantizedArray`: the flattened buffer
+  in blocks of ``block_size`` contiguous entries, each entry the ``uint8``
+  index of the nearest value of the dynamic tree map
+  (:func:`dynamic_quantization_map`) after division by the block's absmax
+  (one float32 per block):
 
   .. math::  q_j = \operatorname*{arg\,min}_c |Q_c - x_j / a_b|, \qquad
              a_b = \max_{j \in b} |x_j|, \qquad \hat x_j = Q_{q_j}\, a_b.
@@ -229,23 +387,33 @@ def quantize_state(
   Leaves under a NamedTuple field named in ``second_moment_fields`` (``nu``,
   ``sum_of_squares``, ...: non-negative) use the unsigned map, every other
   quantized leaf the signed one. Scalars (step counters, injected
-  hyperparameters), integer leaves and small leaves stay as they are.
+  hyperparameters), integer leaves and small leaves stay as they are. A
+  complex leaf is stored as its real view (``torch.view_as_real``: real and
+  imaginary parts interleaved, quantized as independent reals; codes of
+  shape ``leaf.shape + (2,)``).
 
   ``update`` dequantizes the state, runs ``inner.update`` in full precision
   and quantizes the new state; the returned update is the one ``inner``
   computes from the full-precision new moments (as the paper's fused
   kernels do), so the first step equals ``inner``'s exactly and later steps
-  differ by the quantization of the stored moments only.
+  differ by the quantization of the stored moments only. (The inner step is
+  evaluated four times, for the block maxima, the short last blocks, the
+  codes and the update; XLA keeps of each only what that consumer needs, so
+  every params-sized intermediate is computed inside the kernel that uses
+  it and none is written to memory. ``inner`` must be a pure function of its
+  inputs, as optax transformations are.)
 
   Memory: 1 byte per element plus 4 bytes per block (0.002 B at the default
-  2048), i.e. about 2 B/param for Adam instead of 8 (float32).
+  2048), i.e. about 2 B/param for Adam instead of 8 (float32). The codes
+  keep the buffer's shape (no padding to whole blocks).
   ``min_size=4096`` is bitsandbytes' default (``min_8bit_size``): small
   tensors (biases, norms) keep full-precision state, where 8 bits save
   little and hurt most. Use ``min_size=1`` to quantize everything.
 
-  Sharding: the blocks are runs of the *flattened* buffer (the paper's
-  layout), so a parameter sharded over a mesh axis (FSDP) has blocks that
-  cross device boundaries and the step gathers its state. For data-parallel
+  Sharding: the codes have the parameter's shape, but the blocks are runs
+  of the *flattened* buffer (the paper's layout), so a parameter sharded
+  over a mesh axis (FSDP) has blocks that cross device boundaries and the
+  step gathers its state. For data-parallel
   training wrap it as ``optzoo.shard_state(adam_8bit(...), mesh)`` (ZeRO-1):
   the codes and scales are then split over the devices themselves.
 
@@ -272,8 +440,10 @@ def quantize_state(
     >>> tx = optzoo.quantize_state(optzoo.adam(1e-3), min_size=1)
     >>> params = {"w": jnp.ones((64, 64))}
     >>> state = tx.init(params)
-    >>> state[0].mu["w"].codes.dtype, state[0].mu["w"].codes.shape
-    (dtype('uint8'), (2, 2048))
+    >>> state[1].mu["w"].codes.dtype, state[1].mu["w"].codes.shape
+    (dtype('uint8'), (64, 64))
+    >>> state[1].mu["w"].absmax.shape  # 4096 entries in blocks of 2048
+    (2,)
 
   References:
     Dettmers et al., 8-bit Optimizers via Block-wise Quantization, ICLR 2022.
@@ -293,12 +463,12 @@ def quantize_state(
                     f" got {second_moment_fields!r}.")
   block_size, min_size = int(block_size), int(min_size)
   second = frozenset(second_moment_fields)
-  inner = optax.with_extra_args_support(inner)
+  inner = optax.with_extra_args_support(_plain_jnp(inner))
 
   def plan(path, leaf):
     """None (keep as is) or the signed flag of a quantized leaf."""
     shape, dtype = np.shape(leaf), getattr(leaf, "dtype", None)
-    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+    if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
       return None
     size = int(np.prod(shape))
     if len(shape) == 0 or size == 0 or size < min_size:
@@ -320,19 +490,112 @@ def quantize_state(
   def update_fn(updates, state, params=None, **extra_args):
     # The full-precision state's shapes and dtypes, abstractly (no compute).
     like = params if params is not None else updates
-    template = jax.eval_shape(inner.init, like)
-    t_leaves, t_def = jax.tree_util.tree_flatten_with_path(template)
-    s_leaves = t_def.flatten_up_to(state)
-    full = []
-    for (path, t), s in zip(t_leaves, s_leaves):
-      signed = plan(path, t)
-      if signed is None:
-        full.append(s)
-      else:
-        full.append(dequantize_blockwise(s, t.shape, t.dtype, signed))
-    full = jax.tree.unflatten(t_def, full)
-    updates, new_state = inner.update(updates, full, params, **extra_args)
-    return updates, compress(new_state)
+    t_leaves, t_def = jax.tree_util.tree_flatten_with_path(
+        jax.eval_shape(inner.init, like))
+    plans = [plan(path, t) for path, t in t_leaves]
+    if all(p is None for p in plans):
+      return inner.update(updates, state, params, **extra_args)
+    step = functools.partial(_inner_step, inner, t_def, t_leaves, plans,
+                             block_size, updates, state, params, extra_args)
+    # Four evaluations of the same inner step (see _inner_step): block
+    # absmax of the new state (whole blocks; the short last blocks), its
+    # codes, then the update.
+    absmax = _absmax_by_param(t_leaves, plans, step(0), step(3), block_size)
+    new = step(1)
+    codes = {i: _encode(new[i], absmax[i], block_size, plans[i])
+             for i in absmax}
+    updates, new = step(2, with_updates=True)
+    out = [QuantizedArray(codes[i], absmax[i]) if i in absmax else x
+           for i, x in enumerate(new)]
+    return updates, jax.tree.unflatten(t_def, out)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _inner_step(inner, t_def, t_leaves, plans, block_size, updates, state,
+                params, extra_args, tag, with_updates=False):
+  """``inner.update`` on the dequantized state; returns the new state's
+  leaves (and the updates if ``with_updates``).
+
+  The inputs pass through an ``optimization_barrier`` tagged with ``tag``,
+  so calls with different tags are distinct computations that XLA cannot
+  merge. ``update_fn`` evaluates the step four times, each for one kind of
+  consumer (the absmax reductions of whole blocks and of the short last
+  blocks, the encoder of each quantized leaf, the update), so that every params-sized intermediate (decoded moment, new
+  moment) has a single consumer and fuses into it: nothing params-sized is
+  written to memory except the new codes and the update. (One evaluation
+  with several consumers made XLA:CPU write the decoded and new moments out
+  in float32, which cost more than the arithmetic recomputed here.) The
+  evaluations are the same pure function of the same inputs; XLA may
+  contract multiply-adds differently in different fusions, so the encoder
+  clamps a normalized value that lands a rounding error beyond +-1.
+  """
+  updates, state, params, tag = jax.lax.optimization_barrier(
+      (updates, state, params, jnp.asarray(tag, jnp.int32)))
+
+  def dequantize(q, t, signed):
+    # The tag must be used, or XLA drops it from the barrier and merges the
+    # (then identical) evaluations again. tag >= 0: the absmax is unchanged.
+    q = QuantizedArray(q.codes, jnp.where(tag < 0, jnp.float32(0), q.absmax))
+    return dequantize_blockwise(q, t.shape, t.dtype, signed, block_size)
+
+  full = [s if sg is None else dequantize(s, t, sg)
+          for (_, t), s, sg in zip(t_leaves, t_def.flatten_up_to(state), plans)]
+  updates, new = inner.update(updates, jax.tree.unflatten(t_def, full), params,
+                              **extra_args)
+  new = t_def.flatten_up_to(new)
+  return (updates, new) if with_updates else new
+
+
+def _absmax_by_param(t_leaves, plans, main, tail, block_size) -> dict:
+  """{leaf index: block absmax} of the quantized new-state leaves (``main``,
+  ``tail``: two evaluations of the new state, see :func:`_absmax`). Leaves
+  of the same parameter (same path below the state field, e.g. ``mu['w']``
+  and ``nu['w']``) share one variadic reduction, i.e. one pass over the
+  gradient."""
+  groups: dict = {}
+  for i, ((path, t), sg) in enumerate(zip(t_leaves, plans)):
+    if sg is None:
+      continue
+    k = len(path)
+    while k > 0 and not isinstance(path[k - 1], jax.tree_util.GetAttrKey):
+      k -= 1
+    groups.setdefault((tuple(path[k:]), t.shape), []).append(i)
+  out = {}
+  for idx in groups.values():
+    vals = _absmax([main[i] for i in idx], [tail[i] for i in idx], block_size)
+    out.update(zip(idx, vals))
+  return out
+
+
+def _plain_jnp(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """``tx`` with its plain jnp update when it is an Adam with the fused CPU
+  kernel (optzoo/_src/cpu_kernels: same state, same bits). Inside
+  quantize_state the moments are decoded and re-encoded around the inner
+  step, and a custom call there would need them written to memory four
+  times over; the plain step fuses into the 8-bit kernels."""
+  from optzoo._src.cpu_kernels import adam as fused  # pylint: disable=g-import-not-at-top
+  spec = fused._SPECS.get(tx.update)  # pylint: disable=protected-access
+  return tx if spec is None else optax.chain(*spec.links)
+
+
+def _on_real_view(inner: optax.GradientTransformation
+                  ) -> optax.GradientTransformationExtraArgs:
+  """``inner`` run on the real view of complex parameters and updates
+  (``torch.view_as_real``: real and imaginary parts as independent reals,
+  which is how torch.optim treats a complex parameter); the updates are
+  returned complex again. Real leaves pass through untouched."""
+  inner = optax.with_extra_args_support(inner)
+
+  def real(tree):
+    return None if tree is None else jax.tree.map(_real_view, tree)
+
+  def init_fn(params):
+    return inner.init(real(params))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    u, state = inner.update(real(updates), state, real(params), **extra_args)
+    return jax.tree.map(lambda x, g: _from_real_view(x, g.dtype), u, updates), state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -367,6 +630,11 @@ def adam_8bit(
   unsigned dynamic map, one float32 absmax per ``block_size`` entries; about
   2 B/param of state instead of 8. See :func:`quantize_state`.
 
+  Complex parameters follow torch (``torch.view_as_real``): Adam runs on the
+  real view, real and imaginary parts as independent reals, and the state is
+  that of the real view, so a complex leaf gets exactly the update of its
+  real view.
+
   ``block_size`` (``None``: 2048, the paper's) and ``min_size`` (``None``:
   4096, bitsandbytes' ``min_8bit_size``) default to ``None`` so that
   ``optax.inject_hyperparams(adam_8bit)`` keeps them static; an explicit
@@ -376,7 +644,8 @@ def adam_8bit(
     Dettmers et al., 8-bit Optimizers via Block-wise Quantization, ICLR 2022.
   """
   return quantize_state(
-      alias.adam(learning_rate, b1, b2, eps, weight_decay),
+      _on_real_view(_plain_jnp(
+          alias.adam(learning_rate, b1, b2, eps, weight_decay))),
       **_sizes(block_size, min_size))
 
 
@@ -402,13 +671,15 @@ def adamw_8bit(
   r"""AdamW (``torch.optim.AdamW`` math) with 8-bit moments.
 
   ``quantize_state(optzoo.adamw(...), block_size, min_size)``; see
-  :func:`adam_8bit` and :func:`quantize_state`.
+  :func:`adam_8bit` (defaults, complex parameters) and
+  :func:`quantize_state`.
 
   References:
     Dettmers et al., 8-bit Optimizers via Block-wise Quantization, ICLR 2022.
   """
   return quantize_state(
-      alias.adamw(learning_rate, b1, b2, eps, weight_decay),
+      _on_real_view(_plain_jnp(
+          alias.adamw(learning_rate, b1, b2, eps, weight_decay))),
       **_sizes(block_size, min_size))
 
 

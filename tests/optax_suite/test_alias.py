@@ -37,6 +37,11 @@ _OPTIMIZERS_UNDER_TEST = (
     # optax's default weight decay (optzoo's default is torch's 1e-2, whose
     # regularized optimum is > 3e-2 away from Rosenbrock's minimum).
     {"opt_name": "adamw", "opt_kwargs": {"learning_rate": 1e-1, "weight_decay": 1e-4}},
+    # 8-bit moments (with the default min_size these small leaves keep float32
+    # state; tests/test_quantized.py runs the same problems with every leaf
+    # quantized).
+    {"opt_name": "adam_8bit", "opt_kwargs": {"learning_rate": 1e-1}},
+    {"opt_name": "adamw_8bit", "opt_kwargs": {"learning_rate": 1e-1, "weight_decay": 1e-4}},
     {"opt_name": "amsgrad", "opt_kwargs": {"learning_rate": 1e-1}},
     # LAMB's steps have norm lr * ||w|| (no decay near the optimum).
     {"opt_name": "lamb", "opt_kwargs": {"learning_rate": 3e-3}},

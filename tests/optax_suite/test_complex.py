@@ -164,16 +164,19 @@ def test_negative_control_other_real_views_do_not_match(name, prefix, alternativ
 
 
 # Team Adam methods whose complex-parameter support is not implemented yet
-# (8-bit state).
-COMPLEX_NOT_YET = {"adam_8bit", "adamw_8bit"}
+# (None left.)
+COMPLEX_NOT_YET: set = set()
 
 
 # Team SGD / Team Adam methods without a complex reference trajectory: no
 # torch-family class of that name (nag, sgdw, adabound, swats: checked
-# against their real view in test_complex_leaf_equals_its_real_view), and
-# two methods not compared on complex parameters (L-BFGS; Muon, which
-# torch.optim.Muon rejects complex parameters for).
-NO_COMPLEX_FIXTURE = {"nag", "sgdw", "adabound", "swats", "lbfgs", "muon"}
+# against their real view in test_complex_leaf_equals_its_real_view; the
+# 8-bit Adams, whose reference bitsandbytes needs CUDA: checked bit for bit
+# against their real view in tests/test_quantized.py), and two methods not
+# compared on complex parameters (L-BFGS; Muon, which torch.optim.Muon
+# rejects complex parameters for).
+NO_COMPLEX_FIXTURE = {"nag", "sgdw", "adabound", "swats", "lbfgs", "muon",
+                      "adam_8bit", "adamw_8bit"}
 
 
 def test_fixture_covers_every_complex_capable_method():
