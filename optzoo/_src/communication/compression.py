@@ -260,9 +260,10 @@ def randomk_compression(
   r"""Random-k sparsification with error feedback, as the gradient all-reduce.
 
   Every replica keeps the same :math:`k = \lceil\text{ratio}\cdot d\rceil`
-  random coordinates of :math:`p_i = g_i + e_i` (drawn from
-  ``fold_in(key, step)``, so no index is sent), the :math:`k` values are
-  averaged with one ``pmean`` of size :math:`k`, and
+  random coordinates of :math:`p_i = g_i + e_i` (the positions of the
+  :math:`k` largest of :math:`d` uniforms drawn from ``fold_in(key, step)``:
+  a uniformly random :math:`k`-subset, and no index is sent), the :math:`k`
+  values are averaged with one ``pmean`` of size :math:`k`, and
   :math:`e_i \leftarrow p_i - \mathrm{rand}_k(p_i)`. Without error feedback
   the kept values are scaled by :math:`d/k` (the unbiased estimator).
 
@@ -287,7 +288,11 @@ def randomk_compression(
     del world
     d = p.size
     k = _num_kept(d, float(ratio))
-    idx = jax.random.choice(k_leaf, d, (k,), replace=False)
+    # A uniformly random k-subset: the k largest of d iid uniforms.
+    # (jax.random.choice(replace=False) draws the same distribution by a full
+    # permutation: a sort of d keys, ~30x slower on CPU, 5.7 s for a 2048^2
+    # leaf.)
+    idx = jax.lax.top_k(jax.random.uniform(k_leaf, (d,), jnp.float32), k)[1]
     vals = p[idx]
     scale = 1.0 if error_feedback else d / k
     local = jnp.zeros_like(p).at[idx].set(vals * scale)
