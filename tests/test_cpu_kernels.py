@@ -389,3 +389,18 @@ def test_torch_fixtures_with_kernel(alias, k, monkeypatch):
   x0, gq = T.quad_problem()
   uses = _uses_kernel(lambda x: T._scan(tx, x, gq, 3), x0)
   assert uses == (not kwargs.get("maximize", False)), kwargs
+
+
+@pytest.mark.parametrize("env", ["0", "1"])
+def test_update_ignores_unknown_extra_args(env, monkeypatch):
+  """Like every optzoo/optax chain, the fused ``update`` takes and ignores
+  extra keyword arguments (optax's test_optimizers_accept_extra_args)."""
+  monkeypatch.setenv("OPTZOO_CPU_KERNELS", env)
+  tx = optzoo.adam(1e-2)
+  params = _params(jnp.float64)
+  state = tx.init(params)
+  g = _grads(params, 1)
+  want = jax.jit(lambda g, s, p: tx.update(g, s, p))(g, state, params)
+  got = jax.jit(lambda g, s, p: tx.update(g, s, p, some_extra_arg=3.0))(
+      g, state, params)
+  _assert_bitwise(got, want)

@@ -79,8 +79,10 @@ _SPECS: "weakref.WeakKeyDictionary[Any, _Spec]" = weakref.WeakKeyDictionary()
 def fused_adam(links: list, *, learning_rate, b1, b2, eps, eps_root=0.0,
                weight_decay=0.0, decoupled: bool = False,
                amsgrad: bool = False,
-               adam_index: int) -> optax.GradientTransformation:
+               adam_index: int) -> optax.GradientTransformationExtraArgs:
   """``optax.chain(*links)`` with a fused CPU ``update`` (same state, same bits).
+
+  Like the chain, ``update`` takes and ignores extra keyword arguments.
 
   ``links`` is ``[add_l2, scale_by_adam, scale_by_learning_rate]`` (coupled)
   or ``[scale_by_adam, add_decayed_weights, scale_by_learning_rate]``
@@ -94,12 +96,14 @@ def fused_adam(links: list, *, learning_rate, b1, b2, eps, eps_root=0.0,
   spec = _Spec(tuple(links), learning_rate, b1, b2, eps, eps_root,
                weight_decay, decay, amsgrad, adam_index)
 
-  def update_fn(updates, state, params=None):
+  def update_fn(updates, state, params=None, **extra_args):
     out = _fused_step(spec, updates, state, params, apply=False)
-    return plain.update(updates, state, params) if out is None else out
+    if out is None:
+      return plain.update(updates, state, params, **extra_args)
+    return out
 
   _SPECS[update_fn] = spec
-  return optax.GradientTransformation(plain.init, update_fn)
+  return optax.GradientTransformationExtraArgs(plain.init, update_fn)
 
 
 def update_and_apply(tx: optax.GradientTransformation, grads: Any, state: Any,
