@@ -98,7 +98,10 @@ def extra_args_for(info: Any, params: Any, problem: Problem, step: int = 0,
       losses = jax.vmap(problem.per_example_loss, (None, 0, 0))(params, x, y)
       out[name] = jnp.mean(losses ** 2)
     elif name == "input_power":
-      out[name] = jax.tree.map(jnp.ones_like, params)
+      # Data-dependent, as a forward pass's statistics are (a constant would
+      # be constant-folded with literal hyperparameters, and not with
+      # injected ones: a last-bit difference between the two).
+      out[name] = jax.tree.map(lambda p: (1.0 + p * p).astype(p.dtype), params)
     elif name == "per_example_grads":
       out[name] = jax.vmap(jax.grad(problem.per_example_loss), (None, 0, 0))(
           params, x, y)

@@ -284,7 +284,10 @@ def scale_by_mini_block_fisher(
 
     def direction(u, m, k):
       layout = _layout(jnp.shape(u), dense_block)
-      m_new = momentum * m + (1.0 - momentum) * jnp.asarray(u, m.dtype)
+      # The EMA as a lerp, m + (1 - mu)(u - m): the same rounding whether mu
+      # is a literal or an injected array (mu*m + (1-mu)*u is contracted
+      # differently by XLA in the two cases).
+      m_new = m + (1.0 - momentum) * (jnp.asarray(u, m.dtype) - m)
       mb = _to_blocks(m_new, layout)
       d = jnp.einsum("nde,ne->nd", k, mb)
       out = _from_blocks(d, layout, jnp.shape(u))
