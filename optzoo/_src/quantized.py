@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 from optzoo._src import alias
+from optzoo._src import complex_view
 from optzoo._src import registry
 from optzoo._src import validation
 
@@ -579,27 +580,6 @@ def _plain_jnp(tx: optax.GradientTransformation) -> optax.GradientTransformation
   return tx if spec is None else optax.chain(*spec.links)
 
 
-def _on_real_view(inner: optax.GradientTransformation
-                  ) -> optax.GradientTransformationExtraArgs:
-  """``inner`` run on the real view of complex parameters and updates
-  (``torch.view_as_real``: real and imaginary parts as independent reals,
-  which is how torch.optim treats a complex parameter); the updates are
-  returned complex again. Real leaves pass through untouched."""
-  inner = optax.with_extra_args_support(inner)
-
-  def real(tree):
-    return None if tree is None else jax.tree.map(_real_view, tree)
-
-  def init_fn(params):
-    return inner.init(real(params))
-
-  def update_fn(updates, state, params=None, **extra_args):
-    u, state = inner.update(real(updates), state, real(params), **extra_args)
-    return jax.tree.map(lambda x, g: _from_real_view(x, g.dtype), u, updates), state
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
 def _sizes(block_size, min_size) -> dict:
   return dict(block_size=2048 if block_size is None else block_size,
               min_size=4096 if min_size is None else min_size)
@@ -644,8 +624,8 @@ def adam_8bit(
     Dettmers et al., 8-bit Optimizers via Block-wise Quantization, ICLR 2022.
   """
   return quantize_state(
-      _on_real_view(_plain_jnp(
-          alias.adam(learning_rate, b1, b2, eps, weight_decay))),
+      complex_view.on_real_view(optax.with_extra_args_support(_plain_jnp(
+          alias.adam(learning_rate, b1, b2, eps, weight_decay)))),
       **_sizes(block_size, min_size))
 
 
@@ -678,8 +658,8 @@ def adamw_8bit(
     Dettmers et al., 8-bit Optimizers via Block-wise Quantization, ICLR 2022.
   """
   return quantize_state(
-      _on_real_view(_plain_jnp(
-          alias.adamw(learning_rate, b1, b2, eps, weight_decay))),
+      complex_view.on_real_view(optax.with_extra_args_support(_plain_jnp(
+          alias.adamw(learning_rate, b1, b2, eps, weight_decay)))),
       **_sizes(block_size, min_size))
 
 
