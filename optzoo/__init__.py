@@ -66,7 +66,7 @@ if _TYPE_CHECKING:  # the table __getattr__ reads; static for type checkers and 
   from optzoo._src.alias import swats
   from optzoo._src.alias import SwatsState
   # The fused CPU step (update and apply in one C++ call).
-  from optzoo._src.cpu_kernels.adam import update_and_apply
+  from optzoo._src.cpu_kernels.step import update_and_apply
 
   # Large-batch (trust-ratio) and memory-light (factored) methods.
   from optzoo._src.factorized import adafactor

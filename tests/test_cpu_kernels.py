@@ -21,6 +21,7 @@ import pytest
 import optzoo
 from optzoo._src import cpu_kernels
 from optzoo._src.cpu_kernels import adam as fused
+from optzoo._src.cpu_kernels import step
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None,
                                 reason="no g++ to build the kernel")
@@ -62,7 +63,8 @@ def _step_fn(tx, kind):
 def _uses_kernel(fn, *args) -> bool:
   # A fresh function object: jit caches traces by function, and the
   # environment variable is read while tracing.
-  return "optzoo_adam" in jax.jit(lambda *a: fn(*a)).lower(*args).as_text()
+  txt = jax.jit(lambda *a: fn(*a)).lower(*args).as_text()
+  return "optzoo_adam" in txt or "optzoo_sgd" in txt
 
 
 def _run(tx, params, kind, env, monkeypatch, steps=25, expect_kernel=None):
@@ -121,6 +123,70 @@ def test_bitwise_float32(name, kind, monkeypatch):
   _assert_bitwise(fast, plain)
 
 
+SGD_CASES = {
+    "momentum": lambda: optzoo.sgd(1e-2, momentum=0.9),
+    "momentum_0": lambda: optzoo.sgd(1e-2, momentum=0.0),
+    "l2": lambda: optzoo.sgd(3e-2, momentum=0.8, weight_decay=0.1),
+    "nesterov": lambda: optzoo.nag(1e-2, momentum=0.9),
+    "nesterov_l2": lambda: optzoo.sgd(1e-2, momentum=0.9, nesterov=True,
+                                      weight_decay=1e-2),
+    "schedule": lambda: optzoo.sgd(optax.linear_schedule(1e-1, 1e-3, 10),
+                                   momentum=0.9, weight_decay=1e-3),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", list(SGD_CASES))
+def test_sgd_update_and_apply_bitwise(name, dtype, monkeypatch):
+  """SGD-momentum's whole step in one call equals the plain path's two
+  loops, bit for bit; tx.update alone stays plain (nothing to fuse)."""
+  with jax.enable_x64(dtype == "float64"):
+    tx, params = SGD_CASES[name](), _params(jnp.dtype(dtype))
+    plain = _run(tx, params, "apply", "0", monkeypatch, expect_kernel=False)
+    fast = _run(tx, params, "apply", "1", monkeypatch, expect_kernel=True)
+    assert not _uses_kernel(_step_fn(tx, "update"), params, tx.init(params),
+                            params)
+    _assert_bitwise(fast, plain)
+    _assert_bitwise(_run(tx, params, "update", "1", monkeypatch), plain)
+
+
+def test_sgd_negative_control_without_fma_emulation(monkeypatch):
+  """Rounding each multiply-add twice differs: the bitwise test sees it."""
+  if not cpu_kernels.load().fma:
+    pytest.skip("XLA does not contract multiply-adds on this CPU")
+  tx, params = optzoo.sgd(1e-1, momentum=0.9, weight_decay=0.1), _params(jnp.float64)
+  plain = _run(tx, params, "apply", "0", monkeypatch)
+  monkeypatch.setattr(step, "load", lambda: cpu_kernels.Kernels(fma=False))
+  wrong = _run(tx, params, "apply", "1", monkeypatch, expect_kernel=True)
+  assert any(not np.array_equal(np.asarray(x), np.asarray(y))
+             for x, y in zip(jax.tree.leaves(wrong), jax.tree.leaves(plain)))
+  for x, y in zip(jax.tree.leaves(wrong[0]), jax.tree.leaves(plain[0])):
+    np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("tx", [
+    optzoo.sgd(1e-2, momentum=0.9, dampening=0.1),
+    optzoo.sgd(1e-2, momentum=0.9, maximize=True),
+    optzoo.sgd(1e-2),
+    optzoo.sgd(1e-2, momentum=0.9, accumulator_dtype=jnp.float32),
+], ids=["dampening", "maximize", "no_momentum", "f32_buffer"])
+def test_sgd_plain_where_the_kernel_does_not_apply(tx, monkeypatch):
+  params = _params(jnp.float64)
+  assert not _uses_kernel(_step_fn(tx, "apply"), params, tx.init(params), params)
+  plain = _run(tx, params, "update", "0", monkeypatch, steps=5)
+  _assert_bitwise(_run(tx, params, "apply", "1", monkeypatch, steps=5), plain)
+
+
+def test_sgd_state_and_extra_args():
+  params = _params(jnp.float64)
+  fused, chain = optzoo.sgd(1e-2, momentum=0.9), optax.chain(
+      optzoo.add_l2(0.0), optzoo.trace(0.9), optzoo.scale_by_learning_rate(1e-2))
+  assert (jax.tree.structure(fused.init(params)) ==
+          jax.tree.structure(chain.init(params)))
+  u, _ = fused.update(params, fused.init(params), params, unused_extra=1)
+  assert jax.tree.structure(u) == jax.tree.structure(params)
+
+
 def test_float32_leaves_under_x64(monkeypatch):
   """x64 on, float32 leaves: the moments fuse (their scalars are Python
   floats, cast to float32 as the plain path casts them); the whole step
@@ -154,7 +220,7 @@ def test_many_leaves_chunked_calls(monkeypatch):
   tx = optzoo.adamw(1e-2)
   txt = jax.jit(_step_fn(tx, "apply")).lower(
       params, tx.init(params), params).as_text()
-  assert txt.count("@optzoo_adam(") == -(-40 // fused._MAX_LEAVES)
+  assert txt.count("@optzoo_adam(") == -(-40 // step.MAX_LEAVES)
   plain = _run(tx, params, "apply", "0", monkeypatch, steps=5)
   _assert_bitwise(_run(tx, params, "apply", "1", monkeypatch, steps=5), plain)
 
@@ -167,7 +233,7 @@ def test_negative_control_without_fma_emulation(monkeypatch):
     pytest.skip("XLA does not contract multiply-adds on this CPU")
   tx, params = optzoo.adamw(1e-2, weight_decay=0.1), _params(jnp.float64)
   plain = _run(tx, params, "apply", "0", monkeypatch)
-  monkeypatch.setattr(fused, "load", lambda: cpu_kernels.Kernels(fma=False))
+  monkeypatch.setattr(step, "load", lambda: cpu_kernels.Kernels(fma=False))
   wrong = _run(tx, params, "apply", "1", monkeypatch, expect_kernel=True)
   assert any(not np.array_equal(np.asarray(x), np.asarray(y))
              for x, y in zip(jax.tree.leaves(wrong), jax.tree.leaves(plain)))

@@ -25,6 +25,7 @@ from optzoo._src import classic
 from optzoo._src import transform
 from optzoo._src.complex_view import per_part, real_dot
 from optzoo._src.cpu_kernels.adam import fused_adam
+from optzoo._src.cpu_kernels.sgd import fused_sgd
 
 __all__ = [
     "SwatsState",
@@ -101,6 +102,12 @@ def sgd(
   dampening=dampening) -> scale_by_learning_rate``. Equal to ``optax.sgd`` when ``dampening = 0`` and
   ``weight_decay = 0``.
 
+  On CPU (one device; float32/float64 leaves; a momentum, ``dampening = 0``,
+  not ``maximize``, the buffer in the params' dtype)
+  :func:`optzoo.update_and_apply` runs the whole step in one fused C++ call
+  (5 array passes instead of XLA's 6), bitwise equal to the plain path
+  (``OPTZOO_CPU_KERNELS=0`` switches it off; see ``optzoo/_src/cpu_kernels``).
+
   Args:
     learning_rate: :math:`\eta`, a float >= 0 or a schedule (torch default 1e-3).
     momentum: :math:`\mu` in [0, 1), or ``None`` (the default): no momentum
@@ -128,7 +135,10 @@ def sgd(
   else:
     validation.check_unit_interval("dampening", dampening)
   links.append(transform.scale_by_learning_rate(learning_rate))
-  return optax.chain(*links)
+  if momentum is None or maximize or not tree.is_literal_zero(dampening):
+    return optax.chain(*links)
+  return fused_sgd(links, learning_rate=learning_rate, momentum=momentum,
+                   nesterov=nesterov, weight_decay=weight_decay, trace_index=1)
 
 
 @registry.register(

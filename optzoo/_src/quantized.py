@@ -575,9 +575,9 @@ def _plain_jnp(tx: optax.GradientTransformation) -> optax.GradientTransformation
   quantize_state the moments are decoded and re-encoded around the inner
   step, and a custom call there would need them written to memory four
   times over; the plain step fuses into the 8-bit kernels."""
-  from optzoo._src.cpu_kernels import adam as fused  # pylint: disable=g-import-not-at-top
-  spec = fused._SPECS.get(tx.update)  # pylint: disable=protected-access
-  return tx if spec is None else optax.chain(*spec.links)
+  from optzoo._src.cpu_kernels import step  # pylint: disable=g-import-not-at-top
+  links = step.plain_links(tx)
+  return tx if links is None else optax.chain(*links)
 
 
 def _sizes(block_size, min_size) -> dict:

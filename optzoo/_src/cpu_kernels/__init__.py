@@ -1,6 +1,8 @@
-"""Fused CPU optimizer steps: a C++ XLA FFI kernel, built on first use.
+"""Fused CPU optimizer steps: C++ XLA FFI kernels, built on first use.
 
-The kernel (``kernels.cc`` beside this file) is compiled lazily with ``g++``
+``adam.py`` (Adam, AdamW, AMSGrad) and ``sgd.py`` (SGD with momentum) use
+them; ``step.py`` holds what they share and :func:`optzoo.update_and_apply`.
+The kernels (``kernels.cc`` beside this file) is compiled lazily with ``g++``
 into ``$XDG_CACHE_HOME/optzoo/cpu_kernels-<hash>/`` (default ``~/.cache``),
 where the hash covers the source, the compile command, the jax/jaxlib version
 and the compiler's version, so an edit or an upgrade builds a new library and
@@ -46,7 +48,7 @@ __all__ = ["Kernels", "enabled_mode", "load"]
 _SOURCE = pathlib.Path(__file__).with_name("kernels.cc")
 _FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off",
           "-fno-math-errno", "-w")
-_TARGETS = {"adam": "OptzooAdam"}
+_TARGETS = {"adam": "OptzooAdam", "sgd": "OptzooSgd"}
 _ENV = "OPTZOO_CPU_KERNELS"
 
 

@@ -6,7 +6,7 @@ and state tree; its ``update``, where the arrays allow (:func:`_fused_step`),
 updates the moments with one C++ custom call per dtype (``kernels.cc``, in
 place, reading each gradient once) and leaves the update direction to the
 plain jnp code, which XLA fuses into its consumer (``optax.apply_updates``).
-:func:`update_and_apply` runs the whole step, new parameters included, in
+:func:`optzoo.update_and_apply` (``step.py``) runs the whole step, new parameters included, in
 the one custom call: the bytes an Adam step must move and no more.
 
 Results are bitwise equal to the plain path compiled by XLA on the same
@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -44,16 +44,11 @@ import optax
 
 from optzoo._src import tree
 from optzoo._src import transform
-from optzoo._src.cpu_kernels import enabled_mode, load
+from optzoo._src.cpu_kernels import step
 
-__all__ = ["fused_adam", "update_and_apply"]
+__all__ = ["fused_adam"]
 
 _NO_DECAY, _COUPLED, _DECOUPLED = 0, 1, 2
-# Leaves per custom call. XLA's alias analysis of one call with n in-place
-# operands costs O(n^2) compile time (1,000 leaves in one call: 168 s to
-# compile; in calls of 16: 3.4 s, optax.adam 14 s, on 2 loaded cores).
-_MAX_LEAVES = 16
-_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +66,8 @@ class _Spec:
   adam_index: int
 
 
-# tx.update -> _Spec, for update_and_apply (a GradientTransformation is a
-# NamedTuple and takes no attributes).
+# tx.update -> _Spec (a GradientTransformation is a NamedTuple and takes no
+# attributes).
 _SPECS: "weakref.WeakKeyDictionary[Any, _Spec]" = weakref.WeakKeyDictionary()
 
 
@@ -103,100 +98,25 @@ def fused_adam(links: list, *, learning_rate, b1, b2, eps, eps_root=0.0,
     return out
 
   _SPECS[update_fn] = spec
+  step.register(update_fn, links,
+                lambda g, state, params: _fused_step(spec, g, state, params,
+                                                     apply=True))
   return optax.GradientTransformationExtraArgs(plain.init, update_fn)
-
-
-def update_and_apply(tx: optax.GradientTransformation, grads: Any, state: Any,
-                     params: Any) -> tuple[Any, Any]:
-  """``(optax.apply_updates(params, u), new_state)`` for ``u, new_state =
-  tx.update(grads, state, params)``, bitwise equal.
-
-  For ``optzoo.adam`` / ``adamw`` / ``amsgrad`` on CPU this is one C++ call
-  per dtype (and per 16 leaves) that reads params, grads and both moments
-  once and writes the new params and moments (in place when ``params`` and
-  ``state`` are donated to ``jax.jit``, or are loop carries): 7 array passes,
-  against 9 for the fused ``tx.update`` + ``apply_updates`` and 10 for the
-  plain path. Any other ``tx`` (``optax.inject_hyperparams(optzoo.adam)``
-  included), or arrays the kernel does not take (see :func:`optzoo.adam`),
-  run ``tx.update`` and ``optax.apply_updates``.
-
-  Raises:
-    TypeError: ``tx`` is not a ``GradientTransformation``.
-    ValueError: ``params`` is None.
-  """
-  if not callable(getattr(tx, "update", None)):
-    raise TypeError(f"`tx` must be an optax.GradientTransformation, got "
-                    f"{type(tx).__name__}.")
-  if params is None:
-    raise ValueError("`params` is required: update_and_apply returns the new "
-                     "params.")
-  spec = _SPECS.get(tx.update)
-  if spec is not None:
-    out = _fused_step(spec, grads, state, params, apply=True)
-    if out is not None:
-      return out
-  updates, state = tx.update(grads, state, params)
-  return optax.apply_updates(params, updates), state
-
-
-# ---------------------------------------------------------------------------
-# When the kernel applies
-# ---------------------------------------------------------------------------
-
-
-def _kernels():
-  """The loaded kernels when this trace may use them, else None."""
-  mode = enabled_mode()
-  if mode == "off" or jax.default_backend() != "cpu":
-    return None
-  if mode == "auto" and jax.device_count() != 1:
-    return None
-  return load()
-
-
-def _one_device(x) -> bool:
-  """False for an array known to be sharded over (or live on) several devices."""
-  if isinstance(x, jax.core.Tracer):
-    try:
-      sharding = jax.typeof(x).sharding
-      return not sharding.mesh.shape_tuple or sharding.is_fully_replicated
-    except Exception:  # pylint: disable=broad-except
-      return True
-  if isinstance(x, jax.Array):
-    return len(x.sharding.device_set) == 1
-  return isinstance(x, np.ndarray)
-
-
-def _keeps(dtype, scalar) -> bool:
-  """Does ``scalar <op> leaf`` compute in the leaf's ``dtype``?"""
-  return np.dtype(jnp.result_type(scalar, dtype)) == dtype
 
 
 def _leaves(spec: _Spec, updates, adam_state, params, needs_p: bool):
   """Flat leaves ``(g, mu, nu, nu_max | None, p | None, treedef)``, or None
   unless every leaf is a float32/float64 array of one shape and dtype across
   the trees, on one device."""
-  g, treedef = jax.tree.flatten(updates)
-  if not g:
+  trees = [adam_state.mu, adam_state.nu]
+  trees += [adam_state.nu_max] if spec.amsgrad else []
+  trees += [params] if needs_p else []
+  found = step.same_leaves(updates, *trees)
+  if found is None:
     return None
-  try:
-    trees = [adam_state.mu, adam_state.nu]
-    trees += [adam_state.nu_max] if spec.amsgrad else []
-    trees += [params] if needs_p else []
-    others = [treedef.flatten_up_to(t) for t in trees]
-  except (ValueError, TypeError):
-    return None
-  for leaves in zip(g, *others):
-    dtype = getattr(leaves[0], "dtype", None)
-    if dtype is None or np.dtype(dtype) not in _DTYPES:
-      return None
-    for x in leaves:
-      if (getattr(x, "dtype", None) != dtype or
-          np.shape(x) != np.shape(leaves[0]) or not _one_device(x)):
-        return None
-  mu, nu = others[0], others[1]
-  vmax = others[2] if spec.amsgrad else None
-  p = others[-1] if needs_p else None
+  treedef, (g, mu, nu, *rest) = found
+  vmax = rest[0] if spec.amsgrad else None
+  p = rest[-1] if needs_p else None
   return g, mu, nu, vmax, p, treedef
 
 
@@ -226,7 +146,7 @@ def _scalars(spec: _Spec, count, inv_bc1, inv_sqrt_bc2, lr_state, apply: bool):
 def _fused_step(spec: _Spec, updates, state, params, apply: bool):
   """``(new params if apply else u, new_state)`` with the kernel, or None
   where it does not apply."""
-  kernels = _kernels()
+  kernels = step.kernels()
   if kernels is None:
     return None
   needs_p = apply or spec.decay == _COUPLED
@@ -240,40 +160,28 @@ def _fused_step(spec: _Spec, updates, state, params, apply: bool):
       spec.b1, spec.b2, adam_state.count)
   values = _scalars(spec, count, inv_bc1, inv_sqrt_bc2, state[lr_index], apply)
   dtypes = sorted({np.dtype(g.dtype) for g in g_l}, key=str)
-  if not all(_keeps(d, v) for d in dtypes for v, check in values if check):
+  if not all(step.keeps(d, v) for d in dtypes for v, check in values if check):
     return None
 
   new_p = list(p_l) if apply else None
   new_mu, new_nu = list(mu_l), list(nu_l)
   new_vmax = list(vmax_l) if spec.amsgrad else None
-  groups = []
-  for dtype in dtypes:
-    idx = [i for i, g in enumerate(g_l) if np.dtype(g.dtype) == dtype]
-    groups += [(dtype, idx[j:j + _MAX_LEAVES])
-               for j in range(0, len(idx), _MAX_LEAVES)]
-  for dtype, idx in groups:
-    scalars = jnp.stack([jnp.asarray(v).astype(dtype) for v, _ in values])
-    operands, results, aliases, targets = [scalars], [], {}, []
+  targets = [new_p] if apply else []
+  targets += [new_mu, new_nu] + ([new_vmax] if spec.amsgrad else [])
+  read_p = needs_p and not apply  # coupled L2: p read only
+  for dtype, idx in step.groups(g_l):
+    per_leaf = []
     for i in idx:
-      operands.append(g_l[i])
-      if needs_p and not apply:
-        operands.append(p_l[i])   # read only (coupled L2)
-      pairs = [(new_p, p_l)] if apply else []
-      pairs += [(new_mu, mu_l), (new_nu, nu_l)]
-      pairs += [(new_vmax, vmax_l)] if spec.amsgrad else []
-      for new, old in pairs:    # results alias their operands
-        aliases[len(operands)] = len(results)
-        operands.append(old[i])
-        results.append(jax.ShapeDtypeStruct(np.shape(old[i]), dtype))
-        targets.append((new, i))
-    res = jax.ffi.ffi_call(
-        "optzoo_adam", results, vmap_method="broadcast_all",
-        input_output_aliases=aliases)(
-            *operands, n_leaves=np.int64(len(idx)), decay=np.int64(spec.decay),
-            amsgrad=bool(spec.amsgrad), apply=bool(apply),
-            fma=bool(kernels.fma))
-    for (new, i), r in zip(targets, res):
-      new[i] = r
+      arrays = [g_l[i]] + ([p_l[i]] if read_p else [])
+      per_leaf.append(arrays + [t[i] for t in targets])
+    res = step.call("optzoo_adam", dtype, [v for v, _ in values], per_leaf,
+                    n_in=1 + read_p, decay=np.int64(spec.decay),
+                    amsgrad=bool(spec.amsgrad), apply=bool(apply),
+                    fma=bool(kernels.fma))
+    res = iter(res)
+    for i in idx:
+      for t in targets:
+        t[i] = next(res)
 
   unflat = treedef.unflatten
   mu, nu = unflat(new_mu), unflat(new_nu)
