@@ -21,8 +21,6 @@ needs a select) and a buffer of the parameters' dtype take the kernel.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import optax
 
@@ -81,8 +79,5 @@ def fused_sgd(links: list, *, learning_rate, momentum, nesterov: bool,
           count=optax.safe_increment(lr_state.count))
     return treedef.unflatten(new_p), type(state)(new_state)
 
-  def update_fn(updates, state, params=None, **extra_args):
-    return plain.update(updates, state, params, **extra_args)
-
-  step.register(update_fn, links, apply_fn)
-  return optax.GradientTransformationExtraArgs(plain.init, update_fn)
+  step.register(plain.update, links, apply_fn)
+  return plain
