@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import inspect
 import re
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,10 +34,7 @@ import pytest
 import optzoo
 import registry_cases
 
-try:  # The generic harness (tests/registry_harness.py).
-  import registry_harness as _RH
-except ImportError:  # pragma: no cover
-  _RH = None
+import registry_harness as _RH
 
 # ---------------------------------------------------------------------------
 # Generic harness (shared with the other reliability test files).
@@ -135,45 +131,14 @@ def extra_args(info, params, per_example_loss, targets, step: int = 0) -> dict:
 
   Delegates to the generic harness (``registry_harness.extra_args_for``, one
   recipe per extra-argument name for the whole test suite) on an adapter of
-  this file's problem; falls back to the local recipes if it is missing.
+  this file's problem.
   """
   f = loss_fn(per_example_loss, targets)
-  if _RH is not None:
-    prob = _RH.Problem(
-        params=params, batch=(targets, jnp.zeros((BATCH,))), loss_fn=f,
-        per_example_loss=lambda p, t, _: per_example_loss(p, t),
-        grad_fn=lambda p: grads_like(p, jax.grad(f)(p)))
-    return _RH.extra_args_for(info, params, prob, step=step)
-  out: dict[str, Any] = {}
-  for name in info.extra_args:
-    if name == "value":
-      out[name] = f(params)
-    elif name == "value_sq":
-      out[name] = jnp.mean(
-          jax.vmap(lambda t: per_example_loss(params, t) ** 2)(targets))
-    elif name == "grad_fn":
-      out[name] = lambda p, i: grads_like(p, jax.grad(f)(p))
-    elif name == "value_fn":
-      out[name] = lambda p, i: f(p)
-    elif name == "hvp_fn":
-      out[name] = lambda p, v: grads_like(
-          p, jax.jvp(jax.grad(f), (p,), (v,))[1])
-    elif name == "input_power":
-      out[name] = jax.tree.map(lambda p: jnp.full(jnp.shape(p), 4.0, p.dtype),
-                               params)
-    elif name == "per_example_grads":
-      out[name] = jax.vmap(
-          lambda t: grads_like(params, jax.grad(per_example_loss)(params, t))
-      )(targets)
-    elif name == "batch_size":
-      out[name] = BATCH
-    elif name == "key":
-      out[name] = jax.random.PRNGKey(1000 + step)
-    else:
-      raise NotImplementedError(
-          f"reliability harness: no recipe for extra arg {name!r} of"
-          f" {info.name}; add one to tests/test_registry_validation.py")
-  return out
+  prob = _RH.Problem(
+      params=params, batch=(targets, jnp.zeros((BATCH,))), loss_fn=f,
+      per_example_loss=lambda p, t, _: per_example_loss(p, t),
+      grad_fn=lambda p: grads_like(p, jax.grad(f)(p)))
+  return _RH.extra_args_for(info, params, prob, step=step)
 
 
 def _poison_first(tree, bad):

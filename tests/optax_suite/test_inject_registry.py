@@ -8,6 +8,7 @@
   ``apply_updates`` as a fused multiply-add when ``lr`` is a literal and not
   when it is an array, so a scalar parameter differs in the last bit; the
   resumed run agrees to 1e-14 (the updates themselves are bit-identical).
+  optax's own chains of the same links do the same (tested below).
 * float32, bfloat16 and complex64 params, ``init`` and ``update`` outside
   ``jit`` (hyperparameters then arrive as bf16 / complex64 arrays): updates
   keep the params' dtype, are finite, and equal the non-injected updates.
@@ -111,6 +112,44 @@ def test_checkpoint_moves_between_literal_and_injected(info):
   data = serialization.to_bytes(st_inj.inner_state)
   back = jax.tree.map(jnp.asarray, serialization.from_bytes(tx.init(params0), data))
   assert_trees_equal(back, st_inj.inner_state, f"{info.name}: injected state into X")
+
+
+# optax's own chains for the LAST_BIT methods (same links, same hyperparameters).
+_OPTAX_TWINS = {
+    "sgdw": lambda learning_rate=0.05, weight_decay=5e-4: optax.chain(
+        optax.trace(0.9), optax.add_decayed_weights(weight_decay),
+        optax.scale_by_learning_rate(learning_rate)),
+    "rmsprop": lambda learning_rate=0.01: optax.rmsprop(
+        learning_rate, decay=0.99, eps=1e-8, eps_in_sqrt=False),
+}
+
+
+def _final_params(info, tx, num_steps=N_BEFORE + N_AFTER):
+  params, pel, targets = problem(jnp.float64)
+  state, step = tx.init(params), make_step(info, tx, pel, targets)
+  for i in range(num_steps):
+    params, state, _ = step(params, state, i)
+  return params
+
+
+def _bit_identical(a, b):
+  return all(np.array_equal(np.asarray(x), np.asarray(y))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.mark.parametrize("name", sorted(LAST_BIT))
+def test_last_bit_exceptions_are_xla_fusion_shared_by_optax(name):
+  """The LAST_BIT difference is XLA's, not optzoo's: the same chain built from
+  optax's own links shows it too (a literal ``-lr`` is fused into the params
+  add, an injected one is not), and optzoo's literal/injected runs agree
+  exactly when and only when optax's do."""
+  info = optzoo.get_info(name)
+  twin = _OPTAX_TWINS[name]
+  optax_same = _bit_identical(_final_params(info, twin()),
+                              _final_params(info, optax.inject_hyperparams(twin)()))
+  optzoo_same = _bit_identical(_final_params(info, info.factory(**_kwargs(info))),
+                               _final_params(info, _injected(info)))
+  assert optax_same == optzoo_same, (name, optax_same, optzoo_same)
 
 
 def _grads(params):
