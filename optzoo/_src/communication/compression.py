@@ -370,7 +370,7 @@ def qsgd(
     local = norm * q.astype(p.dtype) / s
     all_q = C.all_gather(q, axis_name, n).astype(p.dtype)
     all_norm = C.all_gather(norm, axis_name, n)
-    agg = jnp.mean(all_norm[:, None] * all_q, axis=0) / s
+    agg = C.replica_mean(all_norm[:, None] * all_q) / s
     return agg, local, p.size + p.dtype.itemsize
 
   return _ef_transform(leaf_fn, error_feedback=error_feedback, key=key,
@@ -452,7 +452,7 @@ def ef_signsgd(
       packed = C.pack_signs(p)
       signs = C.unpack_signs(C.all_gather(packed, axis_name, n), p.size, p.dtype)
       all_sc = C.all_gather(sc, axis_name, n)
-      agg = jnp.mean(all_sc[:, None] * signs, axis=0)
+      agg = C.replica_mean(all_sc[:, None] * signs)
       sent += C.packed_sign_bytes(p.size) + (p.dtype.itemsize if layerwise else 0)
       outs.append(_unflat(agg, g))
       new_errs.append((p - delta).reshape(e.shape))
