@@ -424,6 +424,41 @@ def test_decode_average_is_a_chain_of_adds_in_replica_order():
   assert len(_replica_axis_reductions(g, jnp.zeros((N, 30)))) == 1
 
 
+@pytest.mark.parametrize("name", ["topk", "randomk", "qsgd", "ef_signsgd",
+                                  "majority", "powersgd"])
+def test_output_is_replicated_for_a_stateful_optimizer_after_it(name):
+  # The aggregated update is the same on every replica and typed so (not
+  # varying over the data axis): Adam chained after it keeps a replicated
+  # state (PartitionSpec()) through a scan of steps inside shard_map.
+  comp = {"topk": lambda: optzoo.topk_compression(0.3),
+          "randomk": lambda: optzoo.randomk_compression(0.3),
+          "qsgd": lambda: optzoo.qsgd(4), "ef_signsgd": optzoo.ef_signsgd,
+          "majority": lambda: optzoo.signsgd_majority_vote(0.5),
+          "powersgd": lambda: optzoo.powersgd(rank=1, start_iter=2)}[name]()
+  tx = optax.chain(comp, optzoo.adam(1e-2))
+  params = {"w": jnp.zeros((6, 5)), "b": jnp.zeros((5,)), "c": jnp.zeros((3,), jnp.complex128)}
+  state = optzoo.replicate_state(tx.init(params), N)
+  sspec = optzoo.replica_specs(state)
+  assert _adam(state[1]).mu["w"].shape == (6, 5)  # replicated, not per replica
+  mesh = _mesh(N)
+  rng = np.random.default_rng(0)
+  grads = jax.tree.map(lambda p: jnp.asarray(
+      rng.normal(size=(3, N) + p.shape) * (1 + 1j if p.dtype.kind == "c" else 1)), params)
+  gspec = jax.tree.map(lambda _: P(None, "data"), params)
+  pspec = jax.tree.map(lambda _: P(), params)
+
+  def body(p, s, g):
+    def step(c, gt):
+      p, s = c
+      u, s = tx.update(jax.tree.map(lambda x: x[0], gt), s, p)
+      return (optax.apply_updates(p, u), s), None
+    return jax.lax.scan(step, (p, s), g)[0]
+  f = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(pspec, sspec, gspec),
+                            out_specs=(pspec, sspec)))
+  p, s = f(_put(params, mesh, pspec), _put(state, mesh, sspec), _put(grads, mesh, gspec))
+  assert np.all(np.isfinite(np.asarray(p["w"]))) and np.any(np.asarray(p["w"]) != 0)
+
+
 def test_unbound_axis_is_one_replica():
   # Outside shard_map: no communication; top-k of g + e on the one replica.
   tx = optzoo.topk_compression(0.5)

@@ -41,10 +41,15 @@ def psum(x: Any, axis_name: Any, n: Optional[int]) -> Any:
 
 
 def all_gather(x: Any, axis_name: Any, n: Optional[int]) -> Any:
-  """``(n, *x.shape)``: every replica's ``x`` (``x[None]`` for one replica)."""
+  """``(n, *x.shape)``: every replica's ``x`` (``x[None]`` for one replica).
+
+  Typed invariant over ``axis_name`` (every replica holds the same gathered
+  array), so what is decoded from it is replicated, like a ``pmean``: an
+  optimizer chained after the compressor keeps a replicated state.
+  """
   if n is None:
     return jnp.asarray(x)[None]
-  return jax.lax.all_gather(x, axis_name)
+  return jax.lax.all_gather(x, axis_name, to="invarying")
 
 
 def replica_mean(rows: jax.Array) -> jax.Array:

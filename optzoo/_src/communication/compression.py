@@ -235,7 +235,7 @@ def topk_compression(
     local = jnp.zeros_like(p).at[idx].set(vals)
     all_idx = C.all_gather(idx, axis_name, n).reshape(-1)
     all_vals = C.all_gather(vals, axis_name, n).reshape(-1)
-    agg = jnp.zeros_like(p).at[all_idx].add(all_vals) / world
+    agg = jnp.zeros(p.shape, p.dtype).at[all_idx].add(all_vals) / world
     return agg, local, k * (p.dtype.itemsize + 4)
 
   return _ef_transform(leaf_fn, error_feedback=error_feedback, key=0,
@@ -296,7 +296,8 @@ def randomk_compression(
     vals = p[idx]
     scale = 1.0 if error_feedback else d / k
     local = jnp.zeros_like(p).at[idx].set(vals * scale)
-    agg = jnp.zeros_like(p).at[idx].set(C.pmean(vals, axis_name, n) * scale)
+    agg = jnp.zeros(p.shape, p.dtype).at[idx].set(
+        C.pmean(vals, axis_name, n) * scale)
     return agg, local, k * p.dtype.itemsize
 
   return _ef_transform(leaf_fn, error_feedback=error_feedback, key=key,
