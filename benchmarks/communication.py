@@ -7,17 +7,19 @@ Launches the processes on localhost (gloo CPU collectives, see
 ``tests/multiprocess.py``) and, for each method, inside ``jax.shard_map``
 over the 8-device ``"data"`` axis:
 
-1. a ~10M-parameter MLP (1024-2048-2048-1024-1024-10): bytes one replica
-   sends per step (``optzoo.communication_stats``; for local SGD the mean
-   over a sync period) and the step time (median of 3 steps after a warm-up);
+1. an MLP (``--mlp``: ``2M`` = 512-1024-1024-512-10, the default, or
+   ``10M`` = 1024-2048-2048-1024-1024-10, or comma-separated widths): bytes
+   one replica sends per step (``optzoo.communication_stats``; for local SGD
+   the mean over a sync period) and the step time (median of 3 steps after a
+   warm-up; local SGD: the mean over two sync periods);
 2. digits (scikit-learn, 64-512-512-10 MLP): test accuracy after a fixed
    budget of 300 steps (global batch 256, Adam 1e-3 after the compressor).
 
 The baseline is a dense mean all-reduce of the gradients. Prints a markdown
 table; ``--json PATH`` also writes the numbers. ``--only "dense,powersgd r4"``
-runs the methods whose name contains one of the comma-separated strings
-(on 2 busy cores the full list takes more than 50 minutes; each method's
-progress is printed as it finishes).
+runs the methods whose name contains one of the comma-separated strings;
+each method's progress is appended to progress.txt as it finishes. The load
+average (``os.getloadavg``) before and after is printed with the table.
 """
 from __future__ import annotations
 
@@ -34,8 +36,15 @@ sys.path.insert(0, ROOT)
 
 import multiprocess  # noqa: E402  (tests/multiprocess.py)
 
-BIG = (1024, 2048, 2048, 1024, 1024, 10)
+MLPS = {"10M": (1024, 2048, 2048, 1024, 1024, 10), "2M": (512, 1024, 1024, 512, 10)}
 SMALL = (64, 512, 512, 10)
+
+
+def mlp_sizes(spec):
+  """``--mlp``: a preset name or comma-separated layer widths."""
+  if spec in MLPS:
+    return MLPS[spec]
+  return tuple(int(w) for w in spec.split(","))
 
 
 def methods(optzoo, optax, inner):
@@ -122,7 +131,8 @@ def worker(args):
     return sum(x.comm_bytes[None] for x in leaves)
 
   results = {}
-  big = mlp_init(BIG)
+  big_sizes = mlp_sizes(args.mlp)
+  big = mlp_init(big_sizes)
   n_big = sum(v.size for v in jax.tree.leaves(big))
   digits = zdata.load_digits(seed=0)
   small = mlp_init(SMALL, seed=1)
@@ -132,7 +142,7 @@ def worker(args):
   idx = rng.integers(0, len(digits.x_train), size=(steps, gb))
   xs = garr(digits.x_train[idx].reshape(steps, gb, -1).astype(np.float32), P(None, "data"))
   ys = garr(digits.y_train[idx].astype(np.int32), P(None, "data"))
-  bx = garr(np.random.default_rng(1).normal(size=(n * 8, BIG[0])).astype(np.float32), P("data"))
+  bx = garr(np.random.default_rng(1).normal(size=(n * 8, big_sizes[0])).astype(np.float32), P("data"))
   by = garr(np.random.default_rng(2).integers(0, 10, size=(n * 8,)).astype(np.int32), P("data"))
 
   def selected(name):
@@ -173,9 +183,13 @@ def worker(args):
     if name == "dense all-reduce":
       sent = [dense] * len(sent)
     per_step = float(np.mean(sent[10:12])) if name.startswith("powersgd") else float(np.mean(sent[4:12]))
+    # local SGD: the mean over two sync periods (a median would be a step
+    # without communication); the others: the median of the last 3 steps
+    step_s = (float(np.mean(times[4:12])) if name.startswith("local")
+              else statistics.median(times[9:12]))
     results[name] = {"bytes_per_step": per_step, "ratio": dense / max(per_step, 1),
-                     "step_ms": 1e3 * statistics.median(times[9:12])}
-    progress(f"10M MLP, {name}: {results[name]}")
+                     "step_ms": 1e3 * step_s}
+    progress(f"{n_big / 1e6:.1f}M MLP, {name}: {results[name]}")
     del params, state
 
   for name, make in methods(optzoo, optax, lambda: optzoo.adam(1e-3)).items():
@@ -206,6 +220,7 @@ def worker(args):
     progress(f"digits, {name}: test accuracy {acc:.4f}")
 
   meta = {"processes": nproc, "devices": jax.device_count(), "params_big": int(n_big),
+          "mlp": list(big_sizes),
           "params_small": int(n_small), "digits_steps": steps}
   if pid == 0:
     with open(args.worker_out, "w") as fh:
@@ -215,11 +230,14 @@ def worker(args):
 def table(res):
   meta, rows = res["meta"], res["results"]
   dense = rows.get("dense all-reduce", {})
+  big = f"{meta['params_big'] / 1e6:.1f}M"
   lines = [f"{meta['processes']} processes x {meta['devices'] // meta['processes']} CPU"
-           f" devices; MLP {meta['params_big'] / 1e6:.1f}M params; digits MLP"
-           f" {meta['params_small'] / 1e3:.0f}K params, {meta['digits_steps']} steps",
+           f" devices; MLP {'-'.join(map(str, meta['mlp']))} ({big} params); digits MLP"
+           f" {meta['params_small'] / 1e3:.0f}K params, {meta['digits_steps']} steps;"
+           f" load average {res.get('load_before', '?')} before,"
+           f" {res.get('load_after', '?')} after; {res.get('wall_s', 0):.0f} s",
            "",
-           "| method | bytes/step/replica (10M MLP) | fewer bytes vs dense | step time (ms)"
+           f"| method | bytes/step/replica ({big} MLP) | fewer bytes vs dense | step time (ms)"
            " | digits test acc | Δ acc vs dense (points) |",
            "|---|---:|---:|---:|---:|---:|"]
   for name, r in rows.items():
@@ -235,7 +253,9 @@ def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--processes", type=int, default=2)
   ap.add_argument("--devices", type=int, default=4, help="CPU devices per process")
-  ap.add_argument("--steps", type=int, default=300)
+  ap.add_argument("--steps", type=int, default=300, help="digits training steps")
+  ap.add_argument("--mlp", default="2M",
+                  help="the step-time MLP: " + ", ".join(MLPS) + " or comma-separated widths")
   ap.add_argument("--only", default="",
                   help="comma-separated: run the methods whose name contains one")
   ap.add_argument("--json", default=None)
@@ -248,14 +268,23 @@ def main():
   import tempfile
   out = os.path.join(tempfile.mkdtemp(prefix="optzoo_comm_"), "res.json")
   print("progress:", os.path.join(os.path.dirname(out), "progress.txt"), flush=True)
-  extra = ["--steps", str(args.steps), "--worker-out", out]
+  mlp_sizes(args.mlp)  # fail early on a bad spec
+  extra = ["--steps", str(args.steps), "--mlp", args.mlp, "--worker-out", out]
   if args.only:
     extra += ["--only", args.only]
   env = {"PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-  multiprocess.launch(os.path.abspath(__file__), args.processes, args.devices, extra,
-                      timeout=args.timeout, env=env)
+  load = lambda: "/".join(f"{x:.1f}" for x in os.getloadavg())
+  load_before, t0 = load(), time.perf_counter()
+  procs = multiprocess.launch(os.path.abspath(__file__), args.processes, args.devices,
+                              extra, timeout=args.timeout, env=env)
+  failed = [p for p in procs if p.returncode != 0]
+  if failed:  # (launch misses processes that all exit between two polls)
+    raise SystemExit("\n".join(f"--- process {p.process_id} rc={p.returncode} ---\n"
+                               + p.stderr[-3000:] for p in failed))
   with open(out) as fh:
     res = json.load(fh)
+  res.update(load_before=load_before, load_after=load(),
+             wall_s=time.perf_counter() - t0)
   print(table(res))
   if args.json:
     with open(args.json, "w") as fh:

@@ -41,10 +41,32 @@ def psum(x: Any, axis_name: Any, n: Optional[int]) -> Any:
 
 
 def all_gather(x: Any, axis_name: Any, n: Optional[int]) -> Any:
-  """``(n, *x.shape)``: every replica's ``x`` (``x[None]`` for one replica)."""
+  """``(n, *x.shape)``: every replica's ``x`` (``x[None]`` for one replica).
+
+  Typed invariant over ``axis_name`` (every replica holds the same gathered
+  array), so what is decoded from it is replicated, like a ``pmean``: an
+  optimizer chained after the compressor keeps a replicated state.
+  """
   if n is None:
     return jnp.asarray(x)[None]
-  return jax.lax.all_gather(x, axis_name)
+  return jax.lax.all_gather(x, axis_name, to="invarying")
+
+
+def replica_mean(rows: jax.Array) -> jax.Array:
+  """``jnp.mean(rows, axis=0)`` over a gathered replica axis, as a chain of adds.
+
+  ``rows`` is ``(n, *shape)`` (an :func:`all_gather` and its decode). The sum
+  runs in replica order, ``((r_0 + r_1) + r_2) + ...``, then is divided by
+  ``n``: the same numbers as ``jnp.mean`` on XLA:CPU, whose fused reduction
+  over the major axis of an ``(n, d)`` decode is pathologically slow once
+  ``d`` leaves the cache (QSGD's int8 decode of 8 replicas: 4.3 s for
+  ``d = 10**6`` against 0.03 s for ``10**5``). Each add reads one row, so the
+  decode fuses into it row by row.
+  """
+  acc = rows[0]
+  for i in range(1, rows.shape[0]):
+    acc = acc + rows[i]
+  return acc / rows.shape[0]
 
 
 def replica_index(axis_name: Any, n: Optional[int]) -> Any:

@@ -235,7 +235,7 @@ def topk_compression(
     local = jnp.zeros_like(p).at[idx].set(vals)
     all_idx = C.all_gather(idx, axis_name, n).reshape(-1)
     all_vals = C.all_gather(vals, axis_name, n).reshape(-1)
-    agg = jnp.zeros_like(p).at[all_idx].add(all_vals) / world
+    agg = jnp.zeros(p.shape, p.dtype).at[all_idx].add(all_vals) / world
     return agg, local, k * (p.dtype.itemsize + 4)
 
   return _ef_transform(leaf_fn, error_feedback=error_feedback, key=0,
@@ -296,7 +296,8 @@ def randomk_compression(
     vals = p[idx]
     scale = 1.0 if error_feedback else d / k
     local = jnp.zeros_like(p).at[idx].set(vals * scale)
-    agg = jnp.zeros_like(p).at[idx].set(C.pmean(vals, axis_name, n) * scale)
+    agg = jnp.zeros(p.shape, p.dtype).at[idx].set(
+        C.pmean(vals, axis_name, n) * scale)
     return agg, local, k * p.dtype.itemsize
 
   return _ef_transform(leaf_fn, error_feedback=error_feedback, key=key,
@@ -370,7 +371,7 @@ def qsgd(
     local = norm * q.astype(p.dtype) / s
     all_q = C.all_gather(q, axis_name, n).astype(p.dtype)
     all_norm = C.all_gather(norm, axis_name, n)
-    agg = jnp.mean(all_norm[:, None] * all_q, axis=0) / s
+    agg = C.replica_mean(all_norm[:, None] * all_q) / s
     return agg, local, p.size + p.dtype.itemsize
 
   return _ef_transform(leaf_fn, error_feedback=error_feedback, key=key,
@@ -452,7 +453,7 @@ def ef_signsgd(
       packed = C.pack_signs(p)
       signs = C.unpack_signs(C.all_gather(packed, axis_name, n), p.size, p.dtype)
       all_sc = C.all_gather(sc, axis_name, n)
-      agg = jnp.mean(all_sc[:, None] * signs, axis=0)
+      agg = C.replica_mean(all_sc[:, None] * signs)
       sent += C.packed_sign_bytes(p.size) + (p.dtype.itemsize if layerwise else 0)
       outs.append(_unflat(agg, g))
       new_errs.append((p - delta).reshape(e.shape))
