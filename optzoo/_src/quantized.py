@@ -599,10 +599,12 @@ def _fused_adam_spec(tx):
 
 @functools.lru_cache(maxsize=None)
 def _kernel_tables() -> np.ndarray:
-  """The fused kernel's tables: both maps and their positive midpoints."""
-  return np.concatenate([dynamic_quantization_map(True),
-                         dynamic_quantization_map(False),
-                         _boundaries(True)[127:], _boundaries(False)])
+  """The fused kernel's tables: both maps and the encoder's buckets of their
+  positive midpoints."""
+  from optzoo._src.cpu_kernels import adam8  # pylint: disable=g-import-not-at-top
+  return adam8.kernel_tables(dynamic_quantization_map(True),
+                             dynamic_quantization_map(False),
+                             _boundaries(True)[127:], _boundaries(False))
 
 
 def _with_kernel(spec, block_size, grads, state, params, updates, new_state):

@@ -31,11 +31,46 @@ from optzoo._src import transform
 from optzoo._src.cpu_kernels import adam as fused_adam_mod
 from optzoo._src.cpu_kernels import step
 
-__all__ = ["adam_spec", "quantized_adam_leaves"]
+__all__ = ["adam_spec", "kernel_tables", "quantized_adam_leaves"]
 
 _F32 = np.dtype(np.float32)
 # Tests: run the kernel's scalar loop instead of its AVX2 one (same bits).
 _SCALAR_LOOP = False
+
+
+# The encoder's buckets (kernels.cc, kQ8Lo / kQ8Shift / kQ8Buckets): bit
+# patterns of positive float32 from 2^-24 on, 2^16 patterns per bucket, the
+# last bucket everything from 2.0 up.
+_LO, _SHIFT = 0x33800000, 16
+_BUCKETS = ((0x40000000 - _LO) >> _SHIFT) + 1
+_NONE = 0xFFFF
+
+
+def _buckets(mids: np.ndarray) -> np.ndarray:
+  """Per bucket ``(base << 16) | low``: ``base`` the number of midpoints below
+  it, ``low`` the low 16 bits of the one midpoint in it (``_NONE``: none),
+  so that #midpoints < y is ``base + (low < y's low 16 bits)``."""
+  bits = np.asarray(mids, np.float32).view(np.uint32).astype(np.int64)
+  assert np.all(bits >= _LO) and np.all(np.diff(bits) > 0)
+  lo = _LO + (np.arange(_BUCKETS, dtype=np.int64) << _SHIFT)
+  base = np.searchsorted(bits, lo, side="left")
+  which = np.minimum((bits - _LO) >> _SHIFT, _BUCKETS - 1)
+  counts = np.bincount(which, minlength=_BUCKETS)
+  # At most one midpoint per bucket; none in the first (everything below
+  # 2^-24 reads it) or the last (everything from 2.0 up).
+  assert counts.max() <= 1 and counts[0] == 0 and counts[-1] == 0
+  low = np.full(_BUCKETS, _NONE, np.int64)
+  low[which] = bits & _NONE
+  return ((base << 16) | low).astype(np.uint32)
+
+
+def kernel_tables(map_s, map_u, mids_s, mids_u) -> np.ndarray:
+  """The kernel's ``tables`` operand (kernels.cc, ``Q8Tables``): the signed
+  and unsigned maps' float32 values, then the buckets of the signed map's
+  positive midpoints and of the unsigned map's midpoints."""
+  maps = np.concatenate([np.asarray(map_s, np.float32),
+                         np.asarray(map_u, np.float32)]).view(np.uint32)
+  return np.concatenate([maps, _buckets(mids_s), _buckets(mids_u)])
 
 
 def adam_spec(tx) -> Optional[Any]:

@@ -434,7 +434,7 @@ ffi::Error SgdImpl(ffi::ThreadPool pool, ffi::AnyBuffer scalars,
 // midpoints, mirrored for a negative y as the plain encoder does), read from
 // a bucket table: the positive floats in [2^-24, 2) fall in buckets of 2^16
 // consecutive bit patterns, each holding at most one midpoint (checked when
-// the table is built), so count = base[bucket] + (midpoint's low 16 bits <
+// adam8.py builds the table), so count = base[bucket] + (midpoint's low 16 bits <
 // y's low 16 bits).
 // ---------------------------------------------------------------------------
 
@@ -443,38 +443,21 @@ constexpr int kQ8Shift = 16;
 constexpr int64_t kQ8Buckets = ((0x40000000u - kQ8Lo) >> kQ8Shift) + 1;
 constexpr uint32_t kQ8None = 0xFFFFu;    // no midpoint in the bucket
 
+// The tables operand (built by adam8.py, kernel_tables): the two maps' float32
+// values, then per map kQ8Buckets entries (base << 16) | (low 16 bits of the
+// bucket's midpoint, or kQ8None).
 struct Q8Tables {
-  float map_s[256];  // signed map values
-  float map_u[256];  // unsigned map values
-  uint32_t enc_s[kQ8Buckets];  // (base << 16) | low bits of the midpoint
-  uint32_t enc_u[kQ8Buckets];
+  const float* map_s;     // signed map values
+  const float* map_u;     // unsigned map values
+  const uint32_t* enc_s;  // the signed map's positive midpoints
+  const uint32_t* enc_u;  // the unsigned map's midpoints
 };
+constexpr int64_t kQ8TableWords = 512 + 2 * kQ8Buckets;
 
 inline uint32_t f2u(float x) {
   uint32_t u;
   std::memcpy(&u, &x, 4);
   return u;
-}
-
-// The bucket table of `n` positive, increasing float32 midpoints.
-bool q8_build(const float* mids, int64_t n, uint32_t* out) {
-  int64_t below = 0;  // midpoints with bits < the bucket's first pattern
-  for (int64_t b = 0; b < kQ8Buckets; ++b) {
-    const uint32_t lo = kQ8Lo + (static_cast<uint32_t>(b) << kQ8Shift);
-    const bool last = b == kQ8Buckets - 1;
-    while (below < n && f2u(mids[below]) < lo) ++below;
-    int64_t in = 0;
-    uint32_t low = kQ8None;
-    for (int64_t k = below; k < n; ++k) {
-      const uint32_t m = f2u(mids[k]);
-      if (!last && (m >> kQ8Shift) != (lo >> kQ8Shift)) break;
-      ++in;
-      low = m & kQ8None;
-    }
-    if (in > 1 || (in == 1 && (b == 0 || last))) return false;
-    out[b] = (static_cast<uint32_t>(below) << 16) | low;
-  }
-  return true;
 }
 
 // #midpoints < a, for the bit pattern `a` of a non-negative float (not NaN).
@@ -791,9 +774,8 @@ struct Q8Job {
   }
 };
 
-// Operands: scalars f32[kNumScalars], tables f32[256 + 256 + 128 + 255] (the
-// signed map, the unsigned map, the signed map's positive midpoints, the
-// unsigned map's midpoints), `after` (not read: an ordering operand, see
+// Operands: scalars f32[kNumScalars], tables u32[kQ8TableWords] (Q8Tables),
+// `after` (not read: an ordering operand, see
 // adam8.py), then per leaf g, [p], mu codes, mu absmax, nu codes, nu absmax;
 // results per leaf: mu codes, mu absmax, nu codes, nu absmax (aliasing their
 // operands) and the direction. `scalar`: the scalar loop also where the AVX2
@@ -810,8 +792,8 @@ ffi::Error Adam8Impl(ffi::ThreadPool pool, ffi::AnyBuffer scalars,
   const int64_t n_in = 1 + coupled, n_args = n_in + 4, n_rets = 5;
   if (scalars.element_type() != ffi::DataType::F32 ||
       scalars.element_count() != kNumScalars ||
-      tables.element_type() != ffi::DataType::F32 ||
-      tables.element_count() != 256 + 256 + 128 + 255 || block_size < 1 ||
+      tables.element_type() != ffi::DataType::U32 ||
+      tables.element_count() != kQ8TableWords || block_size < 1 ||
       static_cast<int64_t>(args.size()) != n_leaves * n_args ||
       static_cast<int64_t>(rets.size()) != n_leaves * n_rets) {
     return ffi::Error::InvalidArgument("optzoo adam8: bad operands");
@@ -825,13 +807,10 @@ ffi::Error Adam8Impl(ffi::ThreadPool pool, ffi::AnyBuffer scalars,
     job->fn = coupled ? &q8_fma<true> : &q8_fma<false>;
   }
   job->scalars = reinterpret_cast<const float*>(scalars.untyped_data());
-  const float* tab = reinterpret_cast<const float*>(tables.untyped_data());
-  std::copy(tab, tab + 256, job->tables.map_s);
-  std::copy(tab + 256, tab + 512, job->tables.map_u);
-  if (!q8_build(tab + 512, 128, job->tables.enc_s) ||
-      !q8_build(tab + 640, 255, job->tables.enc_u)) {
-    return ffi::Error::InvalidArgument("optzoo adam8: midpoints do not fit the buckets");
-  }
+  const uint32_t* tab = reinterpret_cast<const uint32_t*>(tables.untyped_data());
+  job->tables = Q8Tables{reinterpret_cast<const float*>(tab),
+                         reinterpret_cast<const float*>(tab + 256), tab + 512,
+                         tab + 512 + kQ8Buckets};
   int64_t total = 0;
   for (int64_t i = 0; i < n_leaves; ++i) {
     const int64_t a0 = i * n_args;
