@@ -747,6 +747,12 @@ void q8_plain(const float* s, const Q8Tables& t, const Q8Leaf& a, int64_t b,
   q8_range<kCoupled, false>(s, t, a, b, e, buf);
 }
 
+// Elements per task, and the fewest for which a call uses the pool: one
+// call per leaf (adam8.py), and the step costs ~2 ns per element, so smaller
+// leaves than the float kernels' thresholds still gain from two threads.
+constexpr int64_t kQ8Task = 1 << 14;
+constexpr int64_t kQ8MinParallel = 1 << 15;
+
 struct Q8Task {
   int64_t leaf, kb0, kb1;
 };
@@ -851,14 +857,14 @@ ffi::Error Adam8Impl(ffi::ThreadPool pool, ffi::AnyBuffer scalars,
     leaf.size = size;
     leaf.block = block;
     job->leaves.push_back(leaf);
-    const int64_t per_task = std::max<int64_t>(1, kBlock / block);
+    const int64_t per_task = std::max<int64_t>(1, kQ8Task / block);
     for (int64_t kb = 0; kb < nb; kb += per_task) {
       job->tasks.push_back({i, kb, std::min(nb, kb + per_task)});
     }
     total += size;
   }
   int64_t workers = pool.num_threads();
-  if (total < kMinParallel) workers = 0;
+  if (total < kQ8MinParallel) workers = 0;
   workers = std::min<int64_t>(workers, static_cast<int64_t>(job->tasks.size()) - 1);
   for (int64_t w = 0; w < workers; ++w) {
     pool.Schedule([job] { job->work(); });
