@@ -617,3 +617,28 @@ def test_8bit_plain_where_the_kernel_does_not_apply(monkeypatch):
   assert not uses(tx, {"w": jnp.ones((64,), jnp.float64)})
   # x64: the bias corrections are float64, the plain path promotes.
   assert not uses(tx, {"w": jnp.ones((64,), jnp.float32)})
+
+
+def test_8bit_nan_and_inf_gradients(monkeypatch):
+  """A NaN or inf gradient entry: the block's absmax is NaN (NaN-propagating
+  max, as the plain path), its codes those of the plain path; other blocks
+  unaffected. (NaN payloads are not compared.)"""
+  with jax.enable_x64(False):
+    tx = optzoo.adam_8bit(1e-2, block_size=64, min_size=1)
+    params = {"w": jnp.linspace(-1, 1, 1000, dtype=jnp.float32)}
+    g = np.sin(np.arange(1000, dtype=np.float32)) * np.float32(1e-2)
+    g[5], g[300], g[301], g[700] = np.nan, np.inf, -np.inf, np.nan
+    outs = []
+    for env in ("0", "1"):
+      monkeypatch.setenv("OPTZOO_CPU_KERNELS", env)
+      f = jax.jit(lambda p, s, g: tx.update(g, s, p))
+      s = tx.init(params)
+      txt = f.lower(params, s, {"w": jnp.asarray(g)}).as_text()
+      assert ("optzoo_adam8" in txt) == (env == "1")
+      for _ in range(2):
+        u, s = f(params, s, {"w": jnp.asarray(g)})
+      outs.append((u, s))
+  (u0, s0), (u1, s1) = outs
+  for a, b in zip(jax.tree.leaves((u0, s0)), jax.tree.leaves((u1, s1))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), strict=True)
+  assert np.isnan(np.asarray(s1[1].mu["w"].absmax)[[0, 4, 10]]).all()

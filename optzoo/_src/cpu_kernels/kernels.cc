@@ -643,8 +643,7 @@ OPTZOO_FMA_TARGET void q8_range_avx2(const float* __restrict s,
       mnm = _mm256_min_ps(mnm, mi);
       mxv = _mm256_max_ps(mxv, vi);
       mnv = _mm256_min_ps(mnv, vi);
-      nan = _mm256_or_ps(nan, _mm256_or_ps(_mm256_cmp_ps(mi, mi, _CMP_UNORD_Q),
-                                           _mm256_cmp_ps(vi, vi, _CMP_UNORD_Q)));
+      nan = _mm256_or_ps(nan, _mm256_cmp_ps(mi, vi, _CMP_UNORD_Q));  // either
     }
     float lanes[4][8];
     _mm256_storeu_ps(lanes[0], mxm);
