@@ -642,3 +642,18 @@ def test_8bit_nan_and_inf_gradients(monkeypatch):
   for a, b in zip(jax.tree.leaves((u0, s0)), jax.tree.leaves((u1, s1))):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b), strict=True)
   assert np.isnan(np.asarray(s1[1].mu["w"].absmax)[[0, 4, 10]]).all()
+
+
+def test_8bit_one_call_per_leaf_bitwise(monkeypatch):
+  """Leaves above the grouping size take a call each (chained by the
+  previous direction): the same bits."""
+  from optzoo._src.cpu_kernels import adam8  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(adam8, "_GROUP_ELEMENTS", 1)
+  with jax.enable_x64(False):
+    tx, params = Q8_CASES["adam_8bit_l2"](), _q8_params(2)
+    plain = _q8_run(tx, params, "0", monkeypatch, steps=4)
+    fast = _q8_run(tx, params, "1", monkeypatch, steps=4, expect_kernel=True)
+    txt = jax.jit(lambda p, s, g: tx.update(g, s, p)).lower(
+        params, tx.init(params), params).as_text()
+  assert txt.count("optzoo_adam8") == 3  # w, v, b
+  _assert_bitwise(fast, plain)

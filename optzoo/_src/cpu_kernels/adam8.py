@@ -2,8 +2,8 @@
 ``quantize_state`` around ``optzoo.adam`` / ``adamw``).
 
 :func:`quantized_adam_leaves` runs, for every parameter whose two moments
-are block-wise quantized (optzoo/_src/quantized.py), one C++ call per leaf
-(``kernels.cc``, ``q8_range``): decode the moments, Adam's moment update, each block's new absmax, the new codes (in place) and Adam's
+are block-wise quantized (optzoo/_src/quantized.py), C++ calls (one per
+leaf, or per group of small leaves; ``kernels.cc``, ``q8_range``): decode the moments, Adam's moment update, each block's new absmax, the new codes (in place) and Adam's
 direction (``scale_by_adam``'s output). The plain path evaluates the inner
 step four times and encodes arithmetically (~55 vector operations per 8
 elements); the kernel reads the gradient and the codes once and encodes with
@@ -34,6 +34,8 @@ from optzoo._src.cpu_kernels import step
 __all__ = ["adam_spec", "kernel_tables", "quantized_adam_leaves"]
 
 _F32 = np.dtype(np.float32)
+# Leaves share a call up to this many entries in all (a 4 MB direction).
+_GROUP_ELEMENTS = 1 << 20
 # Tests: run the kernel's scalar loop instead of its AVX2 one (same bits).
 _SCALAR_LOOP = False
 
@@ -127,26 +129,43 @@ def quantized_adam_leaves(spec, g_l: list, p_l: Optional[list], mu_l: list,
   out = {}
   scalars = jnp.stack([jnp.asarray(v).astype(jnp.float32) for v in values])
   tab = jnp.asarray(tables)
-  # One call per leaf, each taking the previous leaf's direction as an
-  # (unread) operand: the calls run in turn and XLA can apply each direction
-  # and reuse its buffer before the next leaf's is written. Independent
-  # calls let XLA keep every direction alive at once: one params-sized
-  # temporary, freshly mapped (page faults) on every step. (A single leaf
-  # of more than ~8M float32 entries still needs a temporary above glibc's
-  # 32 MB mmap threshold: page faults on every step, about 2x slower there.)
-  after = scalars
+  # Calls in turn, each taking the previous call's last direction as an
+  # (unread) operand, so that XLA can apply each direction and reuse its
+  # buffer before the next call writes: independent calls let XLA keep every
+  # direction alive at once, one params-sized temporary, freshly mapped
+  # (page faults) on every step. Small leaves share a call (up to
+  # _GROUP_ELEMENTS entries and step.MAX_LEAVES leaves: less per-call
+  # overhead). (A single leaf of more than ~8M float32 entries still needs a
+  # temporary above glibc's 32 MB mmap threshold: page faults on every step,
+  # about 2x slower there.)
+  groups, cur, cur_n = [], [], 0
   for i in idx:
-    operands = [scalars, tab, after, g_l[i]] + ([p_l[i]] if coupled else [])
-    quantized = (mu_l[i].codes, mu_l[i].absmax, nu_l[i].codes, nu_l[i].absmax)
-    aliases = {len(operands) + k: k for k in range(4)}
-    results = [jax.ShapeDtypeStruct(np.shape(x), x.dtype) for x in quantized]
-    results.append(jax.ShapeDtypeStruct(np.shape(g_l[i]), _F32))
-    cm, am, cv, av, x = jax.ffi.ffi_call(
-        "optzoo_adam8", results, vmap_method="sequential",
-        input_output_aliases=aliases)(
-            *operands, *quantized, n_leaves=np.int64(1),
-            block_size=np.int64(block_size), coupled=bool(coupled),
-            fma=bool(kernels.fma), scalar=bool(_SCALAR_LOOP))
-    out[i] = (x, (cm, am), (cv, av))
-    after = x
+    n = int(np.prod(np.shape(g_l[i])))
+    if cur and (cur_n + n > _GROUP_ELEMENTS or len(cur) == step.MAX_LEAVES):
+      groups.append(cur)
+      cur, cur_n = [], 0
+    cur.append(i)
+    cur_n += n
+  if cur:
+    groups.append(cur)
+  after = scalars
+  for chunk in groups:
+    operands, results, aliases = [scalars, tab, after], [], {}
+    for i in chunk:
+      operands += [g_l[i]] + ([p_l[i]] if coupled else [])
+      for x in (mu_l[i].codes, mu_l[i].absmax, nu_l[i].codes, nu_l[i].absmax):
+        aliases[len(operands)] = len(results)
+        operands.append(x)
+        results.append(jax.ShapeDtypeStruct(np.shape(x), x.dtype))
+      results.append(jax.ShapeDtypeStruct(np.shape(g_l[i]), _F32))
+    res = jax.ffi.ffi_call("optzoo_adam8", results, vmap_method="sequential",
+                           input_output_aliases=aliases)(
+                               *operands, n_leaves=np.int64(len(chunk)),
+                               block_size=np.int64(block_size),
+                               coupled=bool(coupled), fma=bool(kernels.fma),
+                               scalar=bool(_SCALAR_LOOP))
+    for k, i in enumerate(chunk):
+      cm, am, cv, av, x = res[5 * k:5 * k + 5]
+      out[i] = (x, (cm, am), (cv, av))
+    after = res[-1]
   return out
