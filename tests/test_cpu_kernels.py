@@ -460,3 +460,200 @@ def test_update_ignores_unknown_extra_args(env, monkeypatch):
   got = jax.jit(lambda g, s, p: tx.update(g, s, p, some_extra_arg=3.0))(
       g, state, params)
   _assert_bitwise(got, want)
+
+
+# ---------------------------------------------------------------------------
+# 8-bit Adam (quantize_state around optzoo.adam / adamw; cpu_kernels/adam8.py)
+# ---------------------------------------------------------------------------
+
+Q8_CASES = {
+    "adam_8bit": lambda: optzoo.adam_8bit(1e-2, min_size=1),
+    # Leaves below min_size keep float32 state: those take the plain path.
+    "adam_8bit_default_sizes": lambda: optzoo.adam_8bit(1e-2),
+    # Coupled L2; blocks of 256 (the last one short), a leaf of one block.
+    "adam_8bit_l2": lambda: optzoo.adam_8bit(3e-3, b1=0.8, b2=0.99, eps=1e-6,
+                                             weight_decay=0.1, block_size=256,
+                                             min_size=1),
+    "adamw_8bit_schedule": lambda: optzoo.adamw_8bit(
+        optax.linear_schedule(1e-2, 1e-3, 10), weight_decay=0.1,
+        block_size=100, min_size=1),
+    "quantize_state_adam": lambda: optzoo.quantize_state(
+        optzoo.adam(1e-2, b1=0.0), block_size=1000, min_size=1),
+}
+
+
+def _q8_params(seed=0):
+  k = jax.random.split(jax.random.key(seed), 3)
+  return {"w": jax.random.normal(k[0], (257, 33), jnp.float32),
+          "v": jax.random.normal(k[1], (3 * 2048 + 13,), jnp.float32),
+          "b": jax.random.normal(k[2], (33,), jnp.float32),
+          "s": jnp.float32(0.5), "none": None}
+
+
+def _q8_run(tx, params, env, monkeypatch, steps=12, expect_kernel=None):
+  """Like _run (kind "update"), and the updates of every step."""
+  monkeypatch.setenv("OPTZOO_CPU_KERNELS", env)
+  state = tx.init(params)
+
+  def step_fn(p, s, g):
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s, u
+
+  if expect_kernel is not None:
+    txt = jax.jit(lambda *a: step_fn(*a)).lower(
+        params, state, _grads(params, 0)).as_text()
+    assert ("optzoo_adam8" in txt) == expect_kernel
+  f = jax.jit(step_fn)
+  p, s, out = params, state, []
+  for i in range(steps):
+    p, s, u = f(p, s, _grads(params, i))
+    out.append(u)
+  return p, s, out
+
+
+@pytest.mark.parametrize("name", list(Q8_CASES))
+def test_8bit_bitwise(name, monkeypatch):
+  """Params, 8-bit state (codes and absmax) and updates of every step are
+  bitwise those of quantize_state's plain path."""
+  with jax.enable_x64(False):
+    tx, params = Q8_CASES[name](), _q8_params()
+    plain = _q8_run(tx, params, "0", monkeypatch, expect_kernel=False)
+    fast = _q8_run(tx, params, "1", monkeypatch, expect_kernel=True)
+  _assert_bitwise(fast, plain)
+
+
+def test_8bit_scalar_loop_bitwise(monkeypatch):
+  """The kernel's scalar loop (other CPUs; the last n % 8 entries of a
+  block) gives the AVX2 loop's bits."""
+  from optzoo._src.cpu_kernels import adam8  # pylint: disable=g-import-not-at-top
+  with jax.enable_x64(False):
+    tx, params = Q8_CASES["adam_8bit_l2"](), _q8_params(1)
+    plain = _q8_run(tx, params, "0", monkeypatch)
+    monkeypatch.setattr(adam8, "_SCALAR_LOOP", True)
+    fast = _q8_run(tx, params, "1", monkeypatch, expect_kernel=True)
+  _assert_bitwise(fast, plain)
+
+
+def test_8bit_negative_control_without_fma_emulation(monkeypatch):
+  """Without XLA's multiply-add contraction the 8-bit kernel differs (the
+  bitwise test sees rounding), yet only by rounding in the moments."""
+  if not cpu_kernels.load().fma:
+    pytest.skip("XLA does not contract multiply-adds on this CPU")
+  with jax.enable_x64(False):
+    tx, params = Q8_CASES["adamw_8bit_schedule"](), _q8_params()
+    plain = _q8_run(tx, params, "0", monkeypatch, steps=4)
+    monkeypatch.setattr(step, "load", lambda: cpu_kernels.Kernels(fma=False))
+    wrong = _q8_run(tx, params, "1", monkeypatch, steps=4, expect_kernel=True)
+  assert any(not np.array_equal(np.asarray(x), np.asarray(y))
+             for x, y in zip(jax.tree.leaves(wrong), jax.tree.leaves(plain)))
+  for x, y in zip(jax.tree.leaves(wrong[0]), jax.tree.leaves(plain[0])):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
+def test_8bit_encoder_dense():
+  """The kernel's table encoder on 2^21 float32 patterns in [-1, 1] (every
+  sign, exponent and many mantissas, +-0, the map's values and midpoints
+  and their neighbours): with b1 = b2 = 0 and a zero state, mu' = g and
+  nu' = g * g, and with 1 in every block the block scale is 1, so the codes
+  are the encoder's of g itself. Compared with searchsorted over the
+  midpoints (the definition) and with the plain path."""
+  from optzoo._src import quantized as Q  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  bits = rng.integers(0, 0x3F800001, 1 << 21, dtype=np.uint32)
+  bits[rng.random(bits.size) < 0.5] |= np.uint32(1 << 31)
+  special = [Q._boundaries(True), Q._boundaries(False),
+             Q.dynamic_quantization_map(True), Q.dynamic_quantization_map(False)]
+  near = np.concatenate([np.concatenate([s, -s]) for s in special])
+  near = near[np.abs(near) <= 1].astype(np.float32)
+  ulps = np.concatenate([np.nextafter(near, np.float32(np.inf)), near,
+                         np.nextafter(near, np.float32(-np.inf)),
+                         np.float32([0.0, -0.0, 1.0, -1.0])])
+  y = np.concatenate([bits.view(np.float32), np.clip(ulps, -1, 1)])
+  block = 4096
+  y = np.concatenate([y, np.zeros(-y.size % (block - 1), np.float32)])
+  y = np.concatenate([np.ones((y.size // (block - 1), 1), np.float32),
+                      y.reshape(-1, block - 1)], axis=1).reshape(-1)
+  with jax.enable_x64(False), pytest.MonkeyPatch.context() as mp:
+    tx = optzoo.quantize_state(optzoo.adam(1e-3, b1=0.0, b2=0.0),
+                               block_size=block, min_size=1)
+    params = {"w": jnp.zeros(y.shape, jnp.float32)}
+    g = {"w": jnp.asarray(y)}
+    codes = {}
+    for env in ("0", "1"):
+      mp.setenv("OPTZOO_CPU_KERNELS", env)
+      f = jax.jit(lambda g, s, p: tx.update(g, s, p)[1])
+      txt = f.lower(g, tx.init(params), params).as_text()
+      assert ("optzoo_adam8" in txt) == (env == "1")
+      st = f(g, tx.init(params), params)[1]
+      codes[env] = (np.asarray(st.mu["w"].codes), np.asarray(st.nu["w"].codes),
+                    np.asarray(st.mu["w"].absmax))
+  np.testing.assert_array_equal(codes["1"][2], 1.0)
+  want = np.minimum(np.searchsorted(Q._boundaries(True), y, side="left"), 255)
+  np.testing.assert_array_equal(codes["1"][0], want)
+  for a, b in zip(codes["1"], codes["0"]):
+    np.testing.assert_array_equal(a, b, strict=True)
+
+
+def test_8bit_plain_where_the_kernel_does_not_apply(monkeypatch):
+  """Several devices (auto mode), x64 scalars next to float32 leaves,
+  complex or float64 parameters, a non-Adam inner: the plain path."""
+  tx = optzoo.adam_8bit(1e-2, min_size=1)
+
+  def uses(tx, params):
+    state = tx.init(params)
+    txt = jax.jit(lambda p, s, g: tx.update(g, s, p)).lower(
+        params, state, params).as_text()
+    return "optzoo_adam8" in txt
+
+  with jax.enable_x64(False):
+    params = _q8_params()
+    monkeypatch.delenv("OPTZOO_CPU_KERNELS", raising=False)
+    assert uses(tx, params) == (jax.device_count() == 1)
+    monkeypatch.setenv("OPTZOO_CPU_KERNELS", "1")
+    assert uses(tx, params)
+    assert not uses(tx, {"c": jnp.ones((64,), jnp.complex64)})
+    assert not uses(optzoo.quantize_state(optzoo.sgd(1e-2, momentum=0.9),
+                                          min_size=1), params)
+  assert not uses(tx, {"w": jnp.ones((64,), jnp.float64)})
+  # x64: the bias corrections are float64, the plain path promotes.
+  assert not uses(tx, {"w": jnp.ones((64,), jnp.float32)})
+
+
+def test_8bit_nan_and_inf_gradients(monkeypatch):
+  """A NaN or inf gradient entry: the block's absmax is NaN (NaN-propagating
+  max, as the plain path), its codes those of the plain path; other blocks
+  unaffected. (NaN payloads are not compared.)"""
+  with jax.enable_x64(False):
+    tx = optzoo.adam_8bit(1e-2, block_size=64, min_size=1)
+    params = {"w": jnp.linspace(-1, 1, 1000, dtype=jnp.float32)}
+    g = np.sin(np.arange(1000, dtype=np.float32)) * np.float32(1e-2)
+    g[5], g[300], g[301], g[700] = np.nan, np.inf, -np.inf, np.nan
+    outs = []
+    for env in ("0", "1"):
+      monkeypatch.setenv("OPTZOO_CPU_KERNELS", env)
+      f = jax.jit(lambda p, s, g: tx.update(g, s, p))
+      s = tx.init(params)
+      txt = f.lower(params, s, {"w": jnp.asarray(g)}).as_text()
+      assert ("optzoo_adam8" in txt) == (env == "1")
+      for _ in range(2):
+        u, s = f(params, s, {"w": jnp.asarray(g)})
+      outs.append((u, s))
+  (u0, s0), (u1, s1) = outs
+  for a, b in zip(jax.tree.leaves((u0, s0)), jax.tree.leaves((u1, s1))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), strict=True)
+  assert np.isnan(np.asarray(s1[1].mu["w"].absmax)[[0, 4, 10]]).all()
+
+
+def test_8bit_one_call_per_leaf_bitwise(monkeypatch):
+  """Leaves above the grouping size take a call each (chained by the
+  previous direction): the same bits."""
+  from optzoo._src.cpu_kernels import adam8  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(adam8, "_GROUP_ELEMENTS", 1)
+  with jax.enable_x64(False):
+    tx, params = Q8_CASES["adam_8bit_l2"](), _q8_params(2)
+    plain = _q8_run(tx, params, "0", monkeypatch, steps=4)
+    fast = _q8_run(tx, params, "1", monkeypatch, steps=4, expect_kernel=True)
+    txt = jax.jit(lambda p, s, g: tx.update(g, s, p)).lower(
+        params, tx.init(params), params).as_text()
+  assert txt.count("optzoo_adam8") == 3  # w, v, b
+  _assert_bitwise(fast, plain)

@@ -11,11 +11,15 @@ precision (the returned update is computed from the full-precision new
 moments, as in the paper's kernels) and quantizes the new state again.
 Encoding and decoding are elementwise arithmetic on the map's structure (no
 table lookups, no search), and the step is arranged so that no params-sized
-float32 temporary is written to memory (see :func:`_inner_step`).
+float32 temporary is written to memory (see :func:`_inner_step`). Around
+``optzoo.adam`` / ``adamw`` (``adam_8bit``, ``adamw_8bit``) on one CPU
+device, float32 leaves take a fused C++ step instead
+(optzoo/_src/cpu_kernels/adam8.py), bitwise equal to this plain path.
 """
 from __future__ import annotations
 
 import functools
+import weakref
 from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
@@ -402,7 +406,12 @@ def quantize_state(
   codes and the update; XLA keeps of each only what that consumer needs, so
   every params-sized intermediate is computed inside the kernel that uses
   it and none is written to memory. ``inner`` must be a pure function of its
-  inputs, as optax transformations are.)
+  inputs, as optax transformations are.) When ``inner`` is ``optzoo.adam``
+  or ``optzoo.adamw`` (without AMSGrad) on the CPU backend with one device,
+  each float32 leaf whose two moments are quantized takes one fused C++
+  call instead (the moments decoded, updated, their block absmax and codes,
+  and Adam's direction, in one pass; ``OPTZOO_CPU_KERNELS`` as for
+  :func:`optzoo.adam`): the same bits as the plain path.
 
   Memory: 1 byte per element plus 4 bytes per block (0.002 B at the default
   2048), i.e. about 2 B/param for Adam instead of 8 (float32). The codes
@@ -464,6 +473,9 @@ def quantize_state(
                     f" got {second_moment_fields!r}.")
   block_size, min_size = int(block_size), int(min_size)
   second = frozenset(second_moment_fields)
+  spec = _fused_adam_spec(inner)
+  if spec is not None and ("mu" in second or "nu" not in second):
+    spec = None
   inner = optax.with_extra_args_support(_plain_jnp(inner))
 
   def plan(path, leaf):
@@ -505,10 +517,14 @@ def quantize_state(
     new = step(1)
     codes = {i: _encode(new[i], absmax[i], block_size, plans[i])
              for i in absmax}
-    updates, new = step(2, with_updates=True)
+    updates_out, new = step(2, with_updates=True)
     out = [QuantizedArray(codes[i], absmax[i]) if i in absmax else x
            for i, x in enumerate(new)]
-    return updates, jax.tree.unflatten(t_def, out)
+    new_state = jax.tree.unflatten(t_def, out)
+    if spec is not None:
+      return _with_kernel(spec, block_size, updates, state, params,
+                          updates_out, new_state)
+    return updates_out, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -569,12 +585,79 @@ def _absmax_by_param(t_leaves, plans, main, tail, block_size) -> dict:
   return out
 
 
+# Wrapped inner transformations (adam_8bit's on_real_view(optzoo.adam)) ->
+# the fused Adam's spec (cpu_kernels/adam.py).
+_ADAM_SPECS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
+def _fused_adam_spec(tx):
+  """The spec of the fused ``optzoo.adam`` / ``adamw`` that ``tx`` is (or
+  wraps, for adam_8bit), else None."""
+  from optzoo._src.cpu_kernels import adam8  # pylint: disable=g-import-not-at-top
+  return adam8.adam_spec(tx) or _ADAM_SPECS.get(getattr(tx, "update", None))
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_tables() -> np.ndarray:
+  """The fused kernel's tables: both maps and the encoder's buckets of their
+  positive midpoints."""
+  from optzoo._src.cpu_kernels import adam8  # pylint: disable=g-import-not-at-top
+  return adam8.kernel_tables(dynamic_quantization_map(True),
+                             dynamic_quantization_map(False),
+                             _boundaries(True)[127:], _boundaries(False))
+
+
+def _with_kernel(spec, block_size, grads, state, params, updates, new_state):
+  """``(updates, new_state)`` of the plain path with the leaves the fused CPU
+  8-bit Adam kernel takes (cpu_kernels/adam8.py) computed by it instead:
+  same bits; XLA drops the plain computation of those leaves."""
+  from optzoo._src.cpu_kernels import adam8  # pylint: disable=g-import-not-at-top
+  g_l, g_def = jax.tree.flatten(grads)
+  if not g_l or any(jnp.iscomplexobj(x) for x in
+                    g_l + jax.tree.leaves(params)):
+    return updates, new_state
+  adam_state = state[spec.adam_index]
+  try:
+    mu_l = g_def.flatten_up_to(adam_state.mu)
+    nu_l = g_def.flatten_up_to(adam_state.nu)
+    p_l = None if params is None else g_def.flatten_up_to(params)
+  except (ValueError, TypeError, AttributeError):
+    return updates, new_state
+  mu_l = [x if _is_q(x) else None for x in mu_l]
+  nu_l = [x if _is_q(x) else None for x in nu_l]
+  fast = adam8.quantized_adam_leaves(
+      spec, g_l, p_l, mu_l, nu_l, [True] * len(g_l), adam_state.count,
+      block_size, _kernel_tables(), lambda n: _layout(n, block_size))
+  if not fast:
+    return updates, new_state
+  # The links after scale_by_adam (decoupled decay, -lr) on the kernel's
+  # direction; the other leaves' zeros are never used (XLA drops them).
+  u = g_def.unflatten([fast[i][0] if i in fast else jnp.zeros_like(g)
+                       for i, g in enumerate(g_l)])
+  for j in range(spec.adam_index + 1, len(spec.links)):
+    u, _ = spec.links[j].update(u, state[j], params)
+  u_l, out_l = g_def.flatten_up_to(u), g_def.flatten_up_to(updates)
+  updates = g_def.unflatten([u_l[i] if i in fast else x
+                             for i, x in enumerate(out_l)])
+  new_adam = new_state[spec.adam_index]
+  mu_new = g_def.flatten_up_to(new_adam.mu)
+  nu_new = g_def.flatten_up_to(new_adam.nu)
+  for i, (_, m, v) in fast.items():
+    mu_new[i], nu_new[i] = QuantizedArray(*m), QuantizedArray(*v)
+  new_adam = new_adam._replace(mu=g_def.unflatten(mu_new),
+                               nu=g_def.unflatten(nu_new))
+  new_state = list(new_state)
+  new_state[spec.adam_index] = new_adam
+  return updates, type(state)(new_state)
+
+
 def _plain_jnp(tx: optax.GradientTransformation) -> optax.GradientTransformation:
   """``tx`` with its plain jnp update when it is an Adam with the fused CPU
   kernel (optzoo/_src/cpu_kernels: same state, same bits). Inside
   quantize_state the moments are decoded and re-encoded around the inner
-  step, and a custom call there would need them written to memory four
-  times over; the plain step fuses into the 8-bit kernels."""
+  step, and the float Adam kernel there would need them written to memory
+  four times over; the plain step fuses into the 8-bit code, and the 8-bit
+  kernel (:func:`_with_kernel`) replaces the whole step where it runs."""
   from optzoo._src.cpu_kernels import step  # pylint: disable=g-import-not-at-top
   links = step.plain_links(tx)
   return tx if links is None else optax.chain(*links)
@@ -615,6 +698,9 @@ def adam_8bit(
   that of the real view, so a complex leaf gets exactly the update of its
   real view.
 
+  On the CPU backend with one device, float32 leaves with quantized moments
+  take one fused C++ call each (see :func:`quantize_state`; bitwise equal).
+
   ``block_size`` (``None``: 2048, the paper's) and ``min_size`` (``None``:
   4096, bitsandbytes' ``min_8bit_size``) default to ``None`` so that
   ``optax.inject_hyperparams(adam_8bit)`` keeps them static; an explicit
@@ -623,10 +709,13 @@ def adam_8bit(
   References:
     Dettmers et al., 8-bit Optimizers via Block-wise Quantization, ICLR 2022.
   """
-  return quantize_state(
-      complex_view.on_real_view(optax.with_extra_args_support(_plain_jnp(
-          alias.adam(learning_rate, b1, b2, eps, weight_decay)))),
-      **_sizes(block_size, min_size))
+  fused = alias.adam(learning_rate, b1, b2, eps, weight_decay)
+  inner = complex_view.on_real_view(optax.with_extra_args_support(
+      _plain_jnp(fused)))
+  spec = _fused_adam_spec(fused)
+  if spec is not None:
+    _ADAM_SPECS[inner.update] = spec
+  return quantize_state(inner, **_sizes(block_size, min_size))
 
 
 @registry.register(
@@ -657,10 +746,13 @@ def adamw_8bit(
   References:
     Dettmers et al., 8-bit Optimizers via Block-wise Quantization, ICLR 2022.
   """
-  return quantize_state(
-      complex_view.on_real_view(optax.with_extra_args_support(_plain_jnp(
-          alias.adamw(learning_rate, b1, b2, eps, weight_decay)))),
-      **_sizes(block_size, min_size))
+  fused = alias.adamw(learning_rate, b1, b2, eps, weight_decay)
+  inner = complex_view.on_real_view(optax.with_extra_args_support(
+      _plain_jnp(fused)))
+  spec = _fused_adam_spec(fused)
+  if spec is not None:
+    _ADAM_SPECS[inner.update] = spec
+  return quantize_state(inner, **_sizes(block_size, min_size))
 
 
 def state_nbytes(state: Any) -> int:

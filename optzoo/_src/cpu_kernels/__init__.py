@@ -1,7 +1,7 @@
 """Fused CPU optimizer steps: C++ XLA FFI kernels, built on first use.
 
-``adam.py`` (Adam, AdamW, AMSGrad) and ``sgd.py`` (SGD with momentum) use
-them; ``step.py`` holds what they share and :func:`optzoo.update_and_apply`.
+``adam.py`` (Adam, AdamW, AMSGrad), ``sgd.py`` (SGD with momentum) and
+``adam8.py`` (8-bit Adam: ``adam_8bit``, ``quantize_state``) use them; ``step.py`` holds what they share and :func:`optzoo.update_and_apply`.
 The kernels (``kernels.cc`` beside this file) is compiled lazily with ``g++``
 into ``$XDG_CACHE_HOME/optzoo/cpu_kernels-<hash>/`` (default ``~/.cache``),
 where the hash covers the source, the compile command, the jax/jaxlib version
@@ -48,7 +48,7 @@ __all__ = ["Kernels", "enabled_mode", "load"]
 _SOURCE = pathlib.Path(__file__).with_name("kernels.cc")
 _FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off",
           "-fno-math-errno", "-w")
-_TARGETS = {"adam": "OptzooAdam", "sgd": "OptzooSgd"}
+_TARGETS = {"adam": "OptzooAdam", "sgd": "OptzooSgd", "adam8": "OptzooAdam8"}
 _ENV = "OPTZOO_CPU_KERNELS"
 
 

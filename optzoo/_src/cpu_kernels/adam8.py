@@ -1,0 +1,171 @@
+"""The fused CPU step of 8-bit Adam (``optzoo.adam_8bit`` / ``adamw_8bit``,
+``quantize_state`` around ``optzoo.adam`` / ``adamw``).
+
+:func:`quantized_adam_leaves` runs, for every parameter whose two moments
+are block-wise quantized (optzoo/_src/quantized.py), C++ calls (one per
+leaf, or per group of small leaves; ``kernels.cc``, ``q8_range``): decode the moments, Adam's moment update, each block's new absmax, the new codes (in place) and Adam's
+direction (``scale_by_adam``'s output). The plain path evaluates the inner
+step four times and encodes arithmetically (~55 vector operations per 8
+elements); the kernel reads the gradient and the codes once and encodes with
+one lookup in a bucket table.
+
+Bitwise equal to quantize_state's plain path on the same input arrays
+(tests/test_cpu_kernels.py), as the Adam kernel (``adam.py``): the scalars
+are the plain path's own (``transform.adam_step_scalars``), cast to float32
+where its promotion keeps them there (else the plain path runs), multiply-adds
+are contracted where XLA contracts them, and the links after
+``scale_by_adam`` (decoupled decay, ``-lr``) stay in jnp, so XLA fuses them
+into ``optax.apply_updates`` exactly as on the plain path. Only float32, real
+leaves on one device, without AMSGrad.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from optzoo._src import transform
+from optzoo._src.cpu_kernels import adam as fused_adam_mod
+from optzoo._src.cpu_kernels import step
+
+__all__ = ["adam_spec", "kernel_tables", "quantized_adam_leaves"]
+
+_F32 = np.dtype(np.float32)
+# Leaves share a call up to this many entries in all (a 4 MB direction).
+_GROUP_ELEMENTS = 1 << 20
+# Tests: run the kernel's scalar loop instead of its AVX2 one (same bits).
+_SCALAR_LOOP = False
+
+
+# The encoder's buckets (kernels.cc, kQ8Lo / kQ8Shift / kQ8Buckets): bit
+# patterns of positive float32 from 2^-24 on, 2^16 patterns per bucket, the
+# last bucket everything from 2.0 up.
+_LO, _SHIFT = 0x33800000, 16
+_BUCKETS = ((0x40000000 - _LO) >> _SHIFT) + 1
+_NONE = 0xFFFF
+
+
+def _buckets(mids: np.ndarray) -> np.ndarray:
+  """Per bucket ``(base << 16) | low``: ``base`` the number of midpoints below
+  it, ``low`` the low 16 bits of the one midpoint in it (``_NONE``: none),
+  so that #midpoints < y is ``base + (low < y's low 16 bits)``."""
+  bits = np.asarray(mids, np.float32).view(np.uint32).astype(np.int64)
+  assert np.all(bits >= _LO) and np.all(np.diff(bits) > 0)
+  lo = _LO + (np.arange(_BUCKETS, dtype=np.int64) << _SHIFT)
+  base = np.searchsorted(bits, lo, side="left")
+  which = np.minimum((bits - _LO) >> _SHIFT, _BUCKETS - 1)
+  counts = np.bincount(which, minlength=_BUCKETS)
+  # At most one midpoint per bucket; none in the first (everything below
+  # 2^-24 reads it) or the last (everything from 2.0 up).
+  assert counts.max() <= 1 and counts[0] == 0 and counts[-1] == 0
+  low = np.full(_BUCKETS, _NONE, np.int64)
+  low[which] = bits & _NONE
+  return ((base << 16) | low).astype(np.uint32)
+
+
+def kernel_tables(map_s, map_u, mids_s, mids_u) -> np.ndarray:
+  """The kernel's ``tables`` operand (kernels.cc, ``Q8Tables``): the signed
+  and unsigned maps' float32 values, then the buckets of the signed map's
+  positive midpoints and of the unsigned map's midpoints."""
+  maps = np.concatenate([np.asarray(map_s, np.float32),
+                         np.asarray(map_u, np.float32)]).view(np.uint32)
+  return np.concatenate([maps, _buckets(mids_s), _buckets(mids_u)])
+
+
+def adam_spec(tx) -> Optional[Any]:
+  """The spec of a fused ``optzoo.adam`` / ``adamw`` (adam.py), else None."""
+  spec = fused_adam_mod._SPECS.get(getattr(tx, "update", None))  # pylint: disable=protected-access
+  if spec is None or spec.amsgrad:
+    return None
+  return spec
+
+
+def _eligible(g, p, mu, nu, coupled: bool, nb: int) -> bool:
+  arrays = [g, mu.codes, mu.absmax, nu.codes, nu.absmax] + ([p] if coupled else [])
+  if any(not hasattr(x, "dtype") or not step.one_device(x) for x in arrays):
+    return False
+  if np.dtype(g.dtype) != _F32 or (coupled and (
+      np.dtype(p.dtype) != _F32 or np.shape(p) != np.shape(g))):
+    return False
+  return (np.shape(mu.codes) == np.shape(g) == np.shape(nu.codes)
+          and np.dtype(mu.codes.dtype) == np.uint8 == np.dtype(nu.codes.dtype)
+          and np.shape(mu.absmax) == (nb,) == np.shape(nu.absmax)
+          and np.dtype(mu.absmax.dtype) == _F32 == np.dtype(nu.absmax.dtype))
+
+
+def quantized_adam_leaves(spec, g_l: list, p_l: Optional[list], mu_l: list,
+                          nu_l: list, signed_mu: list, count, block_size: int,
+                          tables: np.ndarray, layout) -> dict:
+  """``{leaf index: (direction, (mu codes, mu absmax), (nu codes, nu
+  absmax))}`` for the leaves the kernel takes; ``{}`` where it does not run.
+
+  ``mu_l`` / ``nu_l``: per parameter leaf its ``QuantizedArray`` (or None
+  when that moment is not quantized); ``signed_mu``: the leaf's mu uses the
+  signed and nu the unsigned map; ``count``: Adam's old step count;
+  ``layout(size)``: (blocks, block) of quantized.py.
+  """
+  kernels = step.kernels()
+  if kernels is None:
+    return {}
+  coupled = spec.decay == fused_adam_mod._COUPLED  # pylint: disable=protected-access
+  if coupled and p_l is None:
+    return {}
+  _, inv_bc1, inv_sqrt_bc2 = transform.adam_step_scalars(spec.b1, spec.b2, count)
+  wd = spec.weight_decay if coupled else 0.0
+  values = [wd, 1 - spec.b1, spec.b2, 1 - spec.b2, inv_bc1, spec.eps_root,
+            inv_sqrt_bc2, spec.eps, 0.0]
+  if not all(step.keeps(_F32, v) for v in values):
+    return {}
+  idx = []
+  for i, (g, mu, nu, sg) in enumerate(zip(g_l, mu_l, nu_l, signed_mu)):
+    if mu is None or nu is None or not sg:
+      continue
+    nb, _ = layout(int(np.prod(np.shape(g))))
+    if _eligible(g, None if p_l is None else p_l[i], mu, nu, coupled, nb):
+      idx.append(i)
+  out = {}
+  scalars = jnp.stack([jnp.asarray(v).astype(jnp.float32) for v in values])
+  tab = jnp.asarray(tables)
+  # Calls in turn, each taking the previous call's last direction as an
+  # (unread) operand, so that XLA can apply each direction and reuse its
+  # buffer before the next call writes: independent calls let XLA keep every
+  # direction alive at once, one params-sized temporary, freshly mapped
+  # (page faults) on every step. Small leaves share a call (up to
+  # _GROUP_ELEMENTS entries and step.MAX_LEAVES leaves: less per-call
+  # overhead). (A single leaf of more than ~8M float32 entries still needs a
+  # temporary above glibc's 32 MB mmap threshold: page faults on every step,
+  # about 2x slower there.)
+  groups, cur, cur_n = [], [], 0
+  for i in idx:
+    n = int(np.prod(np.shape(g_l[i])))
+    if cur and (cur_n + n > _GROUP_ELEMENTS or len(cur) == step.MAX_LEAVES):
+      groups.append(cur)
+      cur, cur_n = [], 0
+    cur.append(i)
+    cur_n += n
+  if cur:
+    groups.append(cur)
+  after = scalars
+  for chunk in groups:
+    operands, results, aliases = [scalars, tab, after], [], {}
+    for i in chunk:
+      operands += [g_l[i]] + ([p_l[i]] if coupled else [])
+      for x in (mu_l[i].codes, mu_l[i].absmax, nu_l[i].codes, nu_l[i].absmax):
+        aliases[len(operands)] = len(results)
+        operands.append(x)
+        results.append(jax.ShapeDtypeStruct(np.shape(x), x.dtype))
+      results.append(jax.ShapeDtypeStruct(np.shape(g_l[i]), _F32))
+    res = jax.ffi.ffi_call("optzoo_adam8", results, vmap_method="sequential",
+                           input_output_aliases=aliases)(
+                               *operands, n_leaves=np.int64(len(chunk)),
+                               block_size=np.int64(block_size),
+                               coupled=bool(coupled), fma=bool(kernels.fma),
+                               scalar=bool(_SCALAR_LOOP))
+    for k, i in enumerate(chunk):
+      cm, am, cv, av, x = res[5 * k:5 * k + 5]
+      out[i] = (x, (cm, am), (cv, av))
+    after = res[-1]
+  return out
