@@ -668,6 +668,17 @@ def _sizes(block_size, min_size) -> dict:
               min_size=4096 if min_size is None else min_size)
 
 
+def _quantized_adam(fused: optax.GradientTransformation, block_size, min_size):
+  """``quantize_state`` around the plain-jnp form of an optzoo Adam/AdamW,
+  with the fused 8-bit CPU step registered for it where it applies."""
+  inner = complex_view.on_real_view(optax.with_extra_args_support(
+      _plain_jnp(fused)))
+  spec = _fused_adam_spec(fused)
+  if spec is not None:
+    _ADAM_SPECS[inner.update] = spec
+  return quantize_state(inner, **_sizes(block_size, min_size))
+
+
 @registry.register(
     family="Team Adam",
     summary="Adam with 8-bit block-wise quantized moments (Adam8bit).",
@@ -710,12 +721,7 @@ def adam_8bit(
     Dettmers et al., 8-bit Optimizers via Block-wise Quantization, ICLR 2022.
   """
   fused = alias.adam(learning_rate, b1, b2, eps, weight_decay)
-  inner = complex_view.on_real_view(optax.with_extra_args_support(
-      _plain_jnp(fused)))
-  spec = _fused_adam_spec(fused)
-  if spec is not None:
-    _ADAM_SPECS[inner.update] = spec
-  return quantize_state(inner, **_sizes(block_size, min_size))
+  return _quantized_adam(fused, block_size, min_size)
 
 
 @registry.register(
@@ -747,12 +753,7 @@ def adamw_8bit(
     Dettmers et al., 8-bit Optimizers via Block-wise Quantization, ICLR 2022.
   """
   fused = alias.adamw(learning_rate, b1, b2, eps, weight_decay)
-  inner = complex_view.on_real_view(optax.with_extra_args_support(
-      _plain_jnp(fused)))
-  spec = _fused_adam_spec(fused)
-  if spec is not None:
-    _ADAM_SPECS[inner.update] = spec
-  return quantize_state(inner, **_sizes(block_size, min_size))
+  return _quantized_adam(fused, block_size, min_size)
 
 
 def state_nbytes(state: Any) -> int:
