@@ -626,7 +626,7 @@ def _with_kernel(spec, block_size, grads, state, params, updates, new_state):
   mu_l = [x if _is_q(x) else None for x in mu_l]
   nu_l = [x if _is_q(x) else None for x in nu_l]
   fast = adam8.quantized_adam_leaves(
-      spec, g_l, p_l, mu_l, nu_l, [True] * len(g_l), adam_state.count,
+      spec, g_l, p_l, mu_l, nu_l, adam_state.count,
       block_size, _kernel_tables(), lambda n: _layout(n, block_size))
   if not fast:
     return updates, new_state

@@ -97,14 +97,14 @@ def _eligible(g, p, mu, nu, coupled: bool, nb: int) -> bool:
 
 
 def quantized_adam_leaves(spec, g_l: list, p_l: Optional[list], mu_l: list,
-                          nu_l: list, signed_mu: list, count, block_size: int,
+                          nu_l: list, count, block_size: int,
                           tables: np.ndarray, layout) -> dict:
   """``{leaf index: (direction, (mu codes, mu absmax), (nu codes, nu
   absmax))}`` for the leaves the kernel takes; ``{}`` where it does not run.
 
   ``mu_l`` / ``nu_l``: per parameter leaf its ``QuantizedArray`` (or None
-  when that moment is not quantized); ``signed_mu``: the leaf's mu uses the
-  signed and nu the unsigned map; ``count``: Adam's old step count;
+  when that moment is not quantized; mu uses the signed map and nu the
+  unsigned one, as quantize_state's plan for Adam); ``count``: Adam's old step count;
   ``layout(size)``: (blocks, block) of quantized.py.
   """
   kernels = step.kernels()
@@ -120,8 +120,8 @@ def quantized_adam_leaves(spec, g_l: list, p_l: Optional[list], mu_l: list,
   if not all(step.keeps(_F32, v) for v in values):
     return {}
   idx = []
-  for i, (g, mu, nu, sg) in enumerate(zip(g_l, mu_l, nu_l, signed_mu)):
-    if mu is None or nu is None or not sg:
+  for i, (g, mu, nu) in enumerate(zip(g_l, mu_l, nu_l)):
+    if mu is None or nu is None:
       continue
     nb, _ = layout(int(np.prod(np.shape(g))))
     if _eligible(g, None if p_l is None else p_l[i], mu, nu, coupled, nb):
