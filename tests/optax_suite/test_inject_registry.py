@@ -4,11 +4,13 @@
   literal or an injected array: a checkpoint of ``X(**example)`` restores
   into ``inject_hyperparams(X)(**example)`` (and back) and training continues
   bit-identically (float64, the jitted steps of tests/test_checkpoint.py).
-  Exception (``LAST_BIT``: sgdw, rmsprop): XLA contracts ``-lr * u`` into
-  ``apply_updates`` as a fused multiply-add when ``lr`` is a literal and not
-  when it is an array, so a scalar parameter differs in the last bit; the
-  resumed run agrees to 1e-14 (the updates themselves are bit-identical).
-  optax's own chains of the same links do the same (tested below).
+  Exception (``LAST_BIT``: sgdw, rmsprop): XLA:CPU fuses ``p + (-lr) * u``
+  into one kernel when ``lr`` is a literal and not when it is an array, and
+  LLVM contracts a multiply-add inside one kernel into an FMA instruction, so
+  a scalar parameter differs in the last bit; the resumed run agrees to 1e-14
+  (the updates themselves are bit-identical). optax's own chains of the same
+  links do the same, and on a CPU target without FMA instructions
+  (``--xla_cpu_max_isa=AVX``) both runs are bit-identical (tested below).
 * float32, bfloat16 and complex64 params, ``init`` and ``update`` outside
   ``jit`` (hyperparameters then arrive as bf16 / complex64 arrays): updates
   keep the params' dtype, are finite, and equal the non-injected updates.
@@ -16,6 +18,10 @@
   ValueError naming bfloat16; ``hyperparam_dtype=jnp.float32`` then works.
 """
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -52,7 +58,10 @@ STATIC_ARGS: dict = {
 }
 # Same state, same steps, but XLA contracts the literal -lr * u into the
 # parameter add (an FMA) and not the injected one (last bit of a scalar leaf).
-LAST_BIT = {"sgdw", "rmsprop"}
+# Without FMA instructions there is nothing to contract: bitwise for all.
+NO_FMA_FLAG = "--xla_cpu_max_isa=AVX"
+LAST_BIT = (set() if NO_FMA_FLAG in os.environ.get("XLA_FLAGS", "")
+            else {"sgdw", "rmsprop"})
 
 
 def _kwargs(info):
@@ -150,6 +159,23 @@ def test_last_bit_exceptions_are_xla_fusion_shared_by_optax(name):
   optzoo_same = _bit_identical(_final_params(info, info.factory(**_kwargs(info))),
                                _final_params(info, _injected(info)))
   assert optax_same == optzoo_same, (name, optax_same, optzoo_same)
+
+
+def test_last_bit_exceptions_are_bitwise_without_fma():
+  """The same checkpoint test for the LAST_BIT methods, in a fresh process
+  whose XLA:CPU target has no FMA instructions: literal and injected runs are
+  then bit-identical (LAST_BIT is empty there), so the difference is the FMA
+  contraction alone."""
+  flags = f"--xla_force_host_platform_device_count=8 {NO_FMA_FLAG}"
+  tests = [f"{__file__}::test_checkpoint_moves_between_literal_and_injected[{n}]"
+           for n in ("sgdw", "rmsprop")]
+  env = dict(os.environ, XLA_FLAGS=flags)
+  out = subprocess.run(
+      [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+       "-p", "no:xdist", *tests],
+      env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  assert "2 passed" in out.stdout, out.stdout[-3000:]
 
 
 def _grads(params):
