@@ -84,11 +84,15 @@ def real_view(x: Any) -> Any:
 def from_real_view(x: Any, like: Any) -> Any:
   """The inverse of :func:`real_view`: back to ``like``'s complex dtype.
 
-  ``x`` is returned as it is when ``like`` is real (or ``None``).
+  ``like`` is the original leaf or its dtype. ``x`` is returned as it is
+  when ``like`` is real (or ``None``).
   """
-  if x is None or like is None or not jnp.iscomplexobj(like):
+  if x is None or like is None:
     return x
-  return jax.lax.complex(x[..., 0], x[..., 1]).astype(jnp.result_type(like))
+  dtype = jnp.result_type(like)
+  if not jnp.issubdtype(dtype, jnp.complexfloating):
+    return x
+  return jax.lax.complex(x[..., 0], x[..., 1]).astype(dtype)
 
 
 def _tree_real_view(tree: Any) -> Any:

@@ -223,30 +223,13 @@ def _encode_unit(y: jax.Array, signed: bool) -> jax.Array:
   return count
 
 
-def _real_view(x: jax.Array) -> jax.Array:
-  """``torch.view_as_real``: a complex array as a real one with a trailing
-  axis of 2 (real, imaginary part); a real array unchanged. (Private, kept
-  here: the 8-bit state of a complex buffer is the state of its real view.)"""
-  if jnp.iscomplexobj(x):
-    return jnp.stack([jnp.real(x), jnp.imag(x)], axis=-1)
-  return x
-
-
-def _from_real_view(v: jax.Array, dtype: Any) -> jax.Array:
-  """Inverse of :func:`_real_view` for a buffer of ``dtype``."""
-  if jnp.issubdtype(dtype, jnp.complexfloating):
-    part = jnp.finfo(dtype).dtype
-    return jax.lax.complex(v[..., 0].astype(part), v[..., 1].astype(part))
-  return v.astype(dtype)
-
-
 def _real_shape(shape: Sequence[int], dtype: Any) -> tuple[int, ...]:
   complex_ = jnp.issubdtype(dtype, jnp.complexfloating)
   return tuple(shape) + ((2,) if complex_ else ())
 
 
 def _flat32(x: jax.Array) -> jax.Array:
-  return jnp.ravel(_real_view(x)).astype(jnp.float32)
+  return jnp.ravel(complex_view.real_view(x)).astype(jnp.float32)
 
 
 def _absmax(main: Sequence[jax.Array], tail: Sequence[jax.Array],
@@ -301,7 +284,7 @@ def _encode(x: jax.Array, absmax: jax.Array, block_size: int,
             signed: bool) -> jax.Array:
   """uint8 codes of ``x`` (its shape; its real view's if complex) given its
   block absmax."""
-  x = _real_view(x)
+  x = complex_view.real_view(x)
   _, block = _layout(int(np.prod(np.shape(x))), block_size)
   scale = jnp.where(absmax > 0, absmax, jnp.ones_like(absmax))
   y = x.astype(jnp.float32) / _per_entry(scale, np.shape(x), block)
@@ -346,7 +329,8 @@ def dequantize_blockwise(q: QuantizedArray, shape: Sequence[int], dtype: Any,
         f" of shape {np.shape(q.absmax)} do not fit shape={shape} ({dtype})"
         f" with block_size={block_size} ({nb} blocks).")
   vals = _decode_codes(q.codes, signed).reshape(rshape)
-  return _from_real_view(vals * _per_entry(q.absmax, rshape, block), dtype)
+  vals = vals * _per_entry(q.absmax, rshape, block)
+  return complex_view.from_real_view(vals, dtype).astype(dtype)
 
 
 def _last_field(path) -> Optional[str]:
