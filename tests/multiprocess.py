@@ -64,8 +64,9 @@ def launch(script: str, num_processes: int, devices_per_process: int,
   """Runs ``script`` on ``num_processes`` local processes; raises on failure.
 
   Raises :class:`LaunchError` (with every process's stderr tail) when a
-  process exits non-zero or the run takes longer than ``timeout`` seconds;
-  all processes are killed first.
+  process exits non-zero (also when all of them exit between two polls) or
+  the run takes longer than ``timeout`` seconds; all processes are killed
+  first.
   """
   port = free_port()
   base_env = dict(os.environ)
@@ -97,6 +98,9 @@ def launch(script: str, num_processes: int, devices_per_process: int,
         _kill(procs)
         raise LaunchError("a process failed\n" + _tails(logs, procs))
       time.sleep(0.05)
+    if any(p.returncode != 0 for p in procs):
+      # All exited between two polls, at least one with an error.
+      raise LaunchError("a process failed\n" + _tails(logs, procs))
     results = []
     for i, (p, (out, err)) in enumerate(zip(procs, logs)):
       out.seek(0)

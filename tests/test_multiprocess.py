@@ -113,3 +113,15 @@ def test_launcher_kills_a_hung_cluster(tmp_path):
   script.write_text("import time\ntime.sleep(600)\n")
   with pytest.raises(multiprocess.LaunchError, match="timed out"):
     multiprocess.launch(str(script), 2, 1, timeout=1)
+
+
+def test_launcher_raises_when_all_processes_fail_between_polls(tmp_path, monkeypatch):
+  real_sleep = multiprocess.time.sleep
+  # Polls 1.5 s apart: both processes exit (with errors) between two polls.
+  monkeypatch.setattr(multiprocess.time, "sleep", lambda s: real_sleep(1.5))
+  script = tmp_path / "fail.py"
+  script.write_text("raise SystemExit(int(__import__('os').environ['OPTZOO_PROCESS_ID']) + 2)\n")
+  with pytest.raises(multiprocess.LaunchError, match="failed"):
+    multiprocess.launch(str(script), 2, 1, timeout=60)
+  script.write_text("pass\n")
+  assert [r.returncode for r in multiprocess.launch(str(script), 2, 1, timeout=60)] == [0, 0]
