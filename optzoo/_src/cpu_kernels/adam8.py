@@ -126,9 +126,9 @@ def quantized_adam_leaves(spec, g_l: list, p_l: Optional[list], mu_l: list,
     nb, _ = layout(int(np.prod(np.shape(g))))
     if _eligible(g, None if p_l is None else p_l[i], mu, nu, coupled, nb):
       idx.append(i)
-  out = {}
-  scalars = jnp.stack([jnp.asarray(v).astype(jnp.float32) for v in values])
   tab = jnp.asarray(tables)
+  direction = lambda arrays: [jax.ShapeDtypeStruct(np.shape(arrays[0]), _F32)]
+  n_in = 2 if coupled else 1
   # Calls in turn, each taking the previous call's last direction as an
   # (unread) operand, so that XLA can apply each direction and reuse its
   # buffer before the next call writes: independent calls let XLA keep every
@@ -138,32 +138,17 @@ def quantized_adam_leaves(spec, g_l: list, p_l: Optional[list], mu_l: list,
   # overhead). (A single leaf of more than ~8M float32 entries still needs a
   # temporary above glibc's 32 MB mmap threshold: page faults on every step,
   # about 2x slower there.)
-  groups, cur, cur_n = [], [], 0
-  for i in idx:
-    n = int(np.prod(np.shape(g_l[i])))
-    if cur and (cur_n + n > _GROUP_ELEMENTS or len(cur) == step.MAX_LEAVES):
-      groups.append(cur)
-      cur, cur_n = [], 0
-    cur.append(i)
-    cur_n += n
-  if cur:
-    groups.append(cur)
-  after = scalars
-  for chunk in groups:
-    operands, results, aliases = [scalars, tab, after], [], {}
-    for i in chunk:
-      operands += [g_l[i]] + ([p_l[i]] if coupled else [])
-      for x in (mu_l[i].codes, mu_l[i].absmax, nu_l[i].codes, nu_l[i].absmax):
-        aliases[len(operands)] = len(results)
-        operands.append(x)
-        results.append(jax.ShapeDtypeStruct(np.shape(x), x.dtype))
-      results.append(jax.ShapeDtypeStruct(np.shape(g_l[i]), _F32))
-    res = jax.ffi.ffi_call("optzoo_adam8", results, vmap_method="sequential",
-                           input_output_aliases=aliases)(
-                               *operands, n_leaves=np.int64(len(chunk)),
-                               block_size=np.int64(block_size),
-                               coupled=bool(coupled), fma=bool(kernels.fma),
-                               scalar=bool(_SCALAR_LOOP))
+  out, after = {}, tab
+  for _, chunk in step.groups([g_l[k] for k in idx], _GROUP_ELEMENTS):
+    chunk = [idx[k] for k in chunk]
+    per_leaf = [[g_l[i]] + ([p_l[i]] if coupled else [])
+                + [mu_l[i].codes, mu_l[i].absmax, nu_l[i].codes, nu_l[i].absmax]
+                for i in chunk]
+    res = step.call("optzoo_adam8", _F32, values, per_leaf, n_in,
+                    lead=(tab, after), outputs=direction,
+                    vmap_method="sequential", block_size=np.int64(block_size),
+                    coupled=bool(coupled), fma=bool(kernels.fma),
+                    scalar=bool(_SCALAR_LOOP))
     for k, i in enumerate(chunk):
       cm, am, cv, av, x = res[5 * k:5 * k + 5]
       out[i] = (x, (cm, am), (cv, av))

@@ -137,30 +137,48 @@ def same_leaves(updates, *trees):
   return treedef, [g, *others]
 
 
-def groups(leaves) -> list:
-  """``[(dtype, [leaf indices])]``: one group per dtype and per MAX_LEAVES."""
+def groups(leaves, max_elements: Optional[int] = None) -> list:
+  """``[(dtype, [leaf indices])]``: one group per dtype and per MAX_LEAVES
+  leaves (and, with ``max_elements``, per that many entries in all; a
+  larger leaf is a group of its own)."""
   dtypes = sorted({np.dtype(g.dtype) for g in leaves}, key=str)
   out = []
   for dtype in dtypes:
-    idx = [i for i, g in enumerate(leaves) if np.dtype(g.dtype) == dtype]
-    out += [(dtype, idx[j:j + MAX_LEAVES]) for j in range(0, len(idx), MAX_LEAVES)]
+    cur, cur_n = [], 0
+    for i, g in enumerate(leaves):
+      if np.dtype(g.dtype) != dtype:
+        continue
+      n = int(np.size(g))
+      if cur and (len(cur) == MAX_LEAVES or (
+          max_elements is not None and cur_n + n > max_elements)):
+        out.append((dtype, cur))
+        cur, cur_n = [], 0
+      cur.append(i)
+      cur_n += n
+    if cur:
+      out.append((dtype, cur))
   return out
 
 
-def call(target: str, dtype, scalars: list, per_leaf: list, n_in: int,
-         **attrs) -> list:
-  """One custom call: ``scalars`` (cast to ``dtype``), then per leaf ``n_in``
-  read-only arrays and the in-place ones (results alias them). Returns the
-  results, per leaf the in-place arrays' new values, flat."""
-  operands = [jnp.stack([jnp.asarray(v).astype(dtype) for v in scalars])]
+def call(target: str, dtype, scalars: list, per_leaf: list, n_in: int, *,
+         lead: tuple = (), outputs: Optional[Callable[[list], list]] = None,
+         vmap_method: str = "broadcast_all", **attrs) -> list:
+  """One custom call: ``scalars`` (cast to ``dtype``) and the ``lead``
+  operands, then per leaf ``n_in`` read-only arrays and the in-place ones
+  (results alias them, same shapes and dtypes). Returns the results flat:
+  per leaf the in-place arrays' new values, then ``outputs(arrays)`` (shapes
+  and dtypes of that leaf's further results, if given)."""
+  operands = [jnp.stack([jnp.asarray(v).astype(dtype) for v in scalars]), *lead]
   results, aliases = [], {}
   for arrays in per_leaf:
     operands += arrays[:n_in]
     for x in arrays[n_in:]:
       aliases[len(operands)] = len(results)
       operands.append(x)
-      results.append(jax.ShapeDtypeStruct(np.shape(x), dtype))
-  return jax.ffi.ffi_call(target, results, vmap_method="broadcast_all",
+      results.append(jax.ShapeDtypeStruct(np.shape(x), x.dtype))
+    if outputs is not None:
+      results += outputs(arrays)
+  return jax.ffi.ffi_call(target, results, vmap_method=vmap_method,
                           input_output_aliases=aliases)(
                               *operands, n_leaves=np.int64(len(per_leaf)),
                               **attrs)
