@@ -789,22 +789,10 @@ def swats(
 
     # --- projection estimate and switch decision ----------------------------
     pg, pp = _swats_projections(adam_p, grads, fd, per_leaf)
-    switch = functools.partial(
-        _swats_switch, count=count, lr=lr, b2=b2_, bc2=bc2,
+    switched, old_phase, eff_lr = _swats_decide(
+        state, grads, pg, pp, per_leaf, count=count, lr=lr, b2=b2_, bc2=bc2,
         switch_atol=switch_atol, switch_rtol=switch_rtol)
-    fields = (state.lam, state.sgd_phase, state.switch_step, state.sgd_lr,
-              state.lr_at_switch)
-    if per_leaf:
-      outs = jax.tree.map(switch, pg, pp, *fields)
-      lam, new_phase, sw_step, sgd_lr, lr_sw = tree.tree_unzip(outs, pg, 5)
-      old_phase = state.sgd_phase
-      eff_lr = jax.tree.map(functools.partial(_swats_effective_lr, lr=lr),
-                            state.sgd_lr, state.lr_at_switch)
-    else:
-      lam, new_phase, sw_step, sgd_lr, lr_sw = switch(pg, pp, *fields)
-      scalar_eff = _swats_effective_lr(state.sgd_lr, state.lr_at_switch, lr)
-      old_phase = jax.tree.map(lambda _: state.sgd_phase, grads)
-      eff_lr = jax.tree.map(lambda _: scalar_eff, grads)
+    lam, new_phase, sw_step, sgd_lr, lr_sw = switched
 
     # --- SGD phase (leaves switched before this step), select per phase ----
     buf = jax.tree.map(lambda v, g: b1 * v + g, state.momentum, grads)
@@ -896,6 +884,28 @@ def _swats_switch(pg, pp, lam, phase, sw_step, sgd_lr, lr_sw, *, count, lr,
       jnp.where(switch, big_lam, sgd_lr),
       jnp.where(switch, lr, lr_sw),
   )
+
+
+def _swats_decide(state, grads, pg, pp, per_leaf, *, lr, **switch_kw):
+  """The switch decision of one step, globally or per leaf.
+
+  Returns ``(new switch fields, old phase, effective SGD lr)``: the new
+  ``(lam, sgd_phase, switch_step, sgd_lr, lr_at_switch)`` (per leaf or
+  scalars, as in the state), and per gradient leaf the phase before this
+  step and the SGD learning rate it uses if already switched.
+  """
+  switch = functools.partial(_swats_switch, lr=lr, **switch_kw)
+  fields = (state.lam, state.sgd_phase, state.switch_step, state.sgd_lr,
+            state.lr_at_switch)
+  if per_leaf:
+    switched = tree.tree_unzip(jax.tree.map(switch, pg, pp, *fields), pg, 5)
+    eff_lr = jax.tree.map(functools.partial(_swats_effective_lr, lr=lr),
+                          state.sgd_lr, state.lr_at_switch)
+    return switched, state.sgd_phase, eff_lr
+  switched = switch(pg, pp, *fields)
+  scalar_eff = _swats_effective_lr(state.sgd_lr, state.lr_at_switch, lr)
+  return (switched, jax.tree.map(lambda _: state.sgd_phase, grads),
+          jax.tree.map(lambda _: scalar_eff, grads))
 
 
 def _swats_effective_lr(sgd_lr, lr_at_switch, lr):

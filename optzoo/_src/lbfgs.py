@@ -76,6 +76,9 @@ def _strong_wolfe(evaluate, x, t, d, f, g, gtd, max_ls):
 
   Returns ``(f_new, g_new, t, ls_func_evals)``.
   """
+  # Long on purpose: it follows torch's function branch for branch (the
+  # bracketing loop, then the zoom loop), so the two read side by side; the
+  # equality with torch depends on every branch being the same.
   dt = x.dtype
   d_norm = jnp.max(jnp.abs(d)) if d.size else jnp.zeros([], dt)
   f_new, g_new = evaluate(x + t * d)
@@ -189,6 +192,39 @@ def _two_loop(g, old_dirs, old_stps, ro, num_old, h_diag):
   return jax.lax.fori_loop(0, num_old, fwd, r)
 
 
+def _direction(c, size):
+  """torch's search direction of one iteration: ``-g`` on the first one;
+  afterwards the curvature pair ``(y, s)`` enters the memory (if ``y.s >
+  1e-10``, dropping the oldest when full) and the two-loop recursion gives
+  ``-H g``. Returns ``(d, old_dirs, old_stps, ro, num_old, h_diag)``."""
+  dt = c["g"].dtype
+
+  def first(_):
+    return (-c["g"], c["old_dirs"], c["old_stps"], c["ro"],
+            jnp.zeros([], jnp.int32), jnp.ones([], dt))
+
+  def quasi_newton(_):
+    y = c["g"] - c["prev_g"]
+    s = c["d"] * c["t"]
+    ys = y @ s
+    accept = ys > _YS_MIN
+    full = c["num_old"] == size
+    pos = jnp.where(full, size - 1, c["num_old"])
+
+    def push(mem, v):
+      shifted = jnp.where(full, jnp.roll(mem, -1, axis=0), mem)
+      return jnp.where(accept, shifted.at[pos].set(v), mem)
+
+    dirs, stps = push(c["old_dirs"], y), push(c["old_stps"], s)
+    ro = push(c["ro"], 1.0 / ys)
+    num_old = jnp.where(accept, jnp.minimum(c["num_old"] + 1, size), c["num_old"])
+    h_diag = jnp.where(accept, ys / (y @ y), c["h_diag"])
+    d = _two_loop(c["g"], dirs, stps, ro, num_old, h_diag)
+    return d, dirs, stps, ro, num_old, h_diag
+
+  return jax.lax.cond(c["n_glob"] == 1, first, quasi_newton, None)
+
+
 @registry.register(
     family="Team SGD",
     summary="L-BFGS as torch.optim.LBFGS: max_iter inner iterations per update, strong-Wolfe option.",
@@ -294,6 +330,9 @@ def lbfgs(
 
   def update_fn(updates, state, params=None, *, value_fn: Optional[Callable] = None,
                 value: Any = None, **extra):
+    # Long on purpose: one while_loop whose body is torch.optim.LBFGS.step's
+    # loop body statement for statement (stop tests in torch's order), so
+    # the two read side by side.
     del extra
     validation.require_params(params, "lbfgs")
     validation.require_extra_arg(
@@ -314,38 +353,12 @@ def lbfgs(
     def absmax(v):
       return jnp.max(jnp.abs(v)) if v.size else jnp.zeros([], dt)
 
-    def direction(c):
-      def first(_):
-        return (-c["g"], c["old_dirs"], c["old_stps"], c["ro"],
-                jnp.zeros([], jnp.int32), jnp.ones([], dt))
-
-      def quasi_newton(_):
-        y = c["g"] - c["prev_g"]
-        s = c["d"] * c["t"]
-        ys = y @ s
-        accept = ys > _YS_MIN
-        full = c["num_old"] == size
-        pos = jnp.where(full, size - 1, c["num_old"])
-
-        def push(mem, v):
-          shifted = jnp.where(full, jnp.roll(mem, -1, axis=0), mem)
-          return jnp.where(accept, shifted.at[pos].set(v), mem)
-
-        dirs, stps = push(c["old_dirs"], y), push(c["old_stps"], s)
-        ro = push(c["ro"], 1.0 / ys)
-        num_old = jnp.where(accept, jnp.minimum(c["num_old"] + 1, size), c["num_old"])
-        h_diag = jnp.where(accept, ys / (y @ y), c["h_diag"])
-        d = _two_loop(c["g"], dirs, stps, ro, num_old, h_diag)
-        return d, dirs, stps, ro, num_old, h_diag
-
-      return jax.lax.cond(c["n_glob"] == 1, first, quasi_newton, None)
-
     def body(c):
       c = dict(c)
       c["n_loc"] = c["n_loc"] + 1
       c["n_glob"] = c["n_glob"] + 1
       (c["d"], c["old_dirs"], c["old_stps"], c["ro"], c["num_old"],
-       c["h_diag"]) = direction(c)
+       c["h_diag"]) = _direction(c, size)
       c["prev_g"] = c["g"]
       c["prev_loss"] = c["loss"]
       first = c["n_glob"] == 1
