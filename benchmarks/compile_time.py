@@ -16,7 +16,7 @@ fresh interpreter (``--in-process`` to disable):
 * ``optzoo.group_leaves(optzoo.adam)``: same-shape leaves stacked;
 * ``optax.flatten(optax.adam)``: one raveled vector (breaks sharding).
 
-The issue-7 target is: group_leaves compile time <= 0.5 x optax's at 3000
+The target: group_leaves compile time <= 0.5 x optax's at 3000
 leaves with no worse step time. See benchmarks/RESULTS.md for what XLA:CPU
 actually does with each variant.
 """
