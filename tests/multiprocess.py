@@ -1,6 +1,6 @@
 """A small launcher for real multi-process JAX runs on localhost (tests, CI).
 
->>> results = launch("tests/mp_worker.py", num_processes=2,
+>>> results = launch("tests/communication/mp_worker.py", num_processes=2,
 ...                  devices_per_process=4, args=["--out", d], timeout=120)
 
 Starts ``num_processes`` Python processes, each with

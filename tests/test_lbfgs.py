@@ -31,7 +31,7 @@ import optax
 import pytest
 
 import optzoo
-from test_torch_optimizers import load, problems, rel_err, tree_loss, tree_params0
+from test_classic import load, problems, rel_err, tree_loss, tree_params0
 
 
 def rosen(params):

@@ -21,7 +21,7 @@ import pytest
 
 import optzoo
 from optzoo._src import muon as muon_lib
-from test_torch_optimizers import load, problems, rel_err
+from test_classic import load, problems, rel_err
 
 KEYS = ("w1", "b1", "w2")
 

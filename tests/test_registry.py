@@ -21,8 +21,11 @@ VERIFIED = [i for i in INFOS if i.verified is not None]
 
 
 def _test_file(info) -> str:
-  m = re.search(r"\((tests/test_\w+\.py)\)\s*$", info.verified)
-  assert m, f"{info.name}: `verified` must end with the oracle test, e.g. (tests/test_x.py)"
+  # tests/ mirrors optzoo/_src/: the oracle test may sit in a subfolder
+  # (tests/research/test_koala.py).
+  m = re.search(r"\((tests/(?:\w+/)*test_\w+\.py)\)\s*$", info.verified)
+  assert m, (f"{info.name}: `verified` must end with the oracle test, e.g. (tests/test_x.py)"
+             " or (tests/<subpackage>/test_x.py)")
   return os.path.join(ROOT, m.group(1))
 
 

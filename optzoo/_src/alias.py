@@ -653,7 +653,7 @@ class SwatsState(NamedTuple):
     " from Adam to SGD, 2017, https://arxiv.org/abs/1712.07628",
     reference="NumPy re-derivation of the paper's Algorithm 1 (the"
     " torch_optimizer / pytorch_optimizer ports have bugs, see docstring)",
-    verified="NumPy re-derivation of the paper's Algorithm 1 (tests/test_swats.py)",
+    verified="NumPy re-derivation of the paper's Algorithm 1 (tests/test_alias_swats.py)",
 )
 def swats(
     learning_rate: optax.ScalarOrSchedule = 1e-3,

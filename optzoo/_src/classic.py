@@ -2,7 +2,7 @@
 
 Each alias is an ``optax.chain`` of small primitives and reproduces the
 ``torch.optim`` class of the same name (torch 2.13, ``foreach=False``) to
-float64 round-off, defaults included (tests/test_torch_optimizers.py, fixtures
+float64 round-off, defaults included (tests/test_classic.py, fixtures
 from tests/gen_torch_optim_fixtures.py).
 
 ``maximize=True`` (torch's flag) negates the gradient first, before the
@@ -71,7 +71,7 @@ class ScaleByAdamaxState(NamedTuple):
     summary="Adamax scaling: first moment over an exponentially weighted infinity norm.",
     paper="Kingma & Ba, ICLR 2015 (Section 7.1)",
     reference="torch.optim.Adamax",
-    verified="torch.optim.Adamax 2.13, float64, 300 steps, via adamax (tests/test_torch_optimizers.py)",
+    verified="torch.optim.Adamax 2.13, float64, 300 steps, via adamax (tests/test_classic.py)",
 )
 def scale_by_adamax(
     b1: float = 0.9,
@@ -127,7 +127,7 @@ def scale_by_adamax(
     summary="Adamax: Adam with the infinity norm in place of the second moment.",
     paper="Kingma & Ba, ICLR 2015 (Section 7.1)",
     reference="torch.optim.Adamax",
-    verified="torch.optim.Adamax 2.13, float64, 300 steps (tests/test_torch_optimizers.py)",
+    verified="torch.optim.Adamax 2.13, float64, 300 steps (tests/test_classic.py)",
 )
 def adamax(
     learning_rate: optax.ScalarOrSchedule = 2e-3,
@@ -183,7 +183,7 @@ class ScaleByAdadeltaState(NamedTuple):
     summary="Adadelta scaling: ratio of the RMS of past steps to the RMS of gradients.",
     paper="Zeiler, arXiv:1212.5701, 2012",
     reference="torch.optim.Adadelta",
-    verified="torch.optim.Adadelta 2.13, float64, 300 steps, via adadelta (tests/test_torch_optimizers.py)",
+    verified="torch.optim.Adadelta 2.13, float64, 300 steps, via adadelta (tests/test_classic.py)",
 )
 def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> optax.GradientTransformation:
   r"""Adadelta's scaling, as ``torch.optim.Adadelta`` computes it.
@@ -234,7 +234,7 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> optax.GradientTran
     summary="Adadelta: unit-corrected per-coordinate steps without a tuned learning rate.",
     paper="Zeiler, arXiv:1212.5701, 2012",
     reference="torch.optim.Adadelta",
-    verified="torch.optim.Adadelta 2.13, float64, 300 steps (tests/test_torch_optimizers.py)",
+    verified="torch.optim.Adadelta 2.13, float64, 300 steps (tests/test_classic.py)",
 )
 def adadelta(
     learning_rate: optax.ScalarOrSchedule = 1.0,
@@ -284,7 +284,7 @@ class ScaleByRpropState(NamedTuple):
     summary="Rprop: sign of the gradient times an adaptive per-coordinate step size.",
     paper="Riedmiller & Braun, ICNN 1993",
     reference="torch.optim.Rprop",
-    verified="torch.optim.Rprop 2.13, float64, 300 steps, via rprop (tests/test_torch_optimizers.py)",
+    verified="torch.optim.Rprop 2.13, float64, 300 steps, via rprop (tests/test_classic.py)",
 )
 def scale_by_rprop(
     initial_step_size: float = 1e-2,
@@ -356,7 +356,7 @@ def scale_by_rprop(
     summary="Rprop: resilient backpropagation (sign-based, per-coordinate step sizes).",
     paper="Riedmiller & Braun, ICNN 1993",
     reference="torch.optim.Rprop",
-    verified="torch.optim.Rprop 2.13, float64, 300 steps (tests/test_torch_optimizers.py)",
+    verified="torch.optim.Rprop 2.13, float64, 300 steps (tests/test_classic.py)",
 )
 def rprop(
     learning_rate: optax.ScalarOrSchedule = 1e-2,
@@ -406,7 +406,7 @@ class ScaleByAsgdState(NamedTuple):
     summary="Averaged SGD step with decay, and the Polyak-Ruppert average of the iterates.",
     paper="Polyak & Juditsky, SIAM J. Control Optim. 1992",
     reference="torch.optim.ASGD",
-    verified="torch.optim.ASGD 2.13, float64, 300 steps, via asgd (tests/test_torch_optimizers.py)",
+    verified="torch.optim.ASGD 2.13, float64, 300 steps, via asgd (tests/test_classic.py)",
     needs_params=True,
 )
 def scale_by_asgd(
@@ -479,7 +479,7 @@ def scale_by_asgd(
     summary="ASGD: averaged SGD (Polyak-Ruppert averaging with a decaying step size).",
     paper="Polyak & Juditsky, SIAM J. Control Optim. 1992",
     reference="torch.optim.ASGD",
-    verified="torch.optim.ASGD 2.13 incl. its averaged params, float64, 300 steps (tests/test_torch_optimizers.py)",
+    verified="torch.optim.ASGD 2.13 incl. its averaged params, float64, 300 steps (tests/test_classic.py)",
     needs_params=True,
 )
 def asgd(

@@ -50,7 +50,7 @@ class MethodInfo:
       ``"schedule"`` or ``"utility"``.
     verified: what the tests compare it with, and where, e.g.
       ``"torch.optim.Adam, float64, 300 steps (tests/test_alias_oracles.py)"``
-      or ``"NumPy re-derivation of Algorithm 1 (tests/test_swats.py)"``;
+      or ``"NumPy re-derivation of Algorithm 1 (tests/test_alias_swats.py)"``;
       ``None`` when only its properties are tested (jit, dtypes, sharding,
       bad input, convergence).
     extra_args: names of extra arguments ``update`` needs.

@@ -778,7 +778,7 @@ def scale_by_bounds(
     summary="Negate the gradient (torch's maximize=True: ascend the objective).",
     paper="-",
     reference="torch.optim.* maximize=True",
-    verified="torch.optim maximize=True 2.13, float64, 300 steps (tests/test_torch_optimizers.py)",
+    verified="torch.optim maximize=True 2.13, float64, 300 steps (tests/test_classic.py)",
 )
 def negate() -> optax.GradientTransformation:
   r"""Negate the updates: :math:`g \leftarrow -g`.

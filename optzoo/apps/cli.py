@@ -57,7 +57,7 @@ def _status(info) -> str:
 # The registry's metadata without importing JAX: `optzoo list` / `table` read
 # a generated snapshot (optzoo/apps/_zoo_snapshot.py) while it lists the same
 # public names as `optzoo.__all__` (cheap: the package imports lazily), and
-# the live registry otherwise. tests/test_cli.py checks that it equals the
+# the live registry otherwise. tests/apps/test_cli.py checks that it equals the
 # live registry. Regenerate: `python -m optzoo.apps.cli table --write-snapshot`.
 # ---------------------------------------------------------------------------
 

@@ -182,7 +182,7 @@ _PAPER_TOPK = ("Stich, Cordonnier & Jaggi, Sparsified SGD with Memory,"
     " all-gathered over the data axis).",
     paper=_PAPER_TOPK,
     reference="NumPy re-derivation (2 and 8 replicas)",
-    verified="NumPy re-derivation, 8 replicas (tests/test_communication.py)",
+    verified="NumPy re-derivation, 8 replicas (tests/communication/test_communication.py)",
 )
 def topk_compression(
     ratio: float = 0.01,
@@ -249,7 +249,7 @@ def topk_compression(
     paper="Stich, Cordonnier & Jaggi, Sparsified SGD with Memory, NeurIPS"
     " 2018, https://arxiv.org/abs/1809.07599",
     reference="NumPy re-derivation (same indices, 2 and 8 replicas)",
-    verified="NumPy re-derivation, 8 replicas (tests/test_communication.py)",
+    verified="NumPy re-derivation, 8 replicas (tests/communication/test_communication.py)",
 )
 def randomk_compression(
     ratio: float = 0.01,
@@ -311,7 +311,7 @@ def randomk_compression(
     paper="Alistarh et al., QSGD: Communication-Efficient SGD via Gradient"
     " Quantization and Encoding, NeurIPS 2017, https://arxiv.org/abs/1610.02132",
     reference="NumPy re-derivation (same uniforms); unbiasedness test",
-    verified="NumPy re-derivation, 8 replicas (tests/test_communication.py)",
+    verified="NumPy re-derivation, 8 replicas (tests/communication/test_communication.py)",
 )
 def qsgd(
     num_levels: int = 16,
@@ -385,7 +385,7 @@ def qsgd(
     paper="Karimireddy et al., Error Feedback Fixes SignSGD and other Gradient"
     " Compression Schemes, ICML 2019, https://arxiv.org/abs/1901.09847",
     reference="NumPy re-derivation (Algorithm 1)",
-    verified="NumPy re-derivation, 8 replicas (tests/test_communication.py)",
+    verified="NumPy re-derivation, 8 replicas (tests/communication/test_communication.py)",
 )
 def ef_signsgd(
     layerwise: bool = False,
@@ -474,7 +474,7 @@ def ef_signsgd(
     paper="Bernstein et al., signSGD with Majority Vote is Communication"
     " Efficient and Fault Tolerant, ICLR 2019, https://arxiv.org/abs/1810.05291",
     reference="NumPy re-derivation",
-    verified="NumPy re-derivation, 8 replicas (tests/test_communication.py)",
+    verified="NumPy re-derivation, 8 replicas (tests/communication/test_communication.py)",
 )
 def signsgd_majority_vote(
     momentum: float = 0.0,

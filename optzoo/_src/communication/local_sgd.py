@@ -46,7 +46,7 @@ def _is_float(x: Any) -> bool:
     " SGD, ICLR 2020, https://arxiv.org/abs/1808.07217",
     reference="torch.distributed.algorithms.model_averaging.averagers."
     "PeriodicModelAverager (2-rank gloo fixtures)",
-    verified="torch.distributed.algorithms.model_averaging.averagers.PeriodicModelAverager 2.13, 2-rank gloo (tests/test_communication.py)",
+    verified="torch.distributed.algorithms.model_averaging.averagers.PeriodicModelAverager 2.13, 2-rank gloo (tests/communication/test_communication.py)",
     needs_params=True,
 )
 def local_sgd(

@@ -86,7 +86,7 @@ def orthogonalize(mats: jax.Array, epsilon: Any = 0.0) -> jax.Array:
     " https://arxiv.org/abs/1905.13727",
     reference="torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook"
     " (2-rank gloo fixtures)",
-    verified="torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook 2.13, 2-rank gloo, float64, 104 steps (tests/test_communication.py)",
+    verified="torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook 2.13, 2-rank gloo, float64, 104 steps (tests/communication/test_communication.py)",
 )
 def powersgd(
     rank: int = 1,

@@ -10,7 +10,7 @@ plain jnp code, which XLA fuses into its consumer (``optax.apply_updates``).
 the one custom call: the bytes an Adam step must move and no more.
 
 Results are bitwise equal to the plain path compiled by XLA on the same
-input arrays (tests/test_cpu_kernels.py): the scalars (``1 - b1``, the bias
+input arrays (tests/cpu_kernels/test_cpu_kernels.py): the scalars (``1 - b1``, the bias
 corrections, ``-lr``) are computed here by the plain path's own jnp
 expressions and cast to the leaves' dtype exactly where the plain path's
 type promotion casts them, and the kernel rounds each element as XLA:CPU

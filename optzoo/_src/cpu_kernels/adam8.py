@@ -10,7 +10,7 @@ elements); the kernel reads the gradient and the codes once and encodes with
 one lookup in a bucket table.
 
 Bitwise equal to quantize_state's plain path on the same input arrays
-(tests/test_cpu_kernels.py), as the Adam kernel (``adam.py``): the scalars
+(tests/cpu_kernels/test_cpu_kernels.py), as the Adam kernel (``adam.py``): the scalars
 are the plain path's own (``transform.adam_step_scalars``), cast to float32
 where its promotion keeps them there (else the plain path runs), multiply-adds
 are contracted where XLA contracts them, and the links after

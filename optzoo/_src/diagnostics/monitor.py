@@ -60,7 +60,7 @@ def _sq(x, dtype):
     paper="Hung-yi Lee, ML lecture 'training stuck != small gradient'; Goodfellow"
     " et al., Deep Learning, sec. 8.2.1 (gradient norm while the loss plateaus).",
     reference="optax.global_norm (identity on the updates, bit-exact)",
-    verified="optax.global_norm (tests/test_diagnostics.py)",
+    verified="optax.global_norm (tests/diagnostics/test_diagnostics.py)",
 )
 def monitor_norms(history: int = 0) -> optax.GradientTransformationExtraArgs:
   r"""Records the norm of the incoming updates; returns them unchanged.

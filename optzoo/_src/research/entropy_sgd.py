@@ -103,7 +103,7 @@ class EntropySGDState(NamedTuple):
     summary="Entropy-SGD: SGLD inner loop estimates the local-entropy gradient (grad_fn extra arg).",
     paper="Chaudhari et al., Entropy-SGD: Biasing Gradient Descent Into Wide Valleys, ICLR 2017",
     reference="NumPy re-derivation of ucla-vision/entropy-sgd python/optim.py (+ paper options)",
-    verified="NumPy re-derivation of ucla-vision/entropy-sgd python/optim.py (tests/test_entropy.py)",
+    verified="NumPy re-derivation of ucla-vision/entropy-sgd python/optim.py (tests/research/test_entropy.py)",
     extra_args=("grad_fn",),
     needs_params=True,
 )
@@ -378,7 +378,7 @@ def _langevin_average(params, grad_fn, gamma_t, key, *, num_steps,
     summary="Local energy dE(sigma) = E_z[L(w + sigma z*w)] - L(w): a rescaling-invariant flatness probe.",
     paper="Pittorino et al., ICLR 2021 (after Jiang et al., ICLR 2020)",
     reference="closed form on quadratics (tests)",
-    verified="closed form on quadratics (tests/test_entropy.py)",
+    verified="closed form on quadratics (tests/research/test_entropy.py)",
     kind="utility",
 )
 @validation.renamed(n_samples="num_samples")

@@ -54,7 +54,7 @@ def _hyper(learning_rate, b1, theta, s, r, step):
     " Convergences of Adam and RMSProp, CVPR 2019,"
     " https://arxiv.org/abs/1811.09358",
     reference="NumPy re-derivation; Reddi et al.'s counterexample",
-    verified="NumPy re-derivation (tests/test_generic_adam.py)",
+    verified="NumPy re-derivation (tests/research/test_generic_adam.py)",
 )
 def generic_adam(
     learning_rate: ScalarOrSchedule = 1e-3,
@@ -195,7 +195,7 @@ class GenericAdamReport:
     " schedules (per-clause report).",
     paper="Zou et al., CVPR 2019, https://arxiv.org/abs/1811.09358",
     reference="closed form",
-    verified="closed form (tests/test_generic_adam.py)",
+    verified="closed form (tests/research/test_generic_adam.py)",
 )
 def generic_adam_condition(
     learning_rate: ScalarOrSchedule = 1e-3,

@@ -71,7 +71,7 @@ def _gnorm(g, target):
     summary="GradInit one-step objective L(S~; theta - eta A[g(S; theta)]) (for checking an initialization).",
     paper="Zhu et al., GradInit, NeurIPS 2021",
     reference="definition",
-    verified="definition (tests/test_gradinit.py)",
+    verified="definition (tests/research/test_gradinit.py)",
     kind="utility",
 )
 def gradinit_objective(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch: Any,
@@ -95,7 +95,7 @@ def gradinit_objective(loss_fn: Callable[[Any, Any], jax.Array], params: Any, ba
     summary="GradInit: Adam on one scalar per tensor so one SGD/Adam step lowers the loss most, under a gradient-norm bound.",
     paper="Zhu et al., GradInit: Learning to Initialize Neural Networks for Stable and Efficient Training, NeurIPS 2021",
     reference="NumPy re-derivation of zhuchen03/gradinit (gradinit_utils.py + RescaleAdam) on a linear model (tests)",
-    verified="NumPy re-derivation of zhuchen03/gradinit on a linear model (tests/test_gradinit.py)",
+    verified="NumPy re-derivation of zhuchen03/gradinit on a linear model (tests/research/test_gradinit.py)",
     kind="utility",
 )
 @validation.renamed(iters="num_iters", lr="learning_rate")

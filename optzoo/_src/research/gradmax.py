@@ -111,7 +111,7 @@ def gradmax_matrix(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch:
     summary="GradMax fan-out: top-k left singular vectors of M, rescaled to scale * ref_norm.",
     paper="Evci et al., GradMax: Growing Neural Networks using Gradient Information, ICLR 2022",
     reference="definition (SVD); tests check optimality against random directions",
-    verified="definition via the SVD (tests/test_gradmax.py)",
+    verified="definition via the SVD (tests/research/test_gradmax.py)",
     kind="utility",
 )
 def gradmax_fanout(m_matrix: Any, k: int, ref_norm: float, scale: float = 0.5) -> jax.Array:

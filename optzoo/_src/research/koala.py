@@ -115,7 +115,7 @@ registry.register(
     paper=_PAPER,
     reference="definition (mean loss and mean squared loss, as in the"
     " official training loop)",
-    verified="definition (tests/test_koala.py)",
+    verified="definition (tests/research/test_koala.py)",
     kind="utility",
 )(koala_loss_stats)
 
@@ -125,8 +125,8 @@ registry.register(
     summary="KOALA-V / KOALA-M: Kalman-filter optimizer driven by the loss.",
     paper=_PAPER,
     reference="official code Araachie/koala (VanillaKOALA, MomentumKOALA);"
-    " verified against a NumPy re-derivation (tests/test_koala.py)",
-    verified="NumPy re-derivation of the official code Araachie/koala (tests/test_koala.py)",
+    " verified against a NumPy re-derivation (tests/research/test_koala.py)",
+    verified="NumPy re-derivation of the official code Araachie/koala (tests/research/test_koala.py)",
     extra_args=("value", "value_sq"),
     needs_params=True,
 )
@@ -241,7 +241,7 @@ def koala(
   ``optimizer.update(model, grads, value=..., value_sq=...)``; linen's
   ``TrainState.apply_gradients`` does not forward extra args, so call
   ``state.tx.update(grads, state.opt_state, state.params, value=...)``
-  yourself (tests/test_koala.py shows both).
+  yourself (tests/research/test_koala.py shows both).
 
   ``koala`` validates every argument and returns
   :func:`scale_by_koala_v` (``variant="vanilla"``) or :func:`scale_by_koala_m`

@@ -118,7 +118,7 @@ registry.register(
     summary="MBF's mini-block partition of a parameter leaf.",
     paper=_PAPER,
     reference="definition (reconstructed from the paper)",
-    verified="definition (tests/test_mbf.py)",
+    verified="definition (tests/research/test_mbf.py)",
     kind="utility",
 )(mini_block_partition)
 
@@ -128,7 +128,7 @@ registry.register(
     summary="Per-example gradients with jax.vmap(jax.grad) (MBF's extra arg).",
     paper=_PAPER,
     reference="definition (jax.vmap(jax.grad(loss_fn)))",
-    verified="definition (tests/test_mbf.py)",
+    verified="definition (tests/research/test_mbf.py)",
     kind="utility",
 )
 def per_example_grads(
@@ -184,8 +184,8 @@ def _spd_inverse(a: chex.Array) -> chex.Array:
     summary="MBF preconditioner: EMA mini-block empirical Fisher, damped inverse refreshed every T steps.",
     paper=_PAPER,
     reference="NumPy re-derivation with explicit block matrices and"
-    " np.linalg.solve (tests/test_mbf.py); algorithm [recon]",
-    verified="NumPy re-derivation with explicit block matrices (tests/test_mbf.py)",
+    " np.linalg.solve (tests/research/test_mbf.py); algorithm [recon]",
+    verified="NumPy re-derivation with explicit block matrices (tests/research/test_mbf.py)",
     extra_args=("per_example_grads",),
 )
 def scale_by_mini_block_fisher(
@@ -306,8 +306,8 @@ def scale_by_mini_block_fisher(
     summary="MBF: SGD preconditioned by a mini-block empirical Fisher (EMA, damping, periodic inverse).",
     paper=_PAPER,
     reference="NumPy re-derivation with explicit block matrices and"
-    " np.linalg.solve (tests/test_mbf.py); algorithm [recon]",
-    verified="NumPy re-derivation with explicit block matrices (tests/test_mbf.py)",
+    " np.linalg.solve (tests/research/test_mbf.py); algorithm [recon]",
+    verified="NumPy re-derivation with explicit block matrices (tests/research/test_mbf.py)",
     extra_args=("per_example_grads",),
 )
 def mini_block_fisher(

@@ -57,9 +57,9 @@ class ScaleByInputPowerState(NamedTuple):
     family="research",
     summary="Divide each leaf's update by its layer's input power (NSGD's normalization).",
     paper=_PAPER,
-    reference="NumPy re-derivation (tests/test_nsgd.py); official code"
+    reference="NumPy re-derivation (tests/research/test_nsgd.py); official code"
     " SalihFurkan/Normalized-SGD nisgd.py for mode='log_power'",
-    verified="NumPy re-derivation (tests/test_nsgd.py)",
+    verified="NumPy re-derivation (tests/research/test_nsgd.py)",
     extra_args=("input_power",),
 )
 def scale_by_input_power(
@@ -160,8 +160,8 @@ def scale_by_input_power(
     summary="NSGD: SGD with each layer's step divided by its input power (NLMS-style).",
     paper=_PAPER,
     reference="NumPy re-derivation of the paper's rule and of the official"
-    " code SalihFurkan/Normalized-SGD nisgd.py (tests/test_nsgd.py)",
-    verified="NumPy re-derivation of the paper's rule and of SalihFurkan/Normalized-SGD nisgd.py (tests/test_nsgd.py)",
+    " code SalihFurkan/Normalized-SGD nisgd.py (tests/research/test_nsgd.py)",
+    verified="NumPy re-derivation of the paper's rule and of SalihFurkan/Normalized-SGD nisgd.py (tests/research/test_nsgd.py)",
     extra_args=("input_power",),
     needs_params=True,
 )
@@ -322,7 +322,7 @@ def _conv_power(x, norm, standardize):
     paper=_PAPER,
     reference="definition (batch mean of ||x||^2 / ||x||_1 per layer;"
     " per input channel for convs, as nisgd.py)",
-    verified="definition (tests/test_nsgd.py)",
+    verified="definition (tests/research/test_nsgd.py)",
     kind="utility",
 )
 def collect_input_power(

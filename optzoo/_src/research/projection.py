@@ -142,8 +142,8 @@ registry.register(
     family="research",
     summary="Increment that moves params + updates onto a sphere (per filter/tensor/joint).",
     paper=_WRS_PAPER + "; " + _SPHERE_PAPER,
-    reference="definition (tests/test_projection.py)",
-    verified="definition (tests/test_projection.py)",
+    reference="definition (tests/research/test_projection.py)",
+    verified="definition (tests/research/test_projection.py)",
     kind="utility",
 )(project_to_sphere)
 
@@ -159,7 +159,7 @@ class WeightRescalingState(NamedTuple):
     summary="WRS: rescale each selected filter to unit norm after every step.",
     paper=_WRS_PAPER,
     reference="paper's rule (mechanics reconstructed); tested for"
-    " unit filter norms (tests/test_projection.py)",
+    " unit filter norms (tests/research/test_projection.py)",
     needs_params=True,
 )
 def weight_rescaling(
@@ -265,8 +265,8 @@ class SphereSgdState(NamedTuple):
     summary="Projected SGD on the sphere with a fixed effective learning rate (Kodryan et al.).",
     paper=_SPHERE_PAPER,
     reference="official code tipt0p/three_regimes_on_the_sphere (fix_elr,"
-    " fix_all_elr); NumPy re-derivation (tests/test_projection.py)",
-    verified="NumPy re-derivation of tipt0p/three_regimes_on_the_sphere (tests/test_projection.py)",
+    " fix_all_elr); NumPy re-derivation (tests/research/test_projection.py)",
+    verified="NumPy re-derivation of tipt0p/three_regimes_on_the_sphere (tests/research/test_projection.py)",
     needs_params=True,
 )
 @validation.renamed(elr="learning_rate",

@@ -65,7 +65,7 @@ def _bcast(c, w):
     summary="Elastic coupling of replicas (leading axis) to their centre: adds K*gamma*(w_a - center).",
     paper="Baldassi et al., PNAS 2020; Pittorino et al., ICLR 2021",
     reference="NumPy re-derivation of Pittorino et al. (ICLR 2021), eqs. 4-6",
-    verified="NumPy re-derivation of Pittorino et al. 2021, as the coupling link of optzoo.replicated_sgd (tests/test_entropy.py)",
+    verified="NumPy re-derivation of Pittorino et al. 2021, as the coupling link of optzoo.replicated_sgd (tests/research/test_entropy.py)",
     needs_params=True,
 )
 def replica_coupling(
@@ -168,7 +168,7 @@ def replica_coupling(
     summary="Replicated-SGD: y replicas (leading param axis) with scoped elastic coupling to a centre.",
     paper="Baldassi et al., PNAS 2020; Pittorino et al., Entropic gradient descent algorithms and wide flat minima, ICLR 2021",
     reference="NumPy re-derivation of Pittorino et al. (ICLR 2021); gamma=0 equals independent torch-style SGD per replica",
-    verified="NumPy re-derivation of Pittorino et al. 2021 (tests/test_entropy.py)",
+    verified="NumPy re-derivation of Pittorino et al. 2021 (tests/research/test_entropy.py)",
     needs_params=True,
 )
 def replicated_sgd(

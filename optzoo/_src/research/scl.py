@@ -156,7 +156,7 @@ def _feature_normalize(g, norm, eps):
     summary="SCL mask-gradient normalization: rescale each output feature's mask gradient (rms/l2/max).",
     paper="Tang et al., Automatic Sparse Connectivity Learning for Neural Networks, arXiv 2201.05020",
     reference="definition (recon of the paper's per-feature normalization)",
-    verified="definition (tests/test_scl.py)",
+    verified="definition (tests/research/test_scl.py)",
 )
 def normalize_mask_gradients(norm: str = "rms", eps: float = 1e-8
                              ) -> optax.GradientTransformation:
@@ -189,7 +189,7 @@ def normalize_mask_gradients(norm: str = "rms", eps: float = 1e-8
     summary="SCL connection-count penalty: add lam (the identity-STE gradient of lam * sum step(m)) to mask gradients.",
     paper="Tang et al., arXiv 2201.05020",
     reference="definition (gradient of lam * connection_count under the identity STE)",
-    verified="definition: the gradient of lam * connection_count (tests/test_scl.py)",
+    verified="definition: the gradient of lam * connection_count (tests/research/test_scl.py)",
 )
 def add_count_penalty(count_penalty: float = 1e-3) -> optax.GradientTransformation:
   r"""Adds :math:`\lambda` to every gradient entry: the gradient of
@@ -208,7 +208,7 @@ def add_count_penalty(count_penalty: float = 1e-3) -> optax.GradientTransformati
     summary="SCL optimizer: normalized + count-penalized SGD on `mask` leaves, any optimizer on the weights.",
     paper="Tang et al., Automatic Sparse Connectivity Learning for Neural Networks, arXiv 2201.05020",
     reference="composition of normalize_mask_gradients, add_count_penalty and torch-style SGD (tests)",
-    verified="definition: normalize_mask_gradients, add_count_penalty and SGD (tests/test_scl.py)",
+    verified="definition: normalize_mask_gradients, add_count_penalty and SGD (tests/research/test_scl.py)",
 )
 def sparse_connectivity(
     learning_rate: optax.ScalarOrSchedule = 0.1,

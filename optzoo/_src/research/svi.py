@@ -114,7 +114,7 @@ def svi_mse_loss(probs: jax.Array, labels: jax.Array) -> jax.Array:
     summary="SVI pseudo-gradient of an SVIDense/SVIMLP model (each layer's own activation derivative dropped).",
     paper="Xu, Cheng & Xie, An alternative approach to train neural networks using monotone variational inequality, arXiv 2202.08876",
     reference="explicit NumPy backprop of a 2-layer MLP (tests); hamrel-cxu/SVI-NN-training",
-    verified="NumPy backprop of a 2-layer MLP (tests/test_svi.py)",
+    verified="NumPy backprop of a 2-layer MLP (tests/research/test_svi.py)",
     kind="utility",
 )
 def svi_gradients(

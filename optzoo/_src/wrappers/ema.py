@@ -36,7 +36,7 @@ class ParamEmaState(NamedTuple):
     " Leads to Wider Optima, UAI 2018",
     reference="torch.optim.swa_utils.AveragedModel with get_ema_multi_avg_fn"
     " / get_swa_multi_avg_fn",
-    verified="torch.optim.swa_utils.AveragedModel 2.13, float64 (tests/test_ema.py)",
+    verified="torch.optim.swa_utils.AveragedModel 2.13, float64 (tests/wrappers/test_ema.py)",
     needs_params=True,
 )
 def param_ema(

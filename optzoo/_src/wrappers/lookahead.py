@@ -36,7 +36,7 @@ class LookaheadState(NamedTuple):
     " 1 step back, NeurIPS 2019, https://arxiv.org/abs/1907.08610",
     reference="pytorch_optimizer.Lookahead (= paper phase; equals"
     " optax.lookahead)",
-    verified="pytorch_optimizer.Lookahead 4.1.0, float64 (tests/test_lookahead.py)",
+    verified="pytorch_optimizer.Lookahead 4.1.0, float64 (tests/wrappers/test_lookahead.py)",
     needs_params=True,
 )
 def lookahead(

@@ -1,4 +1,4 @@
-"""Worker for tests/test_multiprocess.py: one process of a JAX cluster.
+"""Worker for tests/communication/test_multiprocess.py: one process of a JAX cluster.
 
 Run by ``tests/multiprocess.launch`` (N processes) or directly (1 process).
 All configurations run in one invocation (JAX startup dominates the cost):
@@ -22,8 +22,8 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import multiprocess  # noqa: E402  (tests/multiprocess.py)
 

@@ -1,6 +1,6 @@
 """A real multi-process JAX cluster on localhost (gloo CPU collectives).
 
-Three launches of ``tests/mp_worker.py`` (JAX startup dominates, so each
+Three launches of ``tests/communication/mp_worker.py`` (JAX startup dominates, so each
 launch runs all its configurations):
 
 1. 2 processes x 4 devices: train (adam, lookahead(adam), koala, lars/lamb
@@ -35,7 +35,7 @@ TIMEOUT = float(os.environ.get("OPTZOO_MP_TIMEOUT", "300"))
 def runs(tmp_path_factory):
   out = tmp_path_factory.mktemp("mp_out")
   ckpt = tmp_path_factory.mktemp("mp_ckpt")
-  env = {"PYTHONPATH": os.path.dirname(HERE) + os.pathsep
+  env = {"PYTHONPATH": os.path.dirname(os.path.dirname(HERE)) + os.pathsep
          + os.environ.get("PYTHONPATH", "")}
   common = ["--out", str(out), "--ckpt", str(ckpt)]
   for nproc, ndev, mode in ((2, 4, "train,save"), (1, 8, "train,restore"),

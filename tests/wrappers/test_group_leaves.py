@@ -14,7 +14,7 @@ import pytest
 import optzoo
 from helpers import TraceCounter
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _layered_params(n_layers=6, dtype=jnp.float64, seed=0):

@@ -266,7 +266,8 @@ def test_lr_find(capsys, tmp_path):
 # README
 # ---------------------------------------------------------------------------
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/apps/ -> repo root
+README = os.path.join(ROOT, "README.md")
 
 
 def test_readme_starts_with_the_two_setup_commands():
@@ -317,7 +318,7 @@ def _cli_process(*args, code=None):
   cmd = [sys.executable, "-c", code, *args] if code else [
       sys.executable, "-m", "optzoo.apps.cli", *args]
   return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120,
-                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                        cwd=ROOT)
 
 
 @pytest.mark.parametrize("argv,code", [

@@ -1,0 +1,1 @@
+"""Tests of optzoo/apps/ (command line, race) and of the colabs/ notebooks."""

@@ -1,0 +1,1 @@
+"""Tests of optzoo/_src/communication/, and real multi-process runs."""

@@ -1,0 +1,1 @@
+"""Tests of optzoo/_src/diagnostics/."""

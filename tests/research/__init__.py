@@ -1,0 +1,1 @@
+"""Tests of optzoo/_src/research/ (one file per method module)."""
