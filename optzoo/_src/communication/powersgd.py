@@ -155,18 +155,9 @@ def powersgd(
     Compression for Distributed Optimization <https://arxiv.org/abs/1905.13727>`_,
     NeurIPS 2019.
   """
-  validation.check_int("rank", rank, minimum=1)
-  validation.check_int("start_iter", start_iter, minimum=0)
-  validation.check_nonneg("min_compression_rate", min_compression_rate)
-  validation.check_bool("use_error_feedback", use_error_feedback)
-  validation.check_bool("warm_start", warm_start)
-  validation.check_nonneg("orthogonalization_epsilon", orthogonalization_epsilon)
-  validation.check_bool("batch_tensors_with_same_shape", batch_tensors_with_same_shape)
-  _check_key(key)
-  if (use_error_feedback or warm_start) and start_iter <= 1:
-    raise ValueError(
-        "`start_iter` must be > 1 when `use_error_feedback` or `warm_start`"
-        f" is on (as torch's powerSGD_hook), got {start_iter!r}.")
+  _check_args(rank, start_iter, min_compression_rate, use_error_feedback,
+              warm_start, orthogonalization_epsilon,
+              batch_tensors_with_same_shape, key)
   key0 = _as_key(key)
   rate = float(min_compression_rate)
 
@@ -224,6 +215,24 @@ def powersgd(
         dense_bytes=state.dense_bytes)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _check_args(rank, start_iter, min_compression_rate, use_error_feedback,
+                warm_start, orthogonalization_epsilon,
+                batch_tensors_with_same_shape, key):
+  """Raises on an invalid :func:`powersgd` argument."""
+  validation.check_int("rank", rank, minimum=1)
+  validation.check_int("start_iter", start_iter, minimum=0)
+  validation.check_nonneg("min_compression_rate", min_compression_rate)
+  validation.check_bool("use_error_feedback", use_error_feedback)
+  validation.check_bool("warm_start", warm_start)
+  validation.check_nonneg("orthogonalization_epsilon", orthogonalization_epsilon)
+  validation.check_bool("batch_tensors_with_same_shape", batch_tensors_with_same_shape)
+  _check_key(key)
+  if (use_error_feedback or warm_start) and start_iter <= 1:
+    raise ValueError(
+        "`start_iter` must be > 1 when `use_error_feedback` or `warm_start`"
+        f" is on (as torch's powerSGD_hook), got {start_iter!r}.")
 
 
 def _fresh_q(key, plans, dtypes):
