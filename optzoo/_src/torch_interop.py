@@ -220,18 +220,54 @@ def from_torch_optimizer_state(
   """
   kind = _kind(state_dict)
   order = _parse_order(param_order)
-  leaves = _leaf_table(params, order)
+  _leaf_table(params, order)
   idx2group = _index_groups(state_dict)
   if len(idx2group) != len(order):
     raise ValueError(
         f"the torch state_dict has {len(idx2group)} parameters, `param_order`"
         f" lists {len(order)}.")
   groups = state_dict["param_groups"]
-  per_path, group_of = {}, {}
+  per_path = _per_path_state(state_dict, order, idx2group)
+  if kind == "adam":
+    adam_step = _adam_step(per_path)
+    amsgrad = {bool(g.get("amsgrad", False)) for g in groups}
+  else:
+    adam_step = amsgrad = None
+  count_step = step if step is not None else adam_step
+  found = {"adam": 0, "trace": 0}
+
+  def fill(node):
+    if _is_inject_state(node):
+      return _inject_from_torch(node, groups[0], count_step, fill)
+    if hasattr(node, "_fields") and tuple(node._fields) == ("count",):
+      # A schedule's step counter (optax.scale_by_schedule).
+      return _schedule_count_from_torch(node, count_step)
+    if _is_adam_state(node):
+      if kind != "adam":
+        raise ValueError("the torch state_dict is from SGD (momentum_buffer)"
+                         " but the optzoo state is Adam-like (mu, nu).")
+      found["adam"] += 1
+      return _adam_from_torch(node, per_path, adam_step, amsgrad)
+    if _is_trace_state(node):
+      if kind != "sgd":
+        raise ValueError("the torch state_dict is from Adam/AdamW (exp_avg)"
+                         " but the optzoo state is SGD's momentum trace.")
+      found["trace"] += 1
+      return _trace_from_torch(node, per_path, groups, count_step)
+    return None
+
+  out = _walk(state, fill)
+  _check_found(kind, found, groups)
+  return out
+
+
+def _per_path_state(state_dict, order, idx2group):
+  """``{path: {key: array}}``: each torch parameter's state as NumPy arrays,
+  permuted into the Flax layout."""
+  per_path = {}
   for i, (path, perm) in enumerate(order):
     if i not in idx2group:
       raise ValueError(f"torch parameter index {i} is in no param_group.")
-    group_of[path] = groups[idx2group[i]]
     raw = state_dict["state"].get(i, state_dict["state"].get(str(i), {}))
     entry = {}
     for k, v in raw.items():
@@ -240,105 +276,107 @@ def from_torch_optimizer_state(
         v = np.transpose(v, _perm_axes(perm, v.ndim))
       entry[k] = v
     per_path[path] = entry
-    if kind != "adam" or "step" not in entry:
-      continue
-  found = {"adam": 0, "trace": 0}
+  return per_path
 
-  if kind == "adam":
-    steps = {int(np.asarray(e["step"]).reshape(())) for e in per_path.values()
-             if e.get("step") is not None}
-    if len(steps) > 1:
-      raise ValueError(f"the torch parameters have different step counts"
-                       f" {sorted(steps)!r}; optzoo keeps one count.")
-    adam_step = steps.pop() if steps else 0
-    amsgrad = {bool(g.get("amsgrad", False)) for g in groups}
+
+def _adam_step(per_path):
+  """The one ``step`` of all torch Adam parameters (0 before any step)."""
+  steps = {int(np.asarray(e["step"]).reshape(())) for e in per_path.values()
+           if e.get("step") is not None}
+  if len(steps) > 1:
+    raise ValueError(f"the torch parameters have different step counts"
+                     f" {sorted(steps)!r}; optzoo keeps one count.")
+  return steps.pop() if steps else 0
+
+
+def _require_step(count_step, what):
+  """Raises unless ``step`` is known: ``what`` in the template needs it."""
+  if count_step is None:
+    raise ValueError(
+        f"the template has {what}: pass `step=` (e.g."
+        " from_torch_scheduler_state(sched.state_dict())); torch SGD"
+        " does not store a step count.")
+
+
+def _inject_from_torch(node, g0, count_step, fill):
+  """An ``inject_hyperparams`` state: its counts set to ``count_step``, its
+  hyperparameters (those not scheduled) from the torch param group ``g0``,
+  its inner state rebuilt with ``fill``."""
+  _require_step(count_step, "inject_hyperparams")
+  hyper = dict(node.hyperparams)
+  scheduled = getattr(node, "hyperparams_states", {})
+  for tk, ok in _HYPER.items():
+    if ok in hyper and tk in g0 and ok not in scheduled:
+      hyper[ok] = jnp.asarray(g0[tk], jnp.asarray(hyper[ok]).dtype)
+  if "betas" in g0:
+    for ok, v in zip(("b1", "b2"), g0["betas"]):
+      if ok in hyper and ok not in scheduled:
+        hyper[ok] = jnp.asarray(v, jnp.asarray(hyper[ok]).dtype)
+  new = node._replace(
+      count=jnp.asarray(count_step, jnp.asarray(node.count).dtype),
+      hyperparams=hyper, inner_state=_walk(node.inner_state, fill))
+  if hasattr(node, "hyperparams_states"):
+    new = new._replace(hyperparams_states=jax.tree.map(
+        lambda c: jnp.asarray(count_step, jnp.asarray(c).dtype),
+        node.hyperparams_states))
+  return new
+
+
+def _schedule_count_from_torch(node, count_step):
+  """A schedule's step counter set to ``count_step``."""
+  _require_step(count_step, "a learning-rate schedule")
+  return node._replace(
+      count=jnp.asarray(count_step, jnp.asarray(node.count).dtype))
+
+
+def _adam_from_torch(node, per_path, adam_step, amsgrad):
+  """An Adam-like state (``mu``, ``nu``, ``count``, optional ``nu_max``) from
+  torch's ``exp_avg``, ``exp_avg_sq``, ``step``, ``max_exp_avg_sq``;
+  ``amsgrad`` is the set of the torch groups' flags."""
+  has_max = getattr(node, "nu_max", None) is not None
+  if True in amsgrad and not has_max:
+    raise ValueError("the torch optimizer has amsgrad=True but the"
+                     " optzoo state has no nu_max: build it with"
+                     " amsgrad=True.")
+  if has_max and False in amsgrad:
+    raise ValueError("the optzoo state has amsgrad's nu_max but the torch"
+                     " optimizer has amsgrad=False.")
+  rep = dict(count=jnp.asarray(adam_step, jnp.asarray(node.count).dtype),
+             mu=_fill(node.mu, per_path, "exp_avg", "Adam"),
+             nu=_fill(node.nu, per_path, "exp_avg_sq", "Adam"))
+  if has_max:
+    rep["nu_max"] = _fill(node.nu_max, per_path, "max_exp_avg_sq",
+                          "AMSGrad")
+  return node._replace(**rep)
+
+
+def _trace_from_torch(node, per_path, groups, count_step):
+  """An SGD momentum trace from torch's ``momentum_buffer`` (kept as is when
+  torch has not stepped yet), with its ``count`` if it has one."""
+  first = [p for p, e in per_path.items()
+           if e.get("momentum_buffer") is None]
+  momenta = {float(g["momentum"]) for g in groups}
+  if 0.0 in momenta:
+    raise ValueError("the torch SGD has momentum=0 (no buffers) but the"
+                     " optzoo state has a momentum trace.")
+  started = not first
+  if first and len(first) != len(per_path):
+    raise ValueError(f"torch has momentum buffers for some params but not"
+                     f" for {first!r}.")
+  if started:
+    trace = _fill(node.trace, per_path, "momentum_buffer", "SGD")
   else:
-    adam_step = None
-  count_step = step if step is not None else adam_step
+    trace = node.trace
+  rep = dict(trace=trace)
+  if "count" in node._fields and node.count is not None:
+    n = count_step if count_step is not None else (1 if started else 0)
+    rep["count"] = jnp.asarray(n if started else 0,
+                               jnp.asarray(node.count).dtype)
+  return node._replace(**rep)
 
-  def fill(node):
-    if _is_inject_state(node):
-      if count_step is None:
-        raise ValueError(
-            "the template has inject_hyperparams: pass `step=` (e.g."
-            " from_torch_scheduler_state(sched.state_dict())); torch SGD"
-            " does not store a step count.")
-      hyper = dict(node.hyperparams)
-      g0 = groups[0]
-      for tk, ok in _HYPER.items():
-        if ok in hyper and tk in g0 and ok not in getattr(
-            node, "hyperparams_states", {}):
-          hyper[ok] = jnp.asarray(g0[tk], jnp.asarray(hyper[ok]).dtype)
-      if "betas" in g0:
-        for ok, v in zip(("b1", "b2"), g0["betas"]):
-          if ok in hyper and ok not in getattr(node, "hyperparams_states",
-                                               {}):
-            hyper[ok] = jnp.asarray(v, jnp.asarray(hyper[ok]).dtype)
-      new = node._replace(
-          count=jnp.asarray(count_step, jnp.asarray(node.count).dtype),
-          hyperparams=hyper, inner_state=_walk(node.inner_state, fill))
-      if hasattr(node, "hyperparams_states"):
-        new = new._replace(hyperparams_states=jax.tree.map(
-            lambda c: jnp.asarray(count_step, jnp.asarray(c).dtype),
-            node.hyperparams_states))
-      return new
-    if hasattr(node, "_fields") and tuple(node._fields) == ("count",):
-      # A schedule's step counter (optax.scale_by_schedule).
-      if count_step is None:
-        raise ValueError(
-            "the template has a learning-rate schedule: pass `step=` (e.g."
-            " from_torch_scheduler_state(sched.state_dict())); torch SGD"
-            " does not store a step count.")
-      return node._replace(
-          count=jnp.asarray(count_step, jnp.asarray(node.count).dtype))
-    if _is_adam_state(node):
-      if kind != "adam":
-        raise ValueError("the torch state_dict is from SGD (momentum_buffer)"
-                         " but the optzoo state is Adam-like (mu, nu).")
-      found["adam"] += 1
-      has_max = getattr(node, "nu_max", None) is not None
-      if True in amsgrad and not has_max:
-        raise ValueError("the torch optimizer has amsgrad=True but the"
-                         " optzoo state has no nu_max: build it with"
-                         " amsgrad=True.")
-      if has_max and False in amsgrad:
-        raise ValueError("the optzoo state has amsgrad's nu_max but the torch"
-                         " optimizer has amsgrad=False.")
-      rep = dict(count=jnp.asarray(adam_step, jnp.asarray(node.count).dtype),
-                 mu=_fill(node.mu, per_path, "exp_avg", "Adam"),
-                 nu=_fill(node.nu, per_path, "exp_avg_sq", "Adam"))
-      if has_max:
-        rep["nu_max"] = _fill(node.nu_max, per_path, "max_exp_avg_sq",
-                              "AMSGrad")
-      return node._replace(**rep)
-    if _is_trace_state(node):
-      if kind != "sgd":
-        raise ValueError("the torch state_dict is from Adam/AdamW (exp_avg)"
-                         " but the optzoo state is SGD's momentum trace.")
-      found["trace"] += 1
-      first = [p for p, e in per_path.items()
-               if e.get("momentum_buffer") is None]
-      momenta = {float(g["momentum"]) for g in groups}
-      if 0.0 in momenta:
-        raise ValueError("the torch SGD has momentum=0 (no buffers) but the"
-                         " optzoo state has a momentum trace.")
-      started = not first
-      if first and len(first) != len(per_path):
-        raise ValueError(f"torch has momentum buffers for some params but not"
-                         f" for {first!r}.")
-      if started:
-        trace = _fill(node.trace, per_path, "momentum_buffer", "SGD")
-      else:
-        trace = node.trace
-      rep = dict(trace=trace)
-      if "count" in node._fields and node.count is not None:
-        n = count_step if count_step is not None else (1 if started else 0)
-        rep["count"] = jnp.asarray(n if started else 0,
-                                   jnp.asarray(node.count).dtype)
-      return node._replace(**rep)
-    return None
 
-  out = _walk(state, fill)
+def _check_found(kind, found, groups):
+  """The template must hold the moments the torch optimizer has."""
   if kind == "adam" and not found["adam"]:
     raise ValueError("the torch state_dict is from Adam/AdamW but the optzoo"
                      " state has no Adam moments (mu, nu): is it another"
@@ -349,7 +387,6 @@ def from_torch_optimizer_state(
       raise ValueError(f"the torch SGD has momentum {sorted(momenta)!r} but"
                        " the optzoo state has no momentum trace: build"
                        " optzoo.sgd(momentum=...).")
-  return out
 
 
 def to_torch_optimizer_state(

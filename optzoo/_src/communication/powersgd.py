@@ -155,25 +155,11 @@ def powersgd(
     Compression for Distributed Optimization <https://arxiv.org/abs/1905.13727>`_,
     NeurIPS 2019.
   """
-  validation.check_int("rank", rank, minimum=1)
-  validation.check_int("start_iter", start_iter, minimum=0)
-  validation.check_nonneg("min_compression_rate", min_compression_rate)
-  validation.check_bool("use_error_feedback", use_error_feedback)
-  validation.check_bool("warm_start", warm_start)
-  validation.check_nonneg("orthogonalization_epsilon", orthogonalization_epsilon)
-  validation.check_bool("batch_tensors_with_same_shape", batch_tensors_with_same_shape)
-  _check_key(key)
-  if (use_error_feedback or warm_start) and start_iter <= 1:
-    raise ValueError(
-        "`start_iter` must be > 1 when `use_error_feedback` or `warm_start`"
-        f" is on (as torch's powerSGD_hook), got {start_iter!r}.")
+  _check_args(rank, start_iter, min_compression_rate, use_error_feedback,
+              warm_start, orthogonalization_epsilon,
+              batch_tensors_with_same_shape, key)
   key0 = _as_key(key)
   rate = float(min_compression_rate)
-
-  def fresh_q(k, plans, dtypes):
-    return [jax.random.normal(jax.random.fold_in(k, i), (pl[2], pl[3]), dt)
-            if pl[0] else optax.MaskedNode()
-            for i, (pl, dt) in enumerate(zip(plans, dtypes))]
 
   def plans_of(leaves):
     return [_plan(tuple(jnp.shape(x)), int(rank), rate) for x in leaves]
@@ -186,76 +172,29 @@ def powersgd(
            else optax.MaskedNode() for x, dt in zip(leaves, dts)]
     return PowerSGDState(
         count=jnp.zeros([], jnp.int32), error=treedef.unflatten(err),
-        q=treedef.unflatten(fresh_q(jax.random.fold_in(key0, 0), plans, dts)),
+        q=treedef.unflatten(_fresh_q(jax.random.fold_in(key0, 0), plans, dts)),
         key=key0, comm_bytes=jnp.zeros([], jnp.int32),
         dense_bytes=_i32(_dense_bytes(params)))
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
     n = C.axis_size(axis_name)
-    world = 1 if n is None else n
     leaves, treedef = jax.tree.flatten(updates)
     leaves = [jnp.asarray(g) for g in leaves]
     plans = plans_of(leaves)
     dts = [tree.compute_dtype(g) for g in leaves]
     errs = treedef.flatten_up_to(state.error)
     qs = treedef.flatten_up_to(state.q)
-    dense = _dense_bytes(leaves)
-    csize = max([d.itemsize for d in dts] or [4])
-    comp_elems = sum((pl[1] + pl[2]) * pl[3] if pl[0] else int(np.size(g))
-                     for pl, g in zip(plans, leaves))
 
     def dense_branch(ops):
       gs, es, qq = ops
-      return [C.pmean(g.astype(dt), axis_name, n) for g, dt in zip(gs, dts)], es, qq
+      return _dense_mean(gs, dts, axis_name, n), es, qq
 
     def compressed_branch(ops):
-      gs, es, qq = ops
-      ms = [g.astype(dt) for g, dt in zip(gs, dts)]
-      if use_error_feedback:
-        ms = [m + e[0] for m, e in zip(ms, es)]
-      outs = list(ms)
-      # Uncompressed leaves: one concatenated mean all-reduce.
-      unc = [i for i, pl in enumerate(plans) if not pl[0]]
-      if unc:
-        flat = jnp.concatenate([ms[i].reshape(-1).astype(jnp.result_type(*[dts[j] for j in unc]))
-                                for i in unc])
-        flat = C.psum(flat, axis_name, n) / world
-        off = 0
-        for i in unc:
-          sz = int(np.size(ms[i]))
-          outs[i] = flat[off:off + sz].reshape(ms[i].shape).astype(dts[i])
-          off += sz
-      comp = [i for i, pl in enumerate(plans) if pl[0]]
-      if comp:
-        groups: dict = {}
-        for i in comp:
-          gkey = (plans[i][1:], dts[i]) if batch_tensors_with_same_shape else i
-          groups.setdefault(gkey, []).append(i)
-        groups = list(groups.values())
-        mats = [jnp.stack([ms[i].reshape(plans[i][1], plans[i][2]) for i in grp])
-                for grp in groups]
-        qmats = [orthogonalize(jnp.stack([qq[i] for i in grp]),
-                               orthogonalization_epsilon) for grp in groups]
-        ps = [jnp.einsum("bnm,bmr->bnr", mt, q) for mt, q in zip(mats, qmats)]
-        pdt = jnp.result_type(*[p.dtype for p in ps])
-        flat = C.psum(jnp.concatenate([p.reshape(-1).astype(pdt) for p in ps]),
-                      axis_name, n)
-        ps, off = _split(flat, ps, 0)
-        ps = [orthogonalize(p, orthogonalization_epsilon) for p in ps]
-        qn = [jnp.einsum("bnm,bnr->bmr", mt, p) for mt, p in zip(mats, ps)]
-        flat = C.psum(jnp.concatenate([q.reshape(-1).astype(pdt) for q in qn]),
-                      axis_name, n) / world
-        qn, _ = _split(flat, qn, 0)
-        qq = list(qq)
-        for grp, p, q in zip(groups, ps, qn):
-          approx = jnp.einsum("bnr,bmr->bnm", p, q)
-          for b, i in enumerate(grp):
-            outs[i] = approx[b].reshape(ms[i].shape).astype(dts[i])
-            qq[i] = q[b].astype(qq[i].dtype)
-      if use_error_feedback:
-        es = [(m - o)[None] for m, o in zip(ms, outs)]
-      return outs, es, qq
+      return _compressed_step(
+          *ops, plans, dts, use_error_feedback=use_error_feedback,
+          batch_same_shape=batch_tensors_with_same_shape,
+          epsilon=orthogonalization_epsilon, axis_name=axis_name, n=n)
 
     ops = (leaves, list(errs), list(qs))
     if start_iter > 0:
@@ -264,17 +203,149 @@ def powersgd(
     else:
       outs, new_e, new_q = compressed_branch(ops)
     if not warm_start:
-      nxt = fresh_q(jax.random.fold_in(state.key, state.count + 1), plans, dts)
+      nxt = _fresh_q(jax.random.fold_in(state.key, state.count + 1), plans, dts)
       new_q = jax.tree.map(lambda a, b: jnp.where(state.count < start_iter, a, b),
                            list(qs), nxt)
     outs = [o.astype(g.dtype) for o, g in zip(outs, leaves)]
-    sent = jnp.where(state.count < start_iter, _i32(dense), _i32(comp_elems * csize))
+    sent = jnp.where(state.count < start_iter, _i32(_dense_bytes(leaves)),
+                     _i32(_compressed_bytes(leaves, plans, dts)))
     return treedef.unflatten(outs), PowerSGDState(
         count=optax.safe_increment(state.count), error=treedef.unflatten(new_e),
         q=treedef.unflatten(new_q), key=state.key, comm_bytes=sent,
         dense_bytes=state.dense_bytes)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _check_args(rank, start_iter, min_compression_rate, use_error_feedback,
+                warm_start, orthogonalization_epsilon,
+                batch_tensors_with_same_shape, key):
+  """Raises on an invalid :func:`powersgd` argument."""
+  validation.check_int("rank", rank, minimum=1)
+  validation.check_int("start_iter", start_iter, minimum=0)
+  validation.check_nonneg("min_compression_rate", min_compression_rate)
+  validation.check_bool("use_error_feedback", use_error_feedback)
+  validation.check_bool("warm_start", warm_start)
+  validation.check_nonneg("orthogonalization_epsilon", orthogonalization_epsilon)
+  validation.check_bool("batch_tensors_with_same_shape", batch_tensors_with_same_shape)
+  _check_key(key)
+  if (use_error_feedback or warm_start) and start_iter <= 1:
+    raise ValueError(
+        "`start_iter` must be > 1 when `use_error_feedback` or `warm_start`"
+        f" is on (as torch's powerSGD_hook), got {start_iter!r}.")
+
+
+def _fresh_q(key, plans, dtypes):
+  """A Gaussian ``(m, r)`` ``Q`` per compressed leaf (``key`` folded with the
+  leaf's index); ``optax.MaskedNode()`` for the uncompressed ones."""
+  return [jax.random.normal(jax.random.fold_in(key, i), (pl[2], pl[3]), dt)
+          if pl[0] else optax.MaskedNode()
+          for i, (pl, dt) in enumerate(zip(plans, dtypes))]
+
+
+def _compressed_bytes(leaves, plans, dtypes) -> int:
+  """Bytes one replica sends in a compressed step: ``(n + m) r'`` per
+  compressed leaf, the size of the others, at the widest compute itemsize."""
+  csize = max([d.itemsize for d in dtypes] or [4])
+  comp_elems = sum((pl[1] + pl[2]) * pl[3] if pl[0] else int(np.size(g))
+                   for pl, g in zip(plans, leaves))
+  return comp_elems * csize
+
+
+def _dense_mean(gs, dtypes, axis_name, n):
+  """The warm-up path: each leaf mean all-reduced in its compute dtype."""
+  return [C.pmean(g.astype(dt), axis_name, n) for g, dt in zip(gs, dtypes)]
+
+
+def _mean_uncompressed(ms, plans, dtypes, axis_name, n):
+  """``{i: mean over replicas of ms[i]}`` for the uncompressed leaves ``i``,
+  all of them in one concatenated ``psum``."""
+  world = 1 if n is None else n
+  unc = [i for i, pl in enumerate(plans) if not pl[0]]
+  out = {}
+  if unc:
+    flat = jnp.concatenate([ms[i].reshape(-1).astype(jnp.result_type(*[dtypes[j] for j in unc]))
+                            for i in unc])
+    flat = C.psum(flat, axis_name, n) / world
+    off = 0
+    for i in unc:
+      sz = int(np.size(ms[i]))
+      out[i] = flat[off:off + sz].reshape(ms[i].shape).astype(dtypes[i])
+      off += sz
+  return out
+
+
+def _leaf_groups(plans, dtypes, batch_same_shape):
+  """The compressed leaves' indices in groups that share one batched matmul:
+  same ``(n, m, r')`` and dtype when ``batch_same_shape``, else one each."""
+  groups: dict = {}
+  for i, pl in enumerate(plans):
+    if pl[0]:
+      gkey = (pl[1:], dtypes[i]) if batch_same_shape else i
+      groups.setdefault(gkey, []).append(i)
+  return list(groups.values())
+
+
+def _power_step(mats, qmats, epsilon, axis_name, n):
+  """One power step on batches ``M (b, n, m)`` from orthogonal ``Q (b, m, r)``.
+
+  ``P = orth(sum_i M_i Q)`` and ``Q = mean_i M_i^T P``; the ``P`` (then the
+  ``Q``) of all batches travel in one ``psum``. Returns ``(ps, qs)``.
+  """
+  world = 1 if n is None else n
+  ps = [jnp.einsum("bnm,bmr->bnr", mt, q) for mt, q in zip(mats, qmats)]
+  pdt = jnp.result_type(*[p.dtype for p in ps])
+  flat = C.psum(jnp.concatenate([p.reshape(-1).astype(pdt) for p in ps]),
+                axis_name, n)
+  ps, _ = _split(flat, ps, 0)
+  ps = [orthogonalize(p, epsilon) for p in ps]
+  qn = [jnp.einsum("bnm,bnr->bmr", mt, p) for mt, p in zip(mats, ps)]
+  flat = C.psum(jnp.concatenate([q.reshape(-1).astype(pdt) for q in qn]),
+                axis_name, n) / world
+  qn, _ = _split(flat, qn, 0)
+  return ps, qn
+
+
+def _low_rank_mean(ms, qq, plans, dtypes, batch_same_shape, epsilon,
+                   axis_name, n):
+  """``({i: P Q^T}, new qq)`` for the compressed leaves ``i`` of ``ms``,
+  starting from the ``Q`` in ``qq`` (which keeps the new ``Q``)."""
+  groups = _leaf_groups(plans, dtypes, batch_same_shape)
+  mats = [jnp.stack([ms[i].reshape(plans[i][1], plans[i][2]) for i in grp])
+          for grp in groups]
+  qmats = [orthogonalize(jnp.stack([qq[i] for i in grp]), epsilon)
+           for grp in groups]
+  ps, qn = _power_step(mats, qmats, epsilon, axis_name, n)
+  out, qq = {}, list(qq)
+  for grp, p, q in zip(groups, ps, qn):
+    approx = jnp.einsum("bnr,bmr->bnm", p, q)
+    for b, i in enumerate(grp):
+      out[i] = approx[b].reshape(ms[i].shape).astype(dtypes[i])
+      qq[i] = q[b].astype(qq[i].dtype)
+  return out, qq
+
+
+def _compressed_step(gs, es, qq, plans, dtypes, *, use_error_feedback,
+                     batch_same_shape, epsilon, axis_name, n):
+  """A compressed step: ``(outs, errors, qs)``.
+
+  ``M = g + e`` (error feedback), the uncompressed leaves mean all-reduced,
+  the others as ``P Q^T``; the new error is ``M - out`` on every leaf.
+  """
+  ms = [g.astype(dt) for g, dt in zip(gs, dtypes)]
+  if use_error_feedback:
+    ms = [m + e[0] for m, e in zip(ms, es)]
+  outs = list(ms)
+  for i, o in _mean_uncompressed(ms, plans, dtypes, axis_name, n).items():
+    outs[i] = o
+  if any(pl[0] for pl in plans):
+    approx, qq = _low_rank_mean(ms, qq, plans, dtypes, batch_same_shape,
+                                epsilon, axis_name, n)
+    for i, o in approx.items():
+      outs[i] = o
+  if use_error_feedback:
+    es = [(m - o)[None] for m, o in zip(ms, outs)]
+  return outs, es, qq
 
 
 def _split(flat, like, off):

@@ -115,6 +115,63 @@ def _check_xy(data: Any, name: str):
   return x, y
 
 
+def _check_batch_sizes(batch_sizes: Sequence[int], n: int) -> list:
+  """``batch_sizes`` as a list, checked: non-empty, ints in ``[1, n]``."""
+  batch_sizes = list(batch_sizes)
+  if not batch_sizes:
+    raise ValueError("batch_size_experiment: `batch_sizes` is empty.")
+  for b in batch_sizes:
+    validation.check_int("batch_sizes", b, minimum=1)
+    if b > n:
+      raise ValueError(
+          f"batch_size_experiment: batch size {b} is larger than the {n}"
+          " training examples.")
+  return batch_sizes
+
+
+def _check_optimizer(optimizer: Any) -> Callable[[float], optax.GradientTransformation]:
+  """``optimizer``, checked callable; ``optax.sgd`` when ``None``."""
+  if optimizer is None:
+    return optax.sgd
+  if not callable(optimizer):
+    raise TypeError(
+        "batch_size_experiment: `optimizer` must be a callable"
+        " `learning_rate -> GradientTransformation` (e.g. optax.sgd).")
+  return optimizer
+
+
+def _train(loss_fn: Callable, tx: optax.GradientTransformation, params: Any,
+           x: jax.Array, y: jax.Array, batch_size: int, num_epochs: int,
+           seed: int) -> Any:
+  """``params`` after ``num_epochs`` epochs of ``tx`` at ``batch_size``.
+
+  Each epoch is one jitted scan over ``N // batch_size`` batches of a
+  permutation of the ``N`` examples drawn from ``[seed, epoch]`` (the same
+  for every batch size); the last ``N mod batch_size`` are dropped.
+  """
+  n = x.shape[0]
+  steps = n // batch_size
+
+  @jax.jit
+  def epoch(p, s, perm):
+    idx = perm[: steps * batch_size].reshape(steps, batch_size)
+
+    def step(carry, i):
+      p, s = carry
+      g = jax.grad(loss_fn)(p, (x[i], y[i]))
+      u, s = tx.update(g, s, p)
+      return (optax.apply_updates(p, u), s), None
+
+    (p, s), _ = jax.lax.scan(step, (p, s), idx)
+    return p, s
+
+  p, s = params, tx.init(params)
+  for e in range(num_epochs):
+    perm = jnp.asarray(np.random.default_rng([seed, e]).permutation(n))
+    p, s = epoch(p, s, perm)
+  return p
+
+
 @validation.renamed(lanczos_iters="num_lanczos_iters")
 def batch_size_experiment(
     model: Any,
@@ -181,15 +238,7 @@ def batch_size_experiment(
   x_tr, y_tr = _check_xy(train_data, "train_data")
   x_va, y_va = _check_xy(val_data, "val_data") if val_data is not None else (None, None)
   n = x_tr.shape[0]
-  batch_sizes = list(batch_sizes)
-  if not batch_sizes:
-    raise ValueError("batch_size_experiment: `batch_sizes` is empty.")
-  for b in batch_sizes:
-    validation.check_int("batch_sizes", b, minimum=1)
-    if b > n:
-      raise ValueError(
-          f"batch_size_experiment: batch size {b} is larger than the {n}"
-          " training examples.")
+  batch_sizes = _check_batch_sizes(batch_sizes, n)
   if base_batch_size is None:
     base_batch_size = min(batch_sizes)
   validation.check_int("base_batch_size", base_batch_size, minimum=1)
@@ -199,12 +248,7 @@ def batch_size_experiment(
   validation.check_positive("rho", rho)
   validation.check_int("sharpness_examples", sharpness_examples, minimum=1)
   validation.check_int("num_lanczos_iters", num_lanczos_iters, minimum=1)
-  if optimizer is None:
-    optimizer = optax.sgd
-  elif not callable(optimizer):
-    raise TypeError(
-        "batch_size_experiment: `optimizer` must be a callable"
-        " `learning_rate -> GradientTransformation` (e.g. optax.sgd).")
+  optimizer = _check_optimizer(optimizer)
 
   def loss_fn(p, batch):
     x, y = batch
@@ -225,24 +269,7 @@ def batch_size_experiment(
     lr = scaled_learning_rate(base_learning_rate, base_batch_size, b, rule)
     tx = optimizer(lr)
     steps = n // b
-
-    @jax.jit
-    def epoch(p, s, perm, tx=tx, b=b, steps=steps):
-      idx = perm[: steps * b].reshape(steps, b)
-
-      def step(carry, i):
-        p, s = carry
-        g = jax.grad(loss_fn)(p, (x_tr_j[i], y_tr_j[i]))
-        u, s = tx.update(g, s, p)
-        return (optax.apply_updates(p, u), s), None
-
-      (p, s), _ = jax.lax.scan(step, (p, s), idx)
-      return p, s
-
-    p, s = params, tx.init(params)
-    for e in range(num_epochs):
-      perm = jnp.asarray(np.random.default_rng([seed, e]).permutation(n))
-      p, s = epoch(p, s, perm)
+    p = _train(loss_fn, tx, params, x_tr_j, y_tr_j, b, num_epochs, seed)
     tr_loss, tr_acc = metrics(p, x_tr_j, y_tr_j)
     if x_va is not None:
       va_loss, va_acc = metrics(p, jnp.asarray(x_va), jnp.asarray(y_va))
