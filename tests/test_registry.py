@@ -102,6 +102,38 @@ def test_no_work_plan_pointers_in_the_package():
   assert not hits, "\n".join(hits)
 
 
+MAX_FUNCTION_LINES = 80
+LONG_ON_PURPOSE = "# Long on purpose:"
+
+
+def _code_lines(node) -> int:
+  """A function's lines without its docstring."""
+  n = node.end_lineno - node.lineno + 1
+  first = node.body[0]
+  if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+      and isinstance(first.value.value, str)):
+    n -= first.end_lineno - first.lineno + 1
+  return n
+
+
+def test_no_long_function_without_a_reason():
+  """No function of the package is over MAX_FUNCTION_LINES code lines unless
+  it (or the function it is nested in) says why in a LONG_ON_PURPOSE comment."""
+  hits = []
+  for path in glob.glob(os.path.join(ROOT, "optzoo", "**", "*.py"), recursive=True):
+    lines = open(path).read().splitlines()
+    for node in ast.walk(ast.parse("\n".join(lines))):
+      if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        continue
+      if _code_lines(node) <= MAX_FUNCTION_LINES:
+        continue
+      body = lines[node.lineno - 1:node.end_lineno]
+      if not any(LONG_ON_PURPOSE in line for line in body):
+        hits.append(f"{os.path.relpath(path, ROOT)}:{node.lineno} {node.name}"
+                    f" ({_code_lines(node)} lines)")
+  assert not hits, "\n".join(hits)
+
+
 _NO_BACKEND = r"""
 import jax
 import optzoo
