@@ -310,7 +310,7 @@ template <typename T>
 ffi::Error run(RangeFn<T> fn, int64_t n_scalars, int64_t n_leaves,
                int64_t n_in, int64_t n_io, ffi::AnyBuffer scalars,
                ffi::RemainingArgs args, ffi::RemainingRets rets,
-               ffi::ThreadPool* pool) {
+               ffi::ThreadPool* pool, bool whole_step) {
   if (n_in > kMaxIn || n_io > kMaxIo ||
       static_cast<int64_t>(args.size()) != n_leaves * (n_in + n_io) ||
       static_cast<int64_t>(rets.size()) != n_leaves * n_io) {
@@ -360,10 +360,13 @@ ffi::Error run(RangeFn<T> fn, int64_t n_scalars, int64_t n_leaves,
     }
     total += size;
   }
-  // The calling thread works too: num_threads - 1 pool tasks, one worker
-  // per pool thread (num_threads tasks oversubscribed a 2-core machine:
-  // Adam at 10M params, update_and_apply / torch fused 1.075 -> 1.00).
-  int64_t workers = pool ? pool->num_threads() - 1 : 0;
+  // The calling thread works too. A whole step (update_and_apply) takes
+  // num_threads - 1 pool tasks, one worker per pool thread (num_threads
+  // tasks oversubscribed a 2-core machine: Adam at 10M params,
+  // update_and_apply / torch fused 1.06-1.15 -> 0.93-1.01 over 4 runs); the
+  // moments-only call, whose result XLA's own fusions consume, keeps
+  // num_threads (its ratio to optax was no better with one fewer).
+  int64_t workers = pool ? pool->num_threads() - (whole_step ? 1 : 0) : 0;
   if (total < kMinParallel) workers = 0;
   workers = std::min<int64_t>(workers,
                               static_cast<int64_t>(job->blocks.size()) - 1);
@@ -391,10 +394,10 @@ ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::AnyBuffer scalars,
   switch (scalars.element_type()) {
     case ffi::DataType::F32:
       return run<float>(pick_adam<float>(flags), kNumScalars, n_leaves, n_in,
-                        n_io, scalars, args, rets, &pool);
+                        n_io, scalars, args, rets, &pool, apply);
     case ffi::DataType::F64:
       return run<double>(pick_adam<double>(flags), kNumScalars, n_leaves, n_in,
-                         n_io, scalars, args, rets, &pool);
+                         n_io, scalars, args, rets, &pool, apply);
     default:
       return ffi::Error::InvalidArgument("optzoo adam: float32/float64 only");
   }
@@ -409,10 +412,12 @@ ffi::Error SgdImpl(ffi::ThreadPool pool, ffi::AnyBuffer scalars,
   switch (scalars.element_type()) {
     case ffi::DataType::F32:
       return run<float>(pick_sgd<float>(decay, nesterov, fma), kSgdScalars,
-                        n_leaves, 1, 2, scalars, args, rets, &pool);
+                        n_leaves, 1, 2, scalars, args, rets, &pool,
+                        /*whole_step=*/true);
     case ffi::DataType::F64:
       return run<double>(pick_sgd<double>(decay, nesterov, fma), kSgdScalars,
-                         n_leaves, 1, 2, scalars, args, rets, &pool);
+                         n_leaves, 1, 2, scalars, args, rets, &pool,
+                         /*whole_step=*/true);
     default:
       return ffi::Error::InvalidArgument("optzoo sgd: float32/float64 only");
   }
