@@ -102,6 +102,8 @@ def losses_for(params, seed: int = 0):
   targets = jax.tree.map(leaf_targets, params)
 
   def leaf_loss(x, tt):
+    if jnp.iscomplexobj(x):  # the same loss of each part (a real function)
+      return leaf_loss(jnp.real(x), tt) + leaf_loss(jnp.imag(x), tt)
     x = jnp.asarray(x, jnp.result_type(float))
     return jnp.sum(tt["c"] * x) + 0.01 * jnp.sum(tt["a"] * (x - tt["t"])**2)
 

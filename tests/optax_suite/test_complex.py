@@ -292,6 +292,29 @@ def test_injected_hyperparameters_on_complex_params(name, kwargs):
   assert (jax.tree.structure(s_inj.inner_state) == jax.tree.structure(s))
 
 
+@pytest.mark.parametrize("variant", ["vanilla", "momentum"])
+def test_koala_complex_matrix_equals_its_real_view(variant):
+  """KOALA's per-layer statistics of a complex leaf are those of its real
+  view (no part of the gradient dropped)."""
+  _check_real_view(optzoo.koala(learning_rate=0.1, variant=variant), (3, 4),
+                   value=jnp.asarray(1.5), value_sq=jnp.asarray(2.5))
+
+
+@pytest.mark.parametrize("method,granularity", [
+    ("sphere_sgd", "joint"), ("sphere_sgd", "filter"),
+    ("weight_rescaling", "tensor"), ("weight_rescaling", "filter")])
+def test_sphere_projection_of_a_complex_matrix_equals_its_real_view(method, granularity):
+  """Norms of complex leaves are those of the real view (|w|^2 summed); a
+  filter of a complex (3, 4) kernel (axis -1) is the (3, 1, 2) slab of its
+  real view (axis -2)."""
+  def build(axis):
+    if method == "sphere_sgd":
+      return optzoo.sphere_sgd(0.05, granularity=granularity, axis=axis)
+    return optax.chain(optzoo.sgd(0.05),
+                       optzoo.weight_rescaling(granularity=granularity, axis=axis))
+  _check_real_view(build(-1), (3, 4), build(-2) if granularity == "filter" else None)
+
+
 def test_muon_orthogonalization_rejects_complex_leaves():
   z = jnp.ones((3, 4), jnp.complex64)
   with pytest.raises(TypeError, match="complex"):
@@ -301,20 +324,23 @@ def test_muon_orthogonalization_rejects_complex_leaves():
     tx.update(z, tx.init(z), z)
 
 
-def _check_real_view(tx, shape):
+def _check_real_view(tx, shape, tx_real=None, **extra):
+  """``tx`` on complex params equals ``tx_real`` (default ``tx``) on their
+  real view, 20 steps of a quadratic; ``extra``: constant extra args."""
+  tx_real = tx if tx_real is None else tx_real
   rng = np.random.default_rng(0)
   z0 = jnp.asarray(rng.normal(size=shape) + 3j * rng.normal(size=shape), jnp.complex64)
   t = jnp.asarray(rng.normal(size=shape) + 0.1j * rng.normal(size=shape), jnp.complex64)
   to_real = _to_real
 
-  def run(p, grad_fn):
+  def run(tx, p, grad_fn):
     def body(carry, _):
       p, s = carry
-      u, s = tx.update(grad_fn(p), s, p)
+      u, s = tx.update(grad_fn(p), s, p, **extra)
       return (optax.apply_updates(p, u), s), None
     return jax.lax.scan(body, (p, tx.init(p)), None, length=20)[0][0]
 
-  zc = jax.jit(lambda z: run(z, lambda z: 2 * (z - t)))(z0)
-  zr = jax.jit(lambda x: run(x, lambda x: 2 * (x - to_real(t))))(to_real(z0))
+  zc = jax.jit(lambda z: run(tx, z, lambda z: 2 * (z - t)))(z0)
+  zr = jax.jit(lambda x: run(tx_real, x, lambda x: 2 * (x - to_real(t))))(to_real(z0))
   np.testing.assert_allclose(np.asarray(to_real(zc)), np.asarray(zr), rtol=2e-6,
                              atol=1e-7)

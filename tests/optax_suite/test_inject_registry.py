@@ -199,6 +199,8 @@ def _run_eager(tx, info, params):
   return tx.update(_grads(params), state, params, **extra)[0]
 
 
+# A complex value cast to a real dtype would drop the imaginary part silently.
+@pytest.mark.filterwarnings("error::numpy.exceptions.ComplexWarning")
 @pytest.mark.parametrize("info", _TRANSFORMS, ids=ids(_TRANSFORMS))
 def test_inject_hyperparams_f32_bf16_complex64_outside_jit(info):
   base_params = problem(jnp.float32, shapes=_SMALL)[0]

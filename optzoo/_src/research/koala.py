@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optzoo._src import complex_view
 from optzoo._src import registry
 from optzoo._src import tree
 from optzoo._src import validation
@@ -214,6 +215,10 @@ def koala(
   weight decay 5e-4, lr multiplier 1 with a step schedule); the optimizer
   classes' own defaults are ``sigma=1`` and weight decay 0.
 
+  Complex parameters are treated as their real view (``torch.view_as_real``:
+  real and imaginary parts as independent reals), so a layer's statistics sum
+  over both parts.
+
   Args:
     learning_rate: the multiplier :math:`\eta_k` of the correction, a float
       or an ``optax.Schedule`` of the update count (0 for the first update).
@@ -405,7 +410,9 @@ def scale_by_koala_v(
     )
     return _skip_if_bad(ok, deltas, new_state, state)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  # Complex leaves as their real view (per-layer sums over both parts).
+  return complex_view.on_real_view(
+      optax.GradientTransformationExtraArgs(init_fn, update_fn))
 
 
 # ---------------------------------------------------------------------------
@@ -540,4 +547,6 @@ def scale_by_koala_m(
     )
     return _skip_if_bad(ok, deltas, new_state, state)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  # Complex leaves as their real view (per-layer sums over both parts).
+  return complex_view.on_real_view(
+      optax.GradientTransformationExtraArgs(init_fn, update_fn))

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optzoo._src import complex_view
 from optzoo._src import registry
 from optzoo._src import tree
 from optzoo._src import validation
@@ -61,6 +62,15 @@ def _reduce_axes(ndim: int, axis: int) -> tuple:
   return tuple(a for a in range(ndim) if a != axis)
 
 
+def _sq_sum(w, axes):
+  """``sum |w|^2`` over ``axes`` (kept): ``w * w`` for a real ``w``, and the
+  squared real and imaginary parts for a complex one (the squared norm of
+  its real view)."""
+  if jnp.iscomplexobj(w):
+    return jnp.sum(jnp.real(w) ** 2 + jnp.imag(w) ** 2, axis=axes, keepdims=True)
+  return jnp.sum(w * w, axis=axes, keepdims=True)
+
+
 def project_to_sphere(
     params: Any,
     updates: Any,
@@ -85,6 +95,8 @@ def project_to_sphere(
   leaves (``"joint"``: one sphere for their concatenation). Unselected leaves
   keep ``updates``. Norms are computed in at least float32 and the result is
   cast back to the updates' dtype.
+
+  Norms of complex leaves are those of their real view (``sum |w|^2``).
 
   Args:
     params: current parameters :math:`\theta`.
@@ -116,7 +128,7 @@ def project_to_sphere(
 
   out = list(us)
   if granularity == "joint":
-    sq = [jnp.sum(w * w) for w in news if w is not None]
+    sq = [complex_view.real_dot(w, w) for w in news if w is not None]
     if sq:
       total = jnp.sqrt(sum(sq))
       for i, w in enumerate(news):
@@ -132,7 +144,7 @@ def project_to_sphere(
         axes = _reduce_axes(w.ndim, axis)
       else:
         axes = tuple(range(w.ndim))
-      norm = jnp.sqrt(jnp.sum(w * w, axis=axes, keepdims=True))
+      norm = jnp.sqrt(_sq_sum(w, axes))
       target = radius * w / jnp.maximum(norm, eps)
       out[i] = (target - jnp.asarray(ps[i], w.dtype)).astype(us[i].dtype)
   return treedef.unflatten(out)
@@ -306,6 +318,8 @@ def sphere_sgd(
   scale-invariant setup). No momentum and no weight decay (the code warns
   that fixing the ELR with momentum is ambiguous).
 
+  Norms of complex leaves are those of their real view (``sum |w|^2``).
+
   Args:
     learning_rate: the effective learning rate :math:`\tilde\eta` (ELR;
       float or schedule; ``elr`` in the code).
@@ -354,7 +368,7 @@ def sphere_sgd(
   def init_fn(params):
     leaves = si_leaves(params)
     dt = tree.widest_float_dtype(leaves)
-    sq = sum((jnp.sum(jnp.asarray(p, dt) ** 2) for p in leaves),
+    sq = sum((complex_view.real_dot(p, p, dt) for p in leaves),
              jnp.zeros([], dt))
     if per_filter:
       n_filters = sum(jnp.shape(p)[axis] if jnp.ndim(p) else 1 for p in leaves)
