@@ -57,6 +57,7 @@ def _rel(a, b):
   return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
 
 
+@pytest.mark.slow  # the clusters of `runs`: ~100 s
 def test_two_processes_equal_one_process(runs):
   two, one = runs["train2"], runs["train1"]
   assert set(two) == set(one)
@@ -75,6 +76,7 @@ def test_two_processes_equal_one_process(runs):
     assert _rel(two[k], one[k]) <= tol, (k, _rel(two[k], one[k]))
 
 
+@pytest.mark.slow  # the clusters of `runs`: ~100 s
 def test_four_processes_equal_one_process(runs):
   four, one = runs["smoke4"], runs["train1"]
   assert four and all(k.startswith("adam/dp/") for k in four)
@@ -82,6 +84,7 @@ def test_four_processes_equal_one_process(runs):
     assert _rel(four[k], one[k]) <= 1e-6, k
 
 
+@pytest.mark.slow  # the clusters of `runs`: ~100 s
 def test_fsdp_equals_dp(runs):
   two = runs["train2"]
   for k in two:
@@ -89,12 +92,14 @@ def test_fsdp_equals_dp(runs):
       assert _rel(two[k], two[k.replace("/fsdp/", "/dp/")]) <= 1e-5, k
 
 
+@pytest.mark.slow  # the clusters of `runs`: ~100 s
 def test_powersgd_communicates_less(runs):
   nbytes = int(np.max(runs["train2"]["psgd/comm_bytes"]))
   dense = 4 * (16 * 32 + 32 + 32 * 32 + 32 + 32 * 8 + 8)
   assert nbytes < dense / 2, (nbytes, dense)
 
 
+@pytest.mark.slow  # the clusters of `runs`: ~100 s
 def test_orbax_round_trip_across_processes(runs):
   save = runs["save"]
   for name in ("restore2", "restore1"):
