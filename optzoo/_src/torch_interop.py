@@ -369,9 +369,8 @@ def _trace_from_torch(node, per_path, groups, count_step):
     trace = node.trace
   rep = dict(trace=trace)
   if "count" in node._fields and node.count is not None:
-    n = count_step if count_step is not None else (1 if started else 0)
-    rep["count"] = jnp.asarray(n if started else 0,
-                               jnp.asarray(node.count).dtype)
+    n = (count_step if count_step is not None else 1) if started else 0
+    rep["count"] = jnp.asarray(n, jnp.asarray(node.count).dtype)
   return node._replace(**rep)
 
 

@@ -262,17 +262,13 @@ def _mean_uncompressed(ms, plans, dtypes, axis_name, n):
   all of them in one concatenated ``psum``."""
   world = 1 if n is None else n
   unc = [i for i, pl in enumerate(plans) if not pl[0]]
-  out = {}
-  if unc:
-    flat = jnp.concatenate([ms[i].reshape(-1).astype(jnp.result_type(*[dtypes[j] for j in unc]))
-                            for i in unc])
-    flat = C.psum(flat, axis_name, n) / world
-    off = 0
-    for i in unc:
-      sz = int(np.size(ms[i]))
-      out[i] = flat[off:off + sz].reshape(ms[i].shape).astype(dtypes[i])
-      off += sz
-  return out
+  if not unc:
+    return {}
+  flat = jnp.concatenate([ms[i].reshape(-1).astype(jnp.result_type(*[dtypes[j] for j in unc]))
+                          for i in unc])
+  flat = C.psum(flat, axis_name, n) / world
+  parts, _ = _split(flat, [ms[i] for i in unc], 0)
+  return {i: x.astype(dtypes[i]) for i, x in zip(unc, parts)}
 
 
 def _leaf_groups(plans, dtypes, batch_same_shape):

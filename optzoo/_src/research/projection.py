@@ -63,12 +63,9 @@ def _reduce_axes(ndim: int, axis: int) -> tuple:
 
 
 def _sq_sum(w, axes):
-  """``sum |w|^2`` over ``axes`` (kept): ``w * w`` for a real ``w``, and the
-  squared real and imaginary parts for a complex one (the squared norm of
-  its real view)."""
-  if jnp.iscomplexobj(w):
-    return jnp.sum(jnp.real(w) ** 2 + jnp.imag(w) ** 2, axis=axes, keepdims=True)
-  return jnp.sum(w * w, axis=axes, keepdims=True)
+  """``sum |w|^2`` over ``axes`` (kept): :func:`complex_view.real_dot`'s
+  ``Re(conj(w) w)`` per filter (``w * w`` for a real ``w``, bit for bit)."""
+  return jnp.sum(jnp.real(jnp.conj(w) * w), axis=axes, keepdims=True)
 
 
 def project_to_sphere(
