@@ -9,7 +9,11 @@ Skipped where no C++ compiler is found.
 """
 from __future__ import annotations
 
+import os
+import pathlib
 import shutil
+import subprocess
+import sys
 import warnings
 
 import jax
@@ -522,14 +526,22 @@ def test_8bit_bitwise(name, monkeypatch):
   _assert_bitwise(fast, plain)
 
 
-def test_8bit_scalar_loop_bitwise(monkeypatch):
-  """The kernel's scalar loop (other CPUs; the last n % 8 entries of a
-  block) gives the AVX2 loop's bits."""
+# The kernel's loops (kernels.cc, Q8Loop): the default runs the fastest this
+# CPU has (AVX-512 with VBMI, else AVX2).
+Q8_LOOPS = {"best": 0, "avx2": 1, "scalar": 2}
+
+
+@pytest.mark.parametrize("loop", ["avx2", "scalar"])
+@pytest.mark.parametrize("name", ["adam_8bit_l2", "adamw_8bit_schedule"])
+def test_8bit_other_loops_bitwise(name, loop, monkeypatch):
+  """The kernel's AVX2 loop (CPUs without AVX-512 VBMI) and its scalar loop
+  (other CPUs; a block's last entries) give the plain path's bits, as the
+  default loop does."""
   from optzoo._src.cpu_kernels import adam8  # pylint: disable=g-import-not-at-top
   with jax.enable_x64(False):
-    tx, params = Q8_CASES["adam_8bit_l2"](), _q8_params(1)
+    tx, params = Q8_CASES[name](), _q8_params(1)
     plain = _q8_run(tx, params, "0", monkeypatch)
-    monkeypatch.setattr(adam8, "_SCALAR_LOOP", True)
+    monkeypatch.setattr(adam8, "_LOOP", Q8_LOOPS[loop])
     fast = _q8_run(tx, params, "1", monkeypatch, expect_kernel=True)
   _assert_bitwise(fast, plain)
 
@@ -550,8 +562,10 @@ def test_8bit_negative_control_without_fma_emulation(monkeypatch):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
 
 
-def test_8bit_encoder_dense():
-  """The kernel's table encoder on 2^21 float32 patterns in [-1, 1] (every
+@pytest.mark.parametrize("loop", ["best", "avx2"])
+def test_8bit_encoder_dense(loop):
+  """The kernel's encoders (the AVX-512 loop's decade arithmetic, the AVX2
+  loop's bucket table) on 2^21 float32 patterns in [-1, 1] (every
   sign, exponent and many mantissas, +-0, the map's values and midpoints
   and their neighbours): with b1 = b2 = 0 and a zero state, mu' = g and
   nu' = g * g, and with 1 in every block the block scale is 1, so the codes
@@ -573,7 +587,9 @@ def test_8bit_encoder_dense():
   y = np.concatenate([y, np.zeros(-y.size % (block - 1), np.float32)])
   y = np.concatenate([np.ones((y.size // (block - 1), 1), np.float32),
                       y.reshape(-1, block - 1)], axis=1).reshape(-1)
+  from optzoo._src.cpu_kernels import adam8  # pylint: disable=g-import-not-at-top
   with jax.enable_x64(False), pytest.MonkeyPatch.context() as mp:
+    mp.setattr(adam8, "_LOOP", Q8_LOOPS[loop])
     tx = optzoo.quantize_state(optzoo.adam(1e-3, b1=0.0, b2=0.0),
                                block_size=block, min_size=1)
     params = {"w": jnp.zeros(y.shape, jnp.float32)}
@@ -657,3 +673,20 @@ def test_8bit_one_call_per_leaf_bitwise(monkeypatch):
         params, tx.init(params), params).as_text()
   assert txt.count("optzoo_adam8") == 3  # w, v, b
   _assert_bitwise(fast, plain)
+
+
+@pytest.mark.slow
+def test_8bit_kernel_encoders_on_every_float32():
+  """All 2^32 float32 patterns, both maps: the AVX-512 loop's decade
+  arithmetic and the bucket table equal the definition (a binary search
+  over the midpoints). tests/cpu_kernels/check_q8_encoder_exhaustive.py."""
+  if shutil.which(os.environ.get("CXX", "g++")) is None:
+    pytest.skip("no C++ compiler")
+  script = pathlib.Path(__file__).with_name("check_q8_encoder_exhaustive.py")
+  root = script.parents[2]
+  env = dict(os.environ, PYTHONPATH=f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+  res = subprocess.run([sys.executable, str(script)], env=env, cwd=root,
+                       capture_output=True, text=True, timeout=900, check=False)
+  if res.returncode == 77:
+    pytest.skip("no AVX-512 VBMI: only the bucket table was checked")
+  assert res.returncode == 0, res.stdout + res.stderr

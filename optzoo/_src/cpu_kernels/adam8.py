@@ -6,8 +6,13 @@ are block-wise quantized (optzoo/_src/quantized.py), C++ calls (one per
 leaf, or per group of small leaves; ``kernels.cc``, ``q8_range``): decode the moments, Adam's moment update, each block's new absmax, the new codes (in place) and Adam's
 direction (``scale_by_adam``'s output). The plain path evaluates the inner
 step four times and encodes arithmetically (~55 vector operations per 8
-elements); the kernel reads the gradient and the codes once and encodes with
-one lookup in a bucket table.
+elements); the kernel reads the gradient and the codes once. Its AVX2 loop
+decodes and encodes with table gathers (the encoder: one lookup in a bucket
+table); on CPUs with AVX-512 VBMI it decodes 64 codes at a time with byte
+permutes and encodes with a per-decade affine map (``_decades``), keeping the
+bucket table for the few entries that land within 2^-10 of a midpoint. Every
+loop gives the same codes for every float32 (tests/cpu_kernels/
+check_q8_encoder_exhaustive.py).
 
 Bitwise equal to quantize_state's plain path on the same input arrays
 (tests/cpu_kernels/test_cpu_kernels.py), as the Adam kernel (``adam.py``): the scalars
@@ -36,8 +41,10 @@ __all__ = ["adam_spec", "kernel_tables", "quantized_adam_leaves"]
 _F32 = np.dtype(np.float32)
 # Leaves share a call up to this many entries in all (a 4 MB direction).
 _GROUP_ELEMENTS = 1 << 20
-# Tests: run the kernel's scalar loop instead of its AVX2 one (same bits).
-_SCALAR_LOOP = False
+# The kernel's loop (kernels.cc, Q8Loop): 0 the fastest this CPU has
+# (AVX-512 with VBMI, else AVX2); tests also run 1 (AVX2) and 2 (scalar),
+# which give the same bits.
+_LOOP = 0
 
 
 # The encoder's buckets (kernels.cc, kQ8Lo / kQ8Shift / kQ8Buckets): bit
@@ -66,13 +73,65 @@ def _buckets(mids: np.ndarray) -> np.ndarray:
   return ((base << 16) | low).astype(np.uint32)
 
 
+# The arithmetic encoder's tables (kernels.cc, Q8Decades): per binade of
+# |y| (float32 exponent 96 + k, k = 0..31) the decades below it and the one
+# decade edge inside it; per decade D (0: below every value, 1..7: decade
+# D - 1, 8: above the last value) an affine map t = |y| S + O under which its
+# interior midpoints sit near the integers 0..n-2, the midpoints below it and
+# n - 1. The kernel falls back to the bucket table where t is within 2^-10 of
+# an integer (the affine map's float32 error is below 1e-4 there).
+_EXP0 = 96
+_NEAR = 2.0 ** -10
+
+
+def _decades(mids: np.ndarray, per_decade) -> np.ndarray:
+  """128 words: edge f32[32], below i32[32], S f32[16], O f32[16], base
+  i32[16], top i32[16] for the positive midpoints ``mids`` of a map whose
+  decade i (i = 0..6) holds ``per_decade(i)`` values: its bins are the equal
+  parts of 10^(i-6) [0.1, 1] (quantized.dynamic_quantization_map)."""
+  mids = np.asarray(mids, np.float32)
+  sizes = [per_decade(i) for i in range(7)]
+  starts = np.concatenate([[0], np.cumsum(sizes)])   # first value's index
+  edges = mids[starts]                                # decade edges E_0..E_7
+  assert len(mids) == starts[-1] + 1
+  lo = np.ldexp(np.float64(1), np.arange(32) + _EXP0 - 127)
+  inside = (edges[None, :] >= lo[:, None]) & (edges[None, :] < 2 * lo[:, None])
+  assert inside.sum(axis=1).max() <= 1   # decades are > 2x apart
+  edge = np.full(32, np.inf, np.float32)
+  rows, cols = np.nonzero(inside)
+  edge[rows] = edges[cols]
+  below = (edges[None, :] < lo[:, None]).sum(axis=1).astype(np.int32)
+  scale = np.zeros(16, np.float32)
+  offset = np.full(16, -0.5, np.float32)   # t = -0.5: no midpoint, no fallback
+  base = np.zeros(16, np.int32)
+  top = np.zeros(16, np.int32)
+  base[8:] = len(mids)
+  for i, n in enumerate(sizes):
+    base[i + 1] = starts[i] + 1
+    if n == 1:
+      continue
+    scale[i + 1] = n / (0.9 * 10.0 ** (i - 6))
+    offset[i + 1] = -(n / 9.0) - 1.0
+    top[i + 1] = n - 1
+    interior = mids[starts[i] + 1:starts[i] + n].astype(np.float64)
+    t = interior * np.float64(scale[i + 1]) + np.float64(offset[i + 1])
+    assert np.abs(t - np.arange(n - 1)).max() < _NEAR / 8
+  words = [edge.view(np.uint32), below.view(np.uint32), scale.view(np.uint32),
+           offset.view(np.uint32), base.view(np.uint32), top.view(np.uint32)]
+  return np.concatenate(words).astype(np.uint32)
+
+
 def kernel_tables(map_s, map_u, mids_s, mids_u) -> np.ndarray:
   """The kernel's ``tables`` operand (kernels.cc, ``Q8Tables``): the signed
-  and unsigned maps' float32 values, then the buckets of the signed map's
-  positive midpoints and of the unsigned map's midpoints."""
+  and unsigned maps' float32 values, the buckets of the signed map's
+  positive midpoints and of the unsigned map's midpoints, then the same
+  midpoints' decade tables (signed: 2^i values in decade i, unsigned:
+  2^(i+1))."""
   maps = np.concatenate([np.asarray(map_s, np.float32),
                          np.asarray(map_u, np.float32)]).view(np.uint32)
-  return np.concatenate([maps, _buckets(mids_s), _buckets(mids_u)])
+  return np.concatenate([maps, _buckets(mids_s), _buckets(mids_u),
+                         _decades(mids_s, lambda i: 2 ** i),
+                         _decades(mids_u, lambda i: 2 ** (i + 1))])
 
 
 def adam_spec(tx) -> Optional[Any]:
@@ -148,7 +207,7 @@ def quantized_adam_leaves(spec, g_l: list, p_l: Optional[list], mu_l: list,
                     lead=(tab, after), outputs=direction,
                     vmap_method="sequential", block_size=np.int64(block_size),
                     coupled=bool(coupled), fma=bool(kernels.fma),
-                    scalar=bool(_SCALAR_LOOP))
+                    loop=np.int64(_LOOP))
     for k, i in enumerate(chunk):
       cm, am, cv, av, x = res[5 * k:5 * k + 5]
       out[i] = (x, (cm, am), (cv, av))

@@ -444,6 +444,8 @@ ffi::Error SgdImpl(ffi::ThreadPool pool, ffi::AnyBuffer scalars,
 // consecutive bit patterns, each holding at most one midpoint (checked when
 // adam8.py builds the table), so count = base[bucket] + (midpoint's low 16 bits <
 // y's low 16 bits).
+// The AVX-512 loop (CPUs with VBMI) computes the same count without that
+// gather where it can (Q8Decades) and reads the bucket table elsewhere.
 // ---------------------------------------------------------------------------
 
 constexpr uint32_t kQ8Lo = 0x33800000u;  // 2^-24: below every midpoint
@@ -453,14 +455,48 @@ constexpr uint32_t kQ8None = 0xFFFFu;    // no midpoint in the bucket
 
 // The tables operand (built by adam8.py, kernel_tables): the two maps' float32
 // values, then per map kQ8Buckets entries (base << 16) | (low 16 bits of the
-// bucket's midpoint, or kQ8None).
+// bucket's midpoint, or kQ8None), then per map its Q8Decades.
+// The maps as byte planes, for the AVX-512 decoder: planes[b][c] = byte b of
+// map[c] (little-endian float32).
+struct Q8Planes {
+  alignas(64) uint8_t planes[4][256];
+  void set(const float* map) {
+    for (int c = 0; c < 256; ++c) {
+      uint32_t u;
+      std::memcpy(&u, map + c, 4);
+      for (int b = 0; b < 4; ++b) planes[b][c] = static_cast<uint8_t>(u >> (8 * b));
+    }
+  }
+};
+
+// The arithmetic encoder's tables for one map (adam8.py, _decades): for |y|
+// with float32 exponent 96 + k, the decade D = below[k] + (|y| > edge[k]);
+// in decade D, t = |y| scale[D] + offset[D] puts the interior midpoints near
+// the integers, and #midpoints < |y| = base[D] + clamp(floor(t) + 1, 0,
+// top[D]) wherever t is not within kQ8Near of an integer.
+struct Q8Decades {
+  float edge[32];
+  int32_t below[32];
+  float scale[16], offset[16];
+  int32_t base[16], top[16];
+};
+constexpr int64_t kQ8DecadeWords = 128;
+static_assert(sizeof(Q8Decades) == 4 * kQ8DecadeWords, "Q8Decades layout");
+constexpr float kQ8Near = 1.0f / 1024;
+
+constexpr int64_t kQ8TableWords = 512 + 2 * kQ8Buckets + 2 * kQ8DecadeWords;
+
 struct Q8Tables {
   const float* map_s;     // signed map values
   const float* map_u;     // unsigned map values
   const uint32_t* enc_s;  // the signed map's positive midpoints
   const uint32_t* enc_u;  // the unsigned map's midpoints
+  const Q8Planes* planes_s;  // map_s, map_u as byte planes
+  const Q8Planes* planes_u;
+  const Q8Decades* dec_s;    // enc_s, enc_u as decades
+  const Q8Decades* dec_u;
 };
-constexpr int64_t kQ8TableWords = 512 + 2 * kQ8Buckets;
+
 
 inline uint32_t f2u(float x) {
   uint32_t u;
@@ -730,18 +766,255 @@ OPTZOO_FMA_TARGET void q8_range_avx2(const float* __restrict s,
     a.av[kb] = new_av;
   }
 }
-#endif
+
+// q8_range<kCoupled, true> with AVX-512 (16 lanes), for CPUs with VBMI: the
+// same operations per element as the AVX2 loop, so the same bits. The codes
+// are decoded 64 at a time without gathers: each map is 4 byte planes of 256
+// entries (byte b of every value), and one two-table byte permute
+// (vpermi2b, 128 entries) per half of a plane looks up 64 codes; the planes
+// are then interleaved into float32. The codes are first permuted (kQ8Order)
+// so that the interleaving, which works inside 128-bit lanes, yields the
+// values in element order. The encoder keeps its bucket-table gather.
+#define OPTZOO_AVX512_TARGET \
+  __attribute__((target("arch=x86-64-v4,avx512vbmi")))
+
+bool Avx512VbmiSupported() {
+  return FmaSupported() && __builtin_cpu_supports("avx512f") &&
+         __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512vbmi");
+}
+
+// kQ8Order[16 L + 4 k + i] = 16 k + 4 L + i (L, k, i in 0..3): after the
+// byte-plane lookup, unpack{lo,hi}_epi8 then unpack{lo,hi}_epi16 give, in
+// 128-bit lane L of result k, the entries 16 L + 4 k + (0..3) of the permuted
+// vector, i.e. the elements 16 k + 4 L + (0..3).
+struct Q8Order {
+  alignas(64) uint8_t idx[64];
+  Q8Order() {
+    for (int L = 0; L < 4; ++L)
+      for (int k = 0; k < 4; ++k)
+        for (int i = 0; i < 4; ++i) idx[16 * L + 4 * k + i] = 16 * k + 4 * L + i;
+  }
+};
+const Q8Order kQ8Order;
+
+// map[c] for the 64 (kQ8Order-permuted) codes `c`, as 16 floats per out[k].
+OPTZOO_AVX512_TARGET inline void q8_decode64(const Q8Planes& P, __m512i c,
+                                             __m512 out[4]) {
+  const __mmask64 high = _mm512_movepi8_mask(c);  // codes >= 128
+  __m512i B[4];
+  for (int b = 0; b < 4; ++b) {
+    const uint8_t* q = P.planes[b];
+    const __m512i lo = _mm512_permutex2var_epi8(_mm512_loadu_si512(q), c,
+                                                _mm512_loadu_si512(q + 64));
+    const __m512i hi = _mm512_permutex2var_epi8(_mm512_loadu_si512(q + 128), c,
+                                                _mm512_loadu_si512(q + 192));
+    B[b] = _mm512_mask_blend_epi8(high, lo, hi);
+  }
+  const __m512i w01l = _mm512_unpacklo_epi8(B[0], B[1]);
+  const __m512i w01h = _mm512_unpackhi_epi8(B[0], B[1]);
+  const __m512i w23l = _mm512_unpacklo_epi8(B[2], B[3]);
+  const __m512i w23h = _mm512_unpackhi_epi8(B[2], B[3]);
+  out[0] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(w01l, w23l));
+  out[1] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(w01l, w23l));
+  out[2] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(w01h, w23h));
+  out[3] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(w01h, w23h));
+}
+
+// #midpoints < a for 16 lanes of a = |y| (a float32 in [0, 1]), without a
+// table gather: Q8Decades. Lanes where t is within kQ8Near of an integer, a
+// equals a decade edge, or a is above 1 (or NaN), are set in `redo`: the caller encodes them with the
+// bucket table (q8_encode_*), so every lane gives q8_count's count.
+OPTZOO_AVX512_TARGET inline __m512i q8_count16(const Q8Decades& T, __m512 a,
+                                               __mmask16& redo) {
+  const __m512i bits = _mm512_castps_si512(a);
+  redo |= _mm512_cmpgt_epu32_mask(bits, _mm512_set1_epi32(0x3F800000));
+  // the binade's index k: exponent - 96 (low 5 bits; exponents < 96 read 0)
+  const __m512i k = _mm512_max_epi32(_mm512_srli_epi32(bits, 23),
+                                     _mm512_set1_epi32(96));
+  const __m512 edge = _mm512_permutex2var_ps(_mm512_loadu_ps(T.edge), k,
+                                             _mm512_loadu_ps(T.edge + 16));
+  const __m512i below = _mm512_permutex2var_epi32(
+      _mm512_loadu_si512(T.below), k, _mm512_loadu_si512(T.below + 16));
+  const __m512i d = _mm512_mask_add_epi32(
+      below, _mm512_cmp_ps_mask(a, edge, _CMP_GT_OQ), below, _mm512_set1_epi32(1));
+  redo |= _mm512_cmp_ps_mask(a, edge, _CMP_EQ_OQ);  // a tie (q8_encode_signed)
+  const __m512 t = _mm512_fmadd_ps(
+      a, _mm512_permutexvar_ps(d, _mm512_loadu_ps(T.scale)),
+      _mm512_permutexvar_ps(d, _mm512_loadu_ps(T.offset)));
+  const __m512 r = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  redo |= _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(t, r)),
+                             _mm512_set1_ps(kQ8Near), _CMP_LT_OQ);
+  __m512i n = _mm512_add_epi32(
+      _mm512_cvt_roundps_epi32(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC),
+      _mm512_set1_epi32(1));
+  n = _mm512_min_epi32(_mm512_max_epi32(n, _mm512_setzero_si512()),
+                       _mm512_permutexvar_epi32(d, _mm512_loadu_si512(T.top)));
+  return _mm512_add_epi32(_mm512_permutexvar_epi32(d, _mm512_loadu_si512(T.base)), n);
+}
+
+// The lanes q8_count16 could not decide, encoded with the bucket table.
+OPTZOO_AVX512_TARGET __attribute__((noinline)) void q8_redo16(
+    const Q8Tables& t, __m512 ym, __m512 yv, __mmask16 redo_m,
+    __mmask16 redo_v, uint8_t* cm, uint8_t* cv) {
+  float y[2][16];
+  _mm512_storeu_ps(y[0], ym);
+  _mm512_storeu_ps(y[1], yv);
+  for (int l = 0; l < 16; ++l) {
+    if ((redo_m >> l) & 1) cm[l] = q8_encode_signed(t.enc_s, y[0][l]);
+    if ((redo_v >> l) & 1) cv[l] = q8_encode_unsigned(t.enc_u, y[1][l]);
+  }
+}
 
 template <bool kCoupled>
-OPTZOO_FMA_TARGET void q8_fma(const float* s, const Q8Tables& t,
-                              const Q8Leaf& a, int64_t b, int64_t e, float* buf) {
+OPTZOO_AVX512_TARGET void q8_range_avx512(const float* __restrict s,
+                                         const Q8Tables& t, const Q8Leaf& a,
+                                         int64_t kb0, int64_t kb1,
+                                         float* __restrict buf) {
+  const float wd = s[kWeightDecay], c1 = s[kOneMinusB1], b2 = s[kB2],
+              c2 = s[kOneMinusB2], inv_bc1 = s[kInvBc1], eps_root = s[kEpsRoot],
+              inv_sqrt_bc2 = s[kInvSqrtBc2], eps = s[kEps];
+  const __m512 vwd = _mm512_set1_ps(wd), vc1 = _mm512_set1_ps(c1),
+               vb2 = _mm512_set1_ps(b2), vc2 = _mm512_set1_ps(c2),
+               vbc1 = _mm512_set1_ps(inv_bc1), vroot = _mm512_set1_ps(eps_root),
+               vbc2 = _mm512_set1_ps(inv_sqrt_bc2), veps = _mm512_set1_ps(eps);
+  const __m512i m127 = _mm512_set1_epi32(127), m255 = _mm512_set1_epi32(255),
+                zero = _mm512_setzero_si512(),
+                order = _mm512_loadu_si512(kQ8Order.idx);
+  const float inf = std::numeric_limits<float>::infinity();
+  const Q8Planes& ps = *t.planes_s;
+  const Q8Planes& pu = *t.planes_u;
+  float* __restrict bm = buf;
+  float* __restrict bv = buf + a.block;
+  for (int64_t kb = kb0; kb < kb1; ++kb) {
+    const int64_t i0 = kb * a.block;
+    const int64_t n = std::min(a.size, i0 + a.block) - i0;
+    const int64_t n64 = n & ~int64_t{63}, n16 = n & ~int64_t{15};
+    const float am = a.am[kb], av = a.av[kb];
+    const __m512 vam = _mm512_set1_ps(am), vav = _mm512_set1_ps(av);
+    __m512 mxm = _mm512_set1_ps(-inf), mnm = _mm512_set1_ps(inf),
+           mxv = _mm512_set1_ps(-inf), mnv = _mm512_set1_ps(inf);
+    __mmask16 nan = 0;
+    for (int64_t j = 0; j < n64; j += 64) {
+      const int64_t i = i0 + j;
+      __m512 dm[4], dv[4];
+      q8_decode64(ps, _mm512_permutexvar_epi8(order, _mm512_loadu_si512(a.cm + i)), dm);
+      q8_decode64(pu, _mm512_permutexvar_epi8(order, _mm512_loadu_si512(a.cv + i)), dv);
+      for (int k = 0; k < 4; ++k) {
+        __m512 g = _mm512_loadu_ps(a.g + i + 16 * k);
+        if (kCoupled) g = _mm512_fmadd_ps(vwd, _mm512_loadu_ps(a.p + i + 16 * k), g);
+        const __m512 m = _mm512_mul_ps(dm[k], vam);
+        const __m512 v = _mm512_mul_ps(dv[k], vav);
+        const __m512 mi = _mm512_fmadd_ps(vc1, _mm512_sub_ps(g, m), m);
+        const __m512 vi = _mm512_fmadd_ps(_mm512_mul_ps(vc2, g), g,
+                                          _mm512_mul_ps(vb2, v));
+        _mm512_storeu_ps(bm + j + 16 * k, mi);
+        _mm512_storeu_ps(bv + j + 16 * k, vi);
+        mxm = _mm512_max_ps(mxm, mi);
+        mnm = _mm512_min_ps(mnm, mi);
+        mxv = _mm512_max_ps(mxv, vi);
+        mnv = _mm512_min_ps(mnv, vi);
+        nan |= _mm512_cmp_ps_mask(mi, vi, _CMP_UNORD_Q);  // either
+      }
+    }
+    float mx_m = _mm512_reduce_max_ps(mxm), mn_m = _mm512_reduce_min_ps(mnm),
+          mx_v = _mm512_reduce_max_ps(mxv), mn_v = _mm512_reduce_min_ps(mnv);
+    for (int64_t j = n64; j < n; ++j) {
+      const int64_t i = i0 + j;
+      float gi = a.g[i];
+      if (kCoupled) gi = madd<true>(wd, a.p[i], gi);
+      const float m = t.map_s[a.cm[i]] * am;
+      const float v = t.map_u[a.cv[i]] * av;
+      const float mi = madd<true>(c1, gi - m, m);
+      const float vi = madd<true>(c2 * gi, gi, b2 * v);
+      bm[j] = mi;
+      bv[j] = vi;
+      mx_m = nan_max(mx_m, mi);
+      mn_m = nan_min(mn_m, mi);
+      mx_v = nan_max(mx_v, vi);
+      mn_v = nan_min(mn_v, vi);
+    }
+    if (nan != 0) {  // in element order, as the scalar loop
+      mx_m = -inf, mn_m = inf, mx_v = -inf, mn_v = inf;
+      for (int64_t j = 0; j < n; ++j) {
+        mx_m = nan_max(mx_m, bm[j]);
+        mn_m = nan_min(mn_m, bm[j]);
+        mx_v = nan_max(mx_v, bv[j]);
+        mn_v = nan_min(mn_v, bv[j]);
+      }
+    }
+    const float new_am = std::fabs(nan_max(mx_m, -mn_m));
+    const float new_av = std::fabs(nan_max(mx_v, -mn_v));
+    const float sm = new_am > 0 ? new_am : 1.0f;
+    const float sv = new_av > 0 ? new_av : 1.0f;
+    const __m512 vsm = _mm512_set1_ps(sm), vsv = _mm512_set1_ps(sv);
+    for (int64_t j = 0; j < n16; j += 16) {
+      const int64_t i = i0 + j;
+      const __m512 mi = _mm512_loadu_ps(bm + j), vi = _mm512_loadu_ps(bv + j);
+      // signed: the count for |y|, mirrored (q8_encode_signed's tie rule
+      // for a negative y only differs at a midpoint: a lane it redoes).
+      const __m512 ym = _mm512_div_ps(mi, vsm);
+      const __mmask16 neg = _mm512_movepi32_mask(_mm512_castps_si512(ym));
+      __mmask16 redo_m = 0, redo_v = 0;
+      const __m512i c_m = q8_count16(*t.dec_s, _mm512_abs_ps(ym), redo_m);
+      __m512i code_m = _mm512_mask_sub_epi32(_mm512_add_epi32(m127, c_m), neg,
+                                             m127, c_m);
+      code_m = _mm512_min_epi32(_mm512_max_epi32(code_m, zero), m255);
+      // unsigned: max(y, 0) (a negative y, -0 or NaN counts 0)
+      const __m512 yv = _mm512_div_ps(vi, vsv);
+      const __mmask16 pos = _mm512_cmp_ps_mask(yv, _mm512_setzero_ps(), _CMP_GT_OQ);
+      __m512i code_v = _mm512_maskz_mov_epi32(
+          pos, q8_count16(*t.dec_u, _mm512_maskz_mov_ps(pos, yv), redo_v));
+      code_v = _mm512_min_epi32(code_v, m255);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(a.cm + i),
+                       _mm512_cvtepi32_epi8(code_m));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(a.cv + i),
+                       _mm512_cvtepi32_epi8(code_v));
+      if ((redo_m | redo_v) != 0) q8_redo16(t, ym, yv, redo_m, redo_v, a.cm + i, a.cv + i);
+      const __m512 den = _mm512_fmadd_ps(_mm512_sqrt_ps(_mm512_add_ps(vi, vroot)),
+                                         vbc2, veps);
+      _mm512_storeu_ps(a.x + i, _mm512_div_ps(_mm512_mul_ps(mi, vbc1), den));
+    }
+    for (int64_t j = n16; j < n; ++j) {
+      const int64_t i = i0 + j;
+      const float mi = bm[j], vi = bv[j];
+      a.cm[i] = q8_encode_signed(t.enc_s, mi / sm);
+      a.cv[i] = q8_encode_unsigned(t.enc_u, vi / sv);
+      a.x[i] = (mi * inv_bc1) /
+               madd<true>(std::sqrt(vi + eps_root), inv_sqrt_bc2, eps);
+    }
+    a.am[kb] = new_am;
+    a.av[kb] = new_av;
+  }
+}
+#endif
+
+// The loops with FMA contraction, fastest first; tests run each and compare
+// (the same bits). Off x86 only the scalar lines.
+enum Q8Loop : int64_t { kQ8Best = 0, kQ8Avx2 = 1, kQ8Scalar = 2 };
+
+template <bool kCoupled>
+OPTZOO_FMA_TARGET void q8_fma_avx2(const float* s, const Q8Tables& t,
+                                   const Q8Leaf& a, int64_t b, int64_t e,
+                                   float* buf) {
 #if defined(__x86_64__)
   q8_range_avx2<kCoupled>(s, t, a, b, e, buf);
 #else
   q8_range<kCoupled, true>(s, t, a, b, e, buf);
 #endif
 }
-// The scalar lines with FMA (tests: the same bits as the AVX2 loop).
+template <bool kCoupled>
+void q8_fma_best(const float* s, const Q8Tables& t, const Q8Leaf& a, int64_t b,
+                 int64_t e, float* buf) {
+#if defined(__x86_64__)
+  static const bool avx512 = Avx512VbmiSupported();
+  if (avx512) return q8_range_avx512<kCoupled>(s, t, a, b, e, buf);
+#endif
+  q8_fma_avx2<kCoupled>(s, t, a, b, e, buf);
+}
+// The scalar lines with FMA.
 template <bool kCoupled>
 OPTZOO_FMA_TARGET void q8_fma_scalar(const float* s, const Q8Tables& t,
                                      const Q8Leaf& a, int64_t b, int64_t e,
@@ -768,6 +1041,8 @@ struct Q8Job {
   Q8Fn fn;
   const float* scalars;
   Q8Tables tables;
+  Q8Planes planes_s, planes_u;
+  Q8Decades dec_s, dec_u;
   std::vector<Q8Leaf> leaves;
   std::vector<Q8Task> tasks;
   int64_t max_block = 1;
@@ -791,14 +1066,14 @@ struct Q8Job {
 // `after` (not read: an ordering operand, see
 // adam8.py), then per leaf g, [p], mu codes, mu absmax, nu codes, nu absmax;
 // results per leaf: mu codes, mu absmax, nu codes, nu absmax (aliasing their
-// operands) and the direction. `scalar`: the scalar loop also where the AVX2
-// one runs (tests).
+// operands) and the direction. `loop` (Q8Loop): kQ8Best, or (tests) a
+// slower loop where a faster one would run.
 ffi::Error Adam8Impl(ffi::ThreadPool pool, ffi::AnyBuffer scalars,
                      ffi::AnyBuffer tables, ffi::AnyBuffer after,
                      ffi::RemainingArgs args,
                      ffi::RemainingRets rets, int64_t n_leaves,
                      int64_t block_size, bool coupled, bool fma,
-                     bool scalar) {
+                     int64_t loop) {
   if (fma && !FmaSupported()) {
     return ffi::Error::InvalidArgument("optzoo adam8: this CPU has no FMA");
   }
@@ -814,16 +1089,24 @@ ffi::Error Adam8Impl(ffi::ThreadPool pool, ffi::AnyBuffer scalars,
   auto job = std::make_shared<Q8Job>();
   if (!fma) {
     job->fn = coupled ? &q8_plain<true> : &q8_plain<false>;
-  } else if (scalar) {
+  } else if (loop == kQ8Scalar) {
     job->fn = coupled ? &q8_fma_scalar<true> : &q8_fma_scalar<false>;
+  } else if (loop == kQ8Avx2) {
+    job->fn = coupled ? &q8_fma_avx2<true> : &q8_fma_avx2<false>;
   } else {
-    job->fn = coupled ? &q8_fma<true> : &q8_fma<false>;
+    job->fn = coupled ? &q8_fma_best<true> : &q8_fma_best<false>;
   }
   job->scalars = reinterpret_cast<const float*>(scalars.untyped_data());
   const uint32_t* tab = reinterpret_cast<const uint32_t*>(tables.untyped_data());
+  job->planes_s.set(reinterpret_cast<const float*>(tab));
+  job->planes_u.set(reinterpret_cast<const float*>(tab + 256));
+  std::memcpy(&job->dec_s, tab + 512 + 2 * kQ8Buckets, sizeof(Q8Decades));
+  std::memcpy(&job->dec_u, tab + 512 + 2 * kQ8Buckets + kQ8DecadeWords,
+              sizeof(Q8Decades));
   job->tables = Q8Tables{reinterpret_cast<const float*>(tab),
                          reinterpret_cast<const float*>(tab + 256), tab + 512,
-                         tab + 512 + kQ8Buckets};
+                         tab + 512 + kQ8Buckets, &job->planes_s, &job->planes_u,
+                         &job->dec_s, &job->dec_u};
   int64_t total = 0;
   for (int64_t i = 0; i < n_leaves; ++i) {
     const int64_t a0 = i * n_args;
@@ -924,7 +1207,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OptzooAdam8, Adam8Impl,
                                   .Attr<int64_t>("block_size")
                                   .Attr<bool>("coupled")
                                   .Attr<bool>("fma")
-                                  .Attr<bool>("scalar"));
+                                  .Attr<int64_t>("loop"));
 
 // For the loader: can the FMA variant run on this CPU?
 extern "C" __attribute__((visibility("default"))) int OptzooFmaSupported() {
