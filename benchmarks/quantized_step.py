@@ -12,7 +12,9 @@ donated, float32) of adam_8bit and optax.adam over interleaved rounds
 median of the per-round ratios, fastest over fastest, the CPU-time ratio
 (``time.process_time`` summed over the rounds: less sensitive than wall time
 to other jobs on a shared machine), state bytes per parameter of both, and
-the 1-minute load average before and after (``os.getloadavg``). With
+the 1-minute load average before and after (``os.getloadavg``). The row
+``update_and_apply(adam_8bit)`` is the same optimizer stepped with
+``optzoo.update_and_apply`` (the kernel applies the update in place). With
 ``--against REV`` the adam_8bit of a git revision (its
 optzoo/_src/quantized.py, loaded beside the current package) runs in the
 same rounds.
@@ -35,6 +37,13 @@ import optzoo
 from benchmarks import _common as C
 
 LR = 1e-3
+# The whole step in the 8-bit kernel (params applied in place).
+WHOLE = "update_and_apply(adam_8bit)"
+
+
+def _whole_step(tx):
+  return lambda params, state, grads: optzoo.update_and_apply(
+      tx, grads, state, params)
 
 
 def _revision_adam_8bit(rev: str):
@@ -70,6 +79,7 @@ class _CpuStepper(C.Stepper):
 def bench(n_params: int, n_leaves: int, repeats: int, against=None) -> dict:
   params, grads = C.make_params(n_params, n_leaves)
   txs = {"adam_8bit": optzoo.adam_8bit(LR, min_size=1), "optax.adam": optax.adam(LR)}
+  txs[WHOLE] = txs["adam_8bit"]
   if against is not None:
     txs["adam_8bit@rev"] = against(LR, min_size=1)
   steppers, nbytes = {}, {}
@@ -77,7 +87,8 @@ def bench(n_params: int, n_leaves: int, repeats: int, against=None) -> dict:
     p = C.copy_tree(params)
     state = tx.init(p)
     nbytes[name] = C.tree_bytes(state) / n_params
-    steppers[name] = _CpuStepper(C.optimizer_step(tx), p, state, grads)
+    fn = (_whole_step(tx) if name == WHOLE else C.optimizer_step(tx))
+    steppers[name] = _CpuStepper(fn, p, state, grads)
   for s in steppers.values():
     s.calibrate()
     s.cpu_s, s.steps = 0.0, 0
@@ -94,6 +105,8 @@ def bench(n_params: int, n_leaves: int, repeats: int, against=None) -> dict:
       "ratio_median": C.paired_ratio(samples, "adam_8bit", "optax.adam"),
       "ratio_min": C.min_ratio(samples, "adam_8bit", "optax.adam"),
       "ratio_cpu": cpu["adam_8bit"] / cpu["optax.adam"],
+      "whole_ratio_median": C.paired_ratio(samples, WHOLE, "optax.adam"),
+      "whole_ratio_cpu": cpu[WHOLE] / cpu["optax.adam"],
       "compile_s": {k: s.compile_s for k, s in steppers.items()},
   }
   if against is not None:
@@ -117,8 +130,9 @@ def format_row(r: dict) -> str:
          f" min {r['ratio_min']:.2f}, cpu {r['ratio_cpu']:.2f}"
          f" (cpu ms {c['adam_8bit']:.2f} / {c['optax.adam']:.2f});"
          f" state {b['adam_8bit']:.3f} vs {b['optax.adam']:.3f} B/param"
-         f" ({b['adam_8bit'] / b['optax.adam']:.3f}x); load {r['load_before']:.1f}"
-         f" -> {r['load_after']:.1f}")
+         f" ({b['adam_8bit'] / b['optax.adam']:.3f}x); {WHOLE} {m[WHOLE]:.2f} ms,"
+         f" ratio median {r['whole_ratio_median']:.2f}, cpu {r['whole_ratio_cpu']:.2f};"
+         f" load {r['load_before']:.1f} -> {r['load_after']:.1f}")
   if "rev_ratio_median" in r:
     out += (f"; revision: {m['adam_8bit@rev']:.2f} ms, ratio median"
             f" {r['rev_ratio_median']:.2f}, cpu {r['rev_ratio_cpu']:.2f}")

@@ -485,13 +485,16 @@ def quantize_state(
     return compress(inner.init(params))
 
   def update_fn(updates, state, params=None, **extra_args):
+    return run(updates, state, params, extra_args, apply=False)
+
+  def run(updates, state, params, extra_args, apply):
     # The full-precision state's shapes and dtypes, abstractly (no compute).
     like = params if params is not None else updates
     t_leaves, t_def = jax.tree_util.tree_flatten_with_path(
         jax.eval_shape(inner.init, like))
     plans = [plan(path, t) for path, t in t_leaves]
     if all(p is None for p in plans):
-      return inner.update(updates, state, params, **extra_args)
+      return None if apply else inner.update(updates, state, params, **extra_args)
     step = functools.partial(_inner_step, inner, t_def, t_leaves, plans,
                              block_size, updates, state, params, extra_args)
     # Four evaluations of the same inner step (see _inner_step): block
@@ -507,10 +510,16 @@ def quantize_state(
     new_state = jax.tree.unflatten(t_def, out)
     if spec is not None:
       return _with_kernel(spec, block_size, updates, state, params,
-                          updates_out, new_state)
+                          updates_out, new_state, apply)
     return updates_out, new_state
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  if spec is not None:
+    # optzoo.update_and_apply: the whole step in the 8-bit kernel.
+    from optzoo._src.cpu_kernels import step  # pylint: disable=g-import-not-at-top
+    step.register(update_fn, None,
+                  lambda g, s, p: None if p is None else run(g, s, p, {}, True))
+  return tx
 
 
 def _inner_step(inner, t_def, t_leaves, plans, block_size, updates, state,
@@ -591,37 +600,46 @@ def _kernel_tables() -> np.ndarray:
                              _boundaries(True)[127:], _boundaries(False))
 
 
-def _with_kernel(spec, block_size, grads, state, params, updates, new_state):
+def _with_kernel(spec, block_size, grads, state, params, updates, new_state,
+                 apply=False):
   """``(updates, new_state)`` of the plain path with the leaves the fused CPU
   8-bit Adam kernel takes (cpu_kernels/adam8.py) computed by it instead:
-  same bits; XLA drops the plain computation of those leaves."""
+  same bits; XLA drops the plain computation of those leaves. With
+  ``apply``: ``(optax.apply_updates(params, updates), new_state)``, the
+  kernel's leaves updated in place by it, or None where it takes none."""
   from optzoo._src.cpu_kernels import adam8  # pylint: disable=g-import-not-at-top
+  unchanged = None if apply else (updates, new_state)
   g_l, g_def = jax.tree.flatten(grads)
   if not g_l or any(jnp.iscomplexobj(x) for x in
                     g_l + jax.tree.leaves(params)):
-    return updates, new_state
+    return unchanged
   adam_state = state[spec.adam_index]
   try:
     mu_l = g_def.flatten_up_to(adam_state.mu)
     nu_l = g_def.flatten_up_to(adam_state.nu)
     p_l = None if params is None else g_def.flatten_up_to(params)
   except (ValueError, TypeError, AttributeError):
-    return updates, new_state
+    return unchanged
   mu_l = [x if _is_q(x) else None for x in mu_l]
   nu_l = [x if _is_q(x) else None for x in nu_l]
   fast = adam8.quantized_adam_leaves(
       spec, g_l, p_l, mu_l, nu_l, adam_state.count,
-      block_size, _kernel_tables(), lambda n: _layout(n, block_size))
+      block_size, _kernel_tables(), lambda n: _layout(n, block_size),
+      lr_state=state[len(spec.links) - 1], apply=apply)
   if not fast:
-    return updates, new_state
-  # The links after scale_by_adam (decoupled decay, -lr) on the kernel's
-  # direction; the other leaves' zeros are never used (XLA drops them).
-  u = g_def.unflatten([fast[i][0] if i in fast else jnp.zeros_like(g)
-                       for i, g in enumerate(g_l)])
-  for j in range(spec.adam_index + 1, len(spec.links)):
-    u, _ = spec.links[j].update(u, state[j], params)
-  u_l, out_l = g_def.flatten_up_to(u), g_def.flatten_up_to(updates)
-  updates = g_def.unflatten([u_l[i] if i in fast else x
+    return unchanged
+  if apply:  # the other leaves: the plain update, applied
+    out_l = g_def.flatten_up_to(optax.apply_updates(params, updates))
+  else:
+    # The links after scale_by_adam (decoupled decay, -lr) on the kernel's
+    # direction; the other leaves' zeros are never used (XLA drops them).
+    u = g_def.unflatten([fast[i][0] if i in fast else jnp.zeros_like(g)
+                         for i, g in enumerate(g_l)])
+    for j in range(spec.adam_index + 1, len(spec.links)):
+      u, _ = spec.links[j].update(u, state[j], params)
+    u_l, out_l = g_def.flatten_up_to(u), g_def.flatten_up_to(updates)
+    out_l = [u_l[i] if i in fast else x for i, x in enumerate(out_l)]
+  updates = g_def.unflatten([fast[i][0] if apply and i in fast else x
                              for i, x in enumerate(out_l)])
   new_adam = new_state[spec.adam_index]
   mu_new = g_def.flatten_up_to(new_adam.mu)

@@ -9,7 +9,7 @@ Quantization, ICLR 2022; quantized._encode_unit: a negative y counts the
 positive midpoints <= |y| and mirrors, the unsigned map takes max(y, 0)).
 This script compiles a small C++ program around kernels.cc and runs, for all
 2^32 float32 bit patterns and both maps, the AVX-512 loop's decade
-arithmetic (q8_count16 plus its bucket-table redo of undecided lanes) and
+arithmetic (q8_codes16, plus its bucket-table redo of the lanes it leaves) and
 the AVX2/scalar loops' bucket table (q8_encode_*), and compares both with a
 binary search over the midpoints. About a minute. Exit status 0: equal
 everywhere; 77: this CPU has no AVX-512 VBMI (only the table is checked).
@@ -67,14 +67,8 @@ OPTZOO_AVX512_TARGET static void codes16(const Q8Tables& t, const float* p,
                                          int32_t* cm, int32_t* cv,
                                          __mmask16& rm, __mmask16& rv) {
   const __m512 y = _mm512_loadu_ps(p);
-  const __m512i m127 = _mm512_set1_epi32(127), m255 = _mm512_set1_epi32(255);
-  const __mmask16 neg = _mm512_movepi32_mask(_mm512_castps_si512(y));
-  const __m512i c = q8_count16(*t.dec_s, _mm512_abs_ps(y), rm);
-  __m512i code_m = _mm512_mask_sub_epi32(_mm512_add_epi32(m127, c), neg, m127, c);
-  code_m = _mm512_min_epi32(_mm512_max_epi32(code_m, _mm512_setzero_si512()), m255);
-  const __mmask16 pos = _mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_GT_OQ);
-  const __m512i code_v = _mm512_min_epi32(_mm512_maskz_mov_epi32(
-      pos, q8_count16(*t.dec_u, _mm512_maskz_mov_ps(pos, y), rv)), m255);
+  __m512i code_m, code_v;
+  q8_codes16(t, y, y, code_m, code_v, rm, rv);
   _mm512_storeu_si512(cm, code_m);
   _mm512_storeu_si512(cv, code_v);
 }

@@ -526,24 +526,57 @@ def test_8bit_bitwise(name, monkeypatch):
   _assert_bitwise(fast, plain)
 
 
+def _q8_whole_run(tx, params, env, monkeypatch, steps=12):
+  """``steps`` of optzoo.update_and_apply (env "1": the 8-bit kernel in
+  apply mode, checked in the lowered text); returns params and state."""
+  monkeypatch.setenv("OPTZOO_CPU_KERNELS", env)
+  f = jax.jit(lambda p, s, g: optzoo.update_and_apply(tx, g, s, p))
+  state = tx.init(params)
+  txt = f.lower(params, state, _grads(params, 0)).as_text()
+  assert ("optzoo_adam8" in txt) == (env == "1")
+  if env == "1":
+    assert "apply = true" in txt, txt[:2000]
+  p, s = params, state
+  for i in range(steps):
+    p, s = f(p, s, _grads(params, i))
+  return p, s
+
+
+@pytest.mark.parametrize("name", list(Q8_CASES))
+def test_8bit_update_and_apply_bitwise(name, monkeypatch):
+  """optzoo.update_and_apply runs the whole 8-bit step in the kernel (the
+  decoupled decay, -lr and the new params included): params and state of
+  every step are bitwise those of tx.update + optax.apply_updates on the
+  plain path, with the same state tree."""
+  with jax.enable_x64(False):
+    tx, params = Q8_CASES[name](), _q8_params()
+    plain = _q8_run(tx, params, "0", monkeypatch, expect_kernel=False)
+    whole = _q8_whole_run(tx, params, "1", monkeypatch)
+  _assert_bitwise(whole, plain[:2])
+
+
 # The kernel's loops (kernels.cc, Q8Loop): the default runs the fastest this
 # CPU has (AVX-512 with VBMI, else AVX2).
 Q8_LOOPS = {"best": 0, "avx2": 1, "scalar": 2}
 
 
+@pytest.mark.parametrize("whole", [False, True], ids=["update", "whole_step"])
 @pytest.mark.parametrize("loop", ["avx2", "scalar"])
 @pytest.mark.parametrize("name", ["adam_8bit_l2", "adamw_8bit_schedule"])
-def test_8bit_other_loops_bitwise(name, loop, monkeypatch):
+def test_8bit_other_loops_bitwise(name, loop, whole, monkeypatch):
   """The kernel's AVX2 loop (CPUs without AVX-512 VBMI) and its scalar loop
   (other CPUs; a block's last entries) give the plain path's bits, as the
-  default loop does."""
+  default loop does, for tx.update and for the whole step."""
   from optzoo._src.cpu_kernels import adam8  # pylint: disable=g-import-not-at-top
   with jax.enable_x64(False):
     tx, params = Q8_CASES[name](), _q8_params(1)
     plain = _q8_run(tx, params, "0", monkeypatch)
     monkeypatch.setattr(adam8, "_LOOP", Q8_LOOPS[loop])
-    fast = _q8_run(tx, params, "1", monkeypatch, expect_kernel=True)
-  _assert_bitwise(fast, plain)
+    if whole:
+      _assert_bitwise(_q8_whole_run(tx, params, "1", monkeypatch), plain[:2])
+    else:
+      _assert_bitwise(_q8_run(tx, params, "1", monkeypatch, expect_kernel=True),
+                      plain)
 
 
 def test_8bit_negative_control_without_fma_emulation(monkeypatch):

@@ -76,17 +76,19 @@ def _buckets(mids: np.ndarray) -> np.ndarray:
 # The arithmetic encoder's tables (kernels.cc, Q8Decades): per binade of
 # |y| (float32 exponent 96 + k, k = 0..31) the decades below it and the one
 # decade edge inside it; per decade D (0: below every value, 1..7: decade
-# D - 1, 8: above the last value) an affine map t = |y| S + O under which its
-# interior midpoints sit near the integers 0..n-2, the midpoints below it and
-# n - 1. The kernel falls back to the bucket table where t is within 2^-10 of
-# an integer (the affine map's float32 error is below 1e-4 there).
+# D - 1, 8: above the last value) an affine map t = |y| S + O under which the
+# count of midpoints below |y| is floor(t) + 1 up to a cap: the decade's
+# interior midpoints sit near the integers base .. base + n - 2 (base: the
+# midpoints below the decade), and t > base - 1 above its lower edge. The
+# kernel falls back to the bucket table where t is within 2^-10 of an
+# integer (the affine map's float32 error is below 1e-4 there).
 _EXP0 = 96
 _NEAR = 2.0 ** -10
 
 
 def _decades(mids: np.ndarray, per_decade) -> np.ndarray:
-  """128 words: edge f32[32], below i32[32], S f32[16], O f32[16], base
-  i32[16], top i32[16] for the positive midpoints ``mids`` of a map whose
+  """128 words: edge f32[32], below i32[32], S f32[16], O f32[16], cap
+  i32[16], 16 unused, for the positive midpoints ``mids`` of a map whose
   decade i (i = 0..6) holds ``per_decade(i)`` values: its bins are the equal
   parts of 10^(i-6) [0.1, 1] (quantized.dynamic_quantization_map)."""
   mids = np.asarray(mids, np.float32)
@@ -101,23 +103,27 @@ def _decades(mids: np.ndarray, per_decade) -> np.ndarray:
   rows, cols = np.nonzero(inside)
   edge[rows] = edges[cols]
   below = (edges[None, :] < lo[:, None]).sum(axis=1).astype(np.int32)
+  # Outside the decades, and in a decade of one value: t = count - 1/2.
   scale = np.zeros(16, np.float32)
-  offset = np.full(16, -0.5, np.float32)   # t = -0.5: no midpoint, no fallback
-  base = np.zeros(16, np.int32)
-  top = np.zeros(16, np.int32)
-  base[8:] = len(mids)
+  count = np.full(16, len(mids), np.int64)
+  count[0] = 0
+  count[1:8] = starts[:7] + 1
+  offset = (count - 0.5).astype(np.float32)
+  cap = count.astype(np.int32)
   for i, n in enumerate(sizes):
-    base[i + 1] = starts[i] + 1
     if n == 1:
       continue
+    base = starts[i] + 1
     scale[i + 1] = n / (0.9 * 10.0 ** (i - 6))
-    offset[i + 1] = -(n / 9.0) - 1.0
-    top[i + 1] = n - 1
-    interior = mids[starts[i] + 1:starts[i] + n].astype(np.float64)
+    offset[i + 1] = base - (n / 9.0) - 1.0
+    cap[i + 1] = base + n - 1
+    interior = mids[base:base + n - 1].astype(np.float64)
     t = interior * np.float64(scale[i + 1]) + np.float64(offset[i + 1])
-    assert np.abs(t - np.arange(n - 1)).max() < _NEAR / 8
+    assert np.abs(t - np.arange(base, base + n - 1)).max() < _NEAR / 8
+    for e in (edges[i], edges[i + 1]):   # the decade's edges, in its t
+      assert np.float64(e) * scale[i + 1] + offset[i + 1] > base - 1
   words = [edge.view(np.uint32), below.view(np.uint32), scale.view(np.uint32),
-           offset.view(np.uint32), base.view(np.uint32), top.view(np.uint32)]
+           offset.view(np.uint32), cap.view(np.uint32), np.zeros(16, np.uint32)]
   return np.concatenate(words).astype(np.uint32)
 
 
@@ -157,9 +163,14 @@ def _eligible(g, p, mu, nu, coupled: bool, nb: int) -> bool:
 
 def quantized_adam_leaves(spec, g_l: list, p_l: Optional[list], mu_l: list,
                           nu_l: list, count, block_size: int,
-                          tables: np.ndarray, layout) -> dict:
+                          tables: np.ndarray, layout, lr_state=None,
+                          apply: bool = False) -> dict:
   """``{leaf index: (direction, (mu codes, mu absmax), (nu codes, nu
   absmax))}`` for the leaves the kernel takes; ``{}`` where it does not run.
+  With ``apply`` (the whole step, :func:`optzoo.update_and_apply`) the
+  first entry is the new parameter instead: the links after
+  ``scale_by_adam`` (decoupled decay, ``-lr``; ``lr_state`` is the last
+  link's state) and ``optax.apply_updates`` run in the kernel too.
 
   ``mu_l`` / ``nu_l``: per parameter leaf its ``QuantizedArray`` (or None
   when that moment is not quantized; mu uses the signed map and nu the
@@ -170,12 +181,17 @@ def quantized_adam_leaves(spec, g_l: list, p_l: Optional[list], mu_l: list,
   if kernels is None:
     return {}
   coupled = spec.decay == fused_adam_mod._COUPLED  # pylint: disable=protected-access
-  if coupled and p_l is None:
+  needs_p = apply or coupled
+  if needs_p and p_l is None:
     return {}
   _, inv_bc1, inv_sqrt_bc2 = transform.adam_step_scalars(spec.b1, spec.b2, count)
-  wd = spec.weight_decay if coupled else 0.0
-  values = [wd, 1 - spec.b1, spec.b2, 1 - spec.b2, inv_bc1, spec.eps_root,
-            inv_sqrt_bc2, spec.eps, 0.0]
+  if apply:
+    values = [v for v, _ in fused_adam_mod._scalars(  # pylint: disable=protected-access
+        spec, count, inv_bc1, inv_sqrt_bc2, lr_state, apply=True)]
+  else:
+    wd = spec.weight_decay if coupled else 0.0
+    values = [wd, 1 - spec.b1, spec.b2, 1 - spec.b2, inv_bc1, spec.eps_root,
+              inv_sqrt_bc2, spec.eps, 0.0]
   if not all(step.keeps(_F32, v) for v in values):
     return {}
   idx = []
@@ -183,12 +199,12 @@ def quantized_adam_leaves(spec, g_l: list, p_l: Optional[list], mu_l: list,
     if mu is None or nu is None:
       continue
     nb, _ = layout(int(np.prod(np.shape(g))))
-    if _eligible(g, None if p_l is None else p_l[i], mu, nu, coupled, nb):
+    if _eligible(g, None if p_l is None else p_l[i], mu, nu, needs_p, nb):
       idx.append(i)
   tab = jnp.asarray(tables)
   direction = lambda arrays: [jax.ShapeDtypeStruct(np.shape(arrays[0]), _F32)]
-  n_in = 2 if coupled else 1
-  # Calls in turn, each taking the previous call's last direction as an
+  read_p = coupled and not apply
+  # Calls in turn, each taking the previous call's last result as an
   # (unread) operand, so that XLA can apply each direction and reuse its
   # buffer before the next call writes: independent calls let XLA keep every
   # direction alive at once, one params-sized temporary, freshly mapped
@@ -196,20 +212,24 @@ def quantized_adam_leaves(spec, g_l: list, p_l: Optional[list], mu_l: list,
   # _GROUP_ELEMENTS entries and step.MAX_LEAVES leaves: less per-call
   # overhead). (A single leaf of more than ~8M float32 entries still needs a
   # temporary above glibc's 32 MB mmap threshold: page faults on every step,
-  # about 2x slower there.)
+  # about 2x slower there; the whole step has no direction.)
   out, after = {}, tab
   for _, chunk in step.groups([g_l[k] for k in idx], _GROUP_ELEMENTS):
     chunk = [idx[k] for k in chunk]
-    per_leaf = [[g_l[i]] + ([p_l[i]] if coupled else [])
+    per_leaf = [[g_l[i]] + ([p_l[i]] if needs_p else [])
                 + [mu_l[i].codes, mu_l[i].absmax, nu_l[i].codes, nu_l[i].absmax]
                 for i in chunk]
-    res = step.call("optzoo_adam8", _F32, values, per_leaf, n_in,
-                    lead=(tab, after), outputs=direction,
+    res = step.call("optzoo_adam8", _F32, values, per_leaf, 1 + read_p,
+                    lead=(tab, after), outputs=None if apply else direction,
                     vmap_method="sequential", block_size=np.int64(block_size),
-                    coupled=bool(coupled), fma=bool(kernels.fma),
+                    decay=np.int64(spec.decay if apply or coupled else 0),
+                    apply=bool(apply), fma=bool(kernels.fma),
                     loop=np.int64(_LOOP))
     for k, i in enumerate(chunk):
-      cm, am, cv, av, x = res[5 * k:5 * k + 5]
-      out[i] = (x, (cm, am), (cv, av))
+      if apply:
+        p, cm, am, cv, av = res[5 * k:5 * k + 5]
+      else:
+        cm, am, cv, av, p = res[5 * k:5 * k + 5]
+      out[i] = (p, (cm, am), (cv, av))
     after = res[-1]
   return out

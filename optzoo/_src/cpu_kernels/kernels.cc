@@ -471,14 +471,13 @@ struct Q8Planes {
 
 // The arithmetic encoder's tables for one map (adam8.py, _decades): for |y|
 // with float32 exponent 96 + k, the decade D = below[k] + (|y| > edge[k]);
-// in decade D, t = |y| scale[D] + offset[D] puts the interior midpoints near
-// the integers, and #midpoints < |y| = base[D] + clamp(floor(t) + 1, 0,
-// top[D]) wherever t is not within kQ8Near of an integer.
+// #midpoints < |y| = min(floor(t) + 1, cap[D]) for t = |y| scale[D] +
+// offset[D] wherever t is not within kQ8Near of an integer.
 struct Q8Decades {
   float edge[32];
   int32_t below[32];
   float scale[16], offset[16];
-  int32_t base[16], top[16];
+  int32_t cap[16], unused[16];
 };
 constexpr int64_t kQ8DecadeWords = 128;
 static_assert(sizeof(Q8Decades) == 4 * kQ8DecadeWords, "Q8Decades layout");
@@ -541,10 +540,13 @@ inline T nan_min(T a, T b) {
 }
 
 // One leaf: in = g, [p (coupled L2)]; in place: mu codes, mu absmax, nu
-// codes, nu absmax; out: Adam's direction.
+// codes, nu absmax; out: Adam's direction x. In apply mode (the whole step)
+// the params are in place instead (pw, read and written; p = nullptr) and
+// there is no x.
 struct Q8Leaf {
   const float* g;
   const float* p;
+  float* pw;
   uint8_t* cm;
   float* am;
   uint8_t* cv;
@@ -553,19 +555,36 @@ struct Q8Leaf {
   int64_t size, block;
 };
 
+// Adam's direction x of entry i: stored (tx.update), or in apply mode the
+// rest of the step as XLA fuses the links after scale_by_adam into
+// optax.apply_updates (adam_loop's lines): u = x [+ wd p], p + (-lr) u.
+template <int64_t kDecay, bool kApply, bool kFma>
+inline __attribute__((always_inline)) void q8_finish(const Q8Leaf& a, int64_t i,
+                                                     float x, float wd,
+                                                     float neg_lr) {
+  if constexpr (kApply) {
+    const float pi = a.pw[i];
+    float u = x;
+    if (kDecay == kDecoupled) u = madd<kFma>(wd, pi, u);  // u + wd p
+    a.pw[i] = madd<kFma>(neg_lr, u, pi);                  // p + (-lr) u
+  } else {
+    a.x[i] = x;
+  }
+}
+
 // Quantization blocks [kb0, kb1) of one leaf; `buf` holds 2 * block floats.
-template <bool kCoupled, bool kFma>
+template <int64_t kDecay, bool kApply, bool kFma>
 inline __attribute__((always_inline)) void q8_range(
     const float* __restrict s, const Q8Tables& t, const Q8Leaf& a,
     int64_t kb0, int64_t kb1, float* __restrict buf) {
   const float wd = s[kWeightDecay], c1 = s[kOneMinusB1], b2 = s[kB2],
               c2 = s[kOneMinusB2], inv_bc1 = s[kInvBc1], eps_root = s[kEpsRoot],
               inv_sqrt_bc2 = s[kInvSqrtBc2], eps = s[kEps];
+  const float neg_lr = s[kNegLr];
   const float* __restrict g = a.g;
-  const float* __restrict p = a.p;
+  const float* p = kApply ? a.pw : a.p;  // apply mode: p is also written
   uint8_t* __restrict cm = a.cm;
   uint8_t* __restrict cv = a.cv;
-  float* __restrict x = a.x;
   float* __restrict bm = buf;
   float* __restrict bv = buf + a.block;
   const float inf = std::numeric_limits<float>::infinity();
@@ -577,7 +596,7 @@ inline __attribute__((always_inline)) void q8_range(
     for (int64_t j = 0; j < n; ++j) {
       const int64_t i = i0 + j;
       float gi = g[i];
-      if (kCoupled) gi = madd<kFma>(wd, p[i], gi);          // g + wd p
+      if (kDecay == kCoupled) gi = madd<kFma>(wd, p[i], gi);          // g + wd p
       const float m = t.map_s[cm[i]] * am;                  // decoded moments
       const float v = t.map_u[cv[i]] * av;
       const float mi = madd<kFma>(c1, gi - m, m);           // m + (1-b1)(g-m)
@@ -601,8 +620,9 @@ inline __attribute__((always_inline)) void q8_range(
       cm[i] = q8_encode_signed(t.enc_s, mi / sm);
       cv[i] = q8_encode_unsigned(t.enc_u, vi / sv);
       // (m inv_bc1) / (sqrt(v + eps_root) inv_sqrt_bc2 + eps)
-      x[i] = (mi * inv_bc1) /
-             madd<kFma>(std::sqrt(vi + eps_root), inv_sqrt_bc2, eps);
+      q8_finish<kDecay, kApply, kFma>(
+          a, i, (mi * inv_bc1) / madd<kFma>(std::sqrt(vi + eps_root), inv_sqrt_bc2, eps),
+          wd, neg_lr);
     }
     a.am[kb] = new_am;
     a.av[kb] = new_av;
@@ -613,7 +633,7 @@ using Q8Fn = void (*)(const float*, const Q8Tables&, const Q8Leaf&, int64_t,
                       int64_t, float*);
 
 #if defined(__x86_64__)
-// q8_range<kCoupled, true> with AVX2 (8 lanes; table reads by gathers); the
+// q8_range<kDecay, kApply, true> with AVX2 (8 lanes; table reads by gathers); the
 // same operations per element, so the same bits. A block's last n % 8
 // entries take the scalar lines; a block with a NaN takes the scalar
 // max/min (NaN-propagating, as jnp.maximum).
@@ -642,7 +662,7 @@ OPTZOO_FMA_TARGET inline void q8_store8(uint8_t* dst, __m256i c) {
   _mm_storel_epi64(reinterpret_cast<__m128i*>(dst), _mm_unpacklo_epi32(lo, hi));
 }
 
-template <bool kCoupled>
+template <int64_t kDecay, bool kApply>
 OPTZOO_FMA_TARGET void q8_range_avx2(const float* __restrict s,
                                      const Q8Tables& t, const Q8Leaf& a,
                                      int64_t kb0, int64_t kb1,
@@ -653,7 +673,10 @@ OPTZOO_FMA_TARGET void q8_range_avx2(const float* __restrict s,
   const __m256 vwd = _mm256_set1_ps(wd), vc1 = _mm256_set1_ps(c1),
                vb2 = _mm256_set1_ps(b2), vc2 = _mm256_set1_ps(c2),
                vbc1 = _mm256_set1_ps(inv_bc1), vroot = _mm256_set1_ps(eps_root),
-               vbc2 = _mm256_set1_ps(inv_sqrt_bc2), veps = _mm256_set1_ps(eps);
+               vbc2 = _mm256_set1_ps(inv_sqrt_bc2), veps = _mm256_set1_ps(eps),
+               vnlr = _mm256_set1_ps(s[kNegLr]);
+  const float neg_lr = s[kNegLr];
+  const float* pr = kApply ? a.pw : a.p;  // apply mode: p is also written
   const __m256i m127 = _mm256_set1_epi32(127), m255 = _mm256_set1_epi32(255),
                 one = _mm256_set1_epi32(1), zero = _mm256_setzero_si256();
   const float inf = std::numeric_limits<float>::infinity();
@@ -671,7 +694,7 @@ OPTZOO_FMA_TARGET void q8_range_avx2(const float* __restrict s,
     for (int64_t j = 0; j < n8; j += 8) {
       const int64_t i = i0 + j;
       __m256 g = _mm256_loadu_ps(a.g + i);
-      if (kCoupled) g = _mm256_fmadd_ps(vwd, _mm256_loadu_ps(a.p + i), g);
+      if (kDecay == kCoupled) g = _mm256_fmadd_ps(vwd, _mm256_loadu_ps(pr + i), g);
       const __m256i cm = _mm256_cvtepu8_epi32(
           _mm_loadl_epi64(reinterpret_cast<const __m128i*>(a.cm + i)));
       const __m256i cv = _mm256_cvtepu8_epi32(
@@ -704,7 +727,7 @@ OPTZOO_FMA_TARGET void q8_range_avx2(const float* __restrict s,
     for (int64_t j = n8; j < n; ++j) {
       const int64_t i = i0 + j;
       float gi = a.g[i];
-      if (kCoupled) gi = madd<true>(wd, a.p[i], gi);
+      if (kDecay == kCoupled) gi = madd<true>(wd, pr[i], gi);
       const float m = t.map_s[a.cm[i]] * am;
       const float v = t.map_u[a.cv[i]] * av;
       const float mi = madd<true>(c1, gi - m, m);
@@ -752,22 +775,30 @@ OPTZOO_FMA_TARGET void q8_range_avx2(const float* __restrict s,
       q8_store8(a.cv + i, code_v);
       const __m256 den = _mm256_fmadd_ps(_mm256_sqrt_ps(_mm256_add_ps(vi, vroot)),
                                          vbc2, veps);
-      _mm256_storeu_ps(a.x + i, _mm256_div_ps(_mm256_mul_ps(mi, vbc1), den));
+      const __m256 xv = _mm256_div_ps(_mm256_mul_ps(mi, vbc1), den);
+      if constexpr (kApply) {
+        const __m256 pv = _mm256_loadu_ps(a.pw + i);
+        const __m256 u = kDecay == kDecoupled ? _mm256_fmadd_ps(vwd, pv, xv) : xv;
+        _mm256_storeu_ps(a.pw + i, _mm256_fmadd_ps(vnlr, u, pv));
+      } else {
+        _mm256_storeu_ps(a.x + i, xv);
+      }
     }
     for (int64_t j = n8; j < n; ++j) {
       const int64_t i = i0 + j;
       const float mi = bm[j], vi = bv[j];
       a.cm[i] = q8_encode_signed(t.enc_s, mi / sm);
       a.cv[i] = q8_encode_unsigned(t.enc_u, vi / sv);
-      a.x[i] = (mi * inv_bc1) /
-               madd<true>(std::sqrt(vi + eps_root), inv_sqrt_bc2, eps);
+      q8_finish<kDecay, kApply, true>(
+          a, i, (mi * inv_bc1) / madd<true>(std::sqrt(vi + eps_root), inv_sqrt_bc2, eps),
+          wd, neg_lr);
     }
     a.am[kb] = new_am;
     a.av[kb] = new_av;
   }
 }
 
-// q8_range<kCoupled, true> with AVX-512 (16 lanes), for CPUs with VBMI: the
+// q8_range<kDecay, kApply, true> with AVX-512 (16 lanes), for CPUs with VBMI: the
 // same operations per element as the AVX2 loop, so the same bits. The codes
 // are decoded 64 at a time without gathers: each map is 4 byte planes of 256
 // entries (byte b of every value), and one two-table byte permute
@@ -844,15 +875,36 @@ OPTZOO_AVX512_TARGET inline __m512i q8_count16(const Q8Decades& T, __m512 a,
   const __m512 t = _mm512_fmadd_ps(
       a, _mm512_permutexvar_ps(d, _mm512_loadu_ps(T.scale)),
       _mm512_permutexvar_ps(d, _mm512_loadu_ps(T.offset)));
-  const __m512 r = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  redo |= _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(t, r)),
-                             _mm512_set1_ps(kQ8Near), _CMP_LT_OQ);
-  __m512i n = _mm512_add_epi32(
+  // f = t - round(t), in [-1/2, 1/2]: redo where |f| < kQ8Near
+  const __m512 f = _mm512_reduce_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  redo |= _mm512_mask_cmp_ps_mask(
+      _mm512_cmp_ps_mask(f, _mm512_set1_ps(kQ8Near), _CMP_LT_OQ), f,
+      _mm512_set1_ps(-kQ8Near), _CMP_GT_OQ);
+  const __m512i n = _mm512_add_epi32(
       _mm512_cvt_roundps_epi32(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC),
       _mm512_set1_epi32(1));
-  n = _mm512_min_epi32(_mm512_max_epi32(n, _mm512_setzero_si512()),
-                       _mm512_permutexvar_epi32(d, _mm512_loadu_si512(T.top)));
-  return _mm512_add_epi32(_mm512_permutexvar_epi32(d, _mm512_loadu_si512(T.base)), n);
+  return _mm512_min_epi32(n, _mm512_permutexvar_epi32(d, _mm512_loadu_si512(T.cap)));
+}
+
+// The codes of 16 normalized moments: q8_encode_signed(ym) and
+// q8_encode_unsigned(yv), except in the lanes set in redo_m / redo_v.
+OPTZOO_AVX512_TARGET inline void q8_codes16(const Q8Tables& t, __m512 ym,
+                                            __m512 yv, __m512i& code_m,
+                                            __m512i& code_v, __mmask16& redo_m,
+                                            __mmask16& redo_v) {
+  // signed: the count for |y|, mirrored (q8_encode_signed's tie rule for a
+  // negative y only differs at a midpoint: a lane it redoes); 127 - 128
+  // (|y| beyond the last value) is code 0.
+  const __m512i m127 = _mm512_set1_epi32(127);
+  const __mmask16 neg = _mm512_movepi32_mask(_mm512_castps_si512(ym));
+  const __m512i c = q8_count16(*t.dec_s, _mm512_abs_ps(ym), redo_m);
+  code_m = _mm512_max_epi32(
+      _mm512_mask_sub_epi32(_mm512_add_epi32(m127, c), neg, m127, c),
+      _mm512_setzero_si512());
+  // unsigned: max(y, 0) (a negative y, -0 or NaN counts 0)
+  const __mmask16 pos = _mm512_cmp_ps_mask(yv, _mm512_setzero_ps(), _CMP_GT_OQ);
+  code_v = _mm512_maskz_mov_epi32(
+      pos, q8_count16(*t.dec_u, _mm512_maskz_mov_ps(pos, yv), redo_v));
 }
 
 // The lanes q8_count16 could not decide, encoded with the bucket table.
@@ -868,7 +920,7 @@ OPTZOO_AVX512_TARGET __attribute__((noinline)) void q8_redo16(
   }
 }
 
-template <bool kCoupled>
+template <int64_t kDecay, bool kApply>
 OPTZOO_AVX512_TARGET void q8_range_avx512(const float* __restrict s,
                                          const Q8Tables& t, const Q8Leaf& a,
                                          int64_t kb0, int64_t kb1,
@@ -879,10 +931,11 @@ OPTZOO_AVX512_TARGET void q8_range_avx512(const float* __restrict s,
   const __m512 vwd = _mm512_set1_ps(wd), vc1 = _mm512_set1_ps(c1),
                vb2 = _mm512_set1_ps(b2), vc2 = _mm512_set1_ps(c2),
                vbc1 = _mm512_set1_ps(inv_bc1), vroot = _mm512_set1_ps(eps_root),
-               vbc2 = _mm512_set1_ps(inv_sqrt_bc2), veps = _mm512_set1_ps(eps);
-  const __m512i m127 = _mm512_set1_epi32(127), m255 = _mm512_set1_epi32(255),
-                zero = _mm512_setzero_si512(),
-                order = _mm512_loadu_si512(kQ8Order.idx);
+               vbc2 = _mm512_set1_ps(inv_sqrt_bc2), veps = _mm512_set1_ps(eps),
+               vnlr = _mm512_set1_ps(s[kNegLr]);
+  const float neg_lr = s[kNegLr];
+  const float* pr = kApply ? a.pw : a.p;  // apply mode: p is also written
+  const __m512i order = _mm512_loadu_si512(kQ8Order.idx);
   const float inf = std::numeric_limits<float>::infinity();
   const Q8Planes& ps = *t.planes_s;
   const Q8Planes& pu = *t.planes_u;
@@ -904,7 +957,7 @@ OPTZOO_AVX512_TARGET void q8_range_avx512(const float* __restrict s,
       q8_decode64(pu, _mm512_permutexvar_epi8(order, _mm512_loadu_si512(a.cv + i)), dv);
       for (int k = 0; k < 4; ++k) {
         __m512 g = _mm512_loadu_ps(a.g + i + 16 * k);
-        if (kCoupled) g = _mm512_fmadd_ps(vwd, _mm512_loadu_ps(a.p + i + 16 * k), g);
+        if (kDecay == kCoupled) g = _mm512_fmadd_ps(vwd, _mm512_loadu_ps(pr + i + 16 * k), g);
         const __m512 m = _mm512_mul_ps(dm[k], vam);
         const __m512 v = _mm512_mul_ps(dv[k], vav);
         const __m512 mi = _mm512_fmadd_ps(vc1, _mm512_sub_ps(g, m), m);
@@ -924,7 +977,7 @@ OPTZOO_AVX512_TARGET void q8_range_avx512(const float* __restrict s,
     for (int64_t j = n64; j < n; ++j) {
       const int64_t i = i0 + j;
       float gi = a.g[i];
-      if (kCoupled) gi = madd<true>(wd, a.p[i], gi);
+      if (kDecay == kCoupled) gi = madd<true>(wd, pr[i], gi);
       const float m = t.map_s[a.cm[i]] * am;
       const float v = t.map_u[a.cv[i]] * av;
       const float mi = madd<true>(c1, gi - m, m);
@@ -953,21 +1006,11 @@ OPTZOO_AVX512_TARGET void q8_range_avx512(const float* __restrict s,
     for (int64_t j = 0; j < n16; j += 16) {
       const int64_t i = i0 + j;
       const __m512 mi = _mm512_loadu_ps(bm + j), vi = _mm512_loadu_ps(bv + j);
-      // signed: the count for |y|, mirrored (q8_encode_signed's tie rule
-      // for a negative y only differs at a midpoint: a lane it redoes).
       const __m512 ym = _mm512_div_ps(mi, vsm);
-      const __mmask16 neg = _mm512_movepi32_mask(_mm512_castps_si512(ym));
-      __mmask16 redo_m = 0, redo_v = 0;
-      const __m512i c_m = q8_count16(*t.dec_s, _mm512_abs_ps(ym), redo_m);
-      __m512i code_m = _mm512_mask_sub_epi32(_mm512_add_epi32(m127, c_m), neg,
-                                             m127, c_m);
-      code_m = _mm512_min_epi32(_mm512_max_epi32(code_m, zero), m255);
-      // unsigned: max(y, 0) (a negative y, -0 or NaN counts 0)
       const __m512 yv = _mm512_div_ps(vi, vsv);
-      const __mmask16 pos = _mm512_cmp_ps_mask(yv, _mm512_setzero_ps(), _CMP_GT_OQ);
-      __m512i code_v = _mm512_maskz_mov_epi32(
-          pos, q8_count16(*t.dec_u, _mm512_maskz_mov_ps(pos, yv), redo_v));
-      code_v = _mm512_min_epi32(code_v, m255);
+      __m512i code_m, code_v;
+      __mmask16 redo_m = 0, redo_v = 0;
+      q8_codes16(t, ym, yv, code_m, code_v, redo_m, redo_v);
       _mm_storeu_si128(reinterpret_cast<__m128i*>(a.cm + i),
                        _mm512_cvtepi32_epi8(code_m));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(a.cv + i),
@@ -975,15 +1018,23 @@ OPTZOO_AVX512_TARGET void q8_range_avx512(const float* __restrict s,
       if ((redo_m | redo_v) != 0) q8_redo16(t, ym, yv, redo_m, redo_v, a.cm + i, a.cv + i);
       const __m512 den = _mm512_fmadd_ps(_mm512_sqrt_ps(_mm512_add_ps(vi, vroot)),
                                          vbc2, veps);
-      _mm512_storeu_ps(a.x + i, _mm512_div_ps(_mm512_mul_ps(mi, vbc1), den));
+      const __m512 xv = _mm512_div_ps(_mm512_mul_ps(mi, vbc1), den);
+      if constexpr (kApply) {
+        const __m512 pv = _mm512_loadu_ps(a.pw + i);
+        const __m512 u = kDecay == kDecoupled ? _mm512_fmadd_ps(vwd, pv, xv) : xv;
+        _mm512_storeu_ps(a.pw + i, _mm512_fmadd_ps(vnlr, u, pv));
+      } else {
+        _mm512_storeu_ps(a.x + i, xv);
+      }
     }
     for (int64_t j = n16; j < n; ++j) {
       const int64_t i = i0 + j;
       const float mi = bm[j], vi = bv[j];
       a.cm[i] = q8_encode_signed(t.enc_s, mi / sm);
       a.cv[i] = q8_encode_unsigned(t.enc_u, vi / sv);
-      a.x[i] = (mi * inv_bc1) /
-               madd<true>(std::sqrt(vi + eps_root), inv_sqrt_bc2, eps);
+      q8_finish<kDecay, kApply, true>(
+          a, i, (mi * inv_bc1) / madd<true>(std::sqrt(vi + eps_root), inv_sqrt_bc2, eps),
+          wd, neg_lr);
     }
     a.am[kb] = new_am;
     a.av[kb] = new_av;
@@ -995,36 +1046,55 @@ OPTZOO_AVX512_TARGET void q8_range_avx512(const float* __restrict s,
 // (the same bits). Off x86 only the scalar lines.
 enum Q8Loop : int64_t { kQ8Best = 0, kQ8Avx2 = 1, kQ8Scalar = 2 };
 
-template <bool kCoupled>
+template <int64_t kDecay, bool kApply>
 OPTZOO_FMA_TARGET void q8_fma_avx2(const float* s, const Q8Tables& t,
                                    const Q8Leaf& a, int64_t b, int64_t e,
                                    float* buf) {
 #if defined(__x86_64__)
-  q8_range_avx2<kCoupled>(s, t, a, b, e, buf);
+  q8_range_avx2<kDecay, kApply>(s, t, a, b, e, buf);
 #else
-  q8_range<kCoupled, true>(s, t, a, b, e, buf);
+  q8_range<kDecay, kApply, true>(s, t, a, b, e, buf);
 #endif
 }
-template <bool kCoupled>
+template <int64_t kDecay, bool kApply>
 void q8_fma_best(const float* s, const Q8Tables& t, const Q8Leaf& a, int64_t b,
                  int64_t e, float* buf) {
 #if defined(__x86_64__)
   static const bool avx512 = Avx512VbmiSupported();
-  if (avx512) return q8_range_avx512<kCoupled>(s, t, a, b, e, buf);
+  if (avx512) return q8_range_avx512<kDecay, kApply>(s, t, a, b, e, buf);
 #endif
-  q8_fma_avx2<kCoupled>(s, t, a, b, e, buf);
+  q8_fma_avx2<kDecay, kApply>(s, t, a, b, e, buf);
 }
 // The scalar lines with FMA.
-template <bool kCoupled>
+template <int64_t kDecay, bool kApply>
 OPTZOO_FMA_TARGET void q8_fma_scalar(const float* s, const Q8Tables& t,
                                      const Q8Leaf& a, int64_t b, int64_t e,
                                      float* buf) {
-  q8_range<kCoupled, true>(s, t, a, b, e, buf);
+  q8_range<kDecay, kApply, true>(s, t, a, b, e, buf);
 }
-template <bool kCoupled>
+template <int64_t kDecay, bool kApply>
 void q8_plain(const float* s, const Q8Tables& t, const Q8Leaf& a, int64_t b,
               int64_t e, float* buf) {
-  q8_range<kCoupled, false>(s, t, a, b, e, buf);
+  q8_range<kDecay, kApply, false>(s, t, a, b, e, buf);
+}
+
+template <int64_t kDecay, bool kApply>
+Q8Fn q8_pick(bool fma, int64_t loop) {
+  if (!fma) return &q8_plain<kDecay, kApply>;
+  if (loop == kQ8Scalar) return &q8_fma_scalar<kDecay, kApply>;
+  if (loop == kQ8Avx2) return &q8_fma_avx2<kDecay, kApply>;
+  return &q8_fma_best<kDecay, kApply>;
+}
+
+// Without apply a decoupled decay is XLA's (on the direction).
+Q8Fn q8_select(int64_t decay, bool apply, bool fma, int64_t loop) {
+  if (apply) {
+    if (decay == kCoupled) return q8_pick<kCoupled, true>(fma, loop);
+    if (decay == kDecoupled) return q8_pick<kDecoupled, true>(fma, loop);
+    return q8_pick<kNoDecay, true>(fma, loop);
+  }
+  if (decay == kCoupled) return q8_pick<kCoupled, false>(fma, loop);
+  return q8_pick<kNoDecay, false>(fma, loop);
 }
 
 // Elements per task, and the fewest for which a call uses the pool: one
@@ -1063,39 +1133,37 @@ struct Q8Job {
 };
 
 // Operands: scalars f32[kNumScalars], tables u32[kQ8TableWords] (Q8Tables),
-// `after` (not read: an ordering operand, see
-// adam8.py), then per leaf g, [p], mu codes, mu absmax, nu codes, nu absmax;
-// results per leaf: mu codes, mu absmax, nu codes, nu absmax (aliasing their
-// operands) and the direction. `loop` (Q8Loop): kQ8Best, or (tests) a
-// slower loop where a faster one would run.
+// `after` (not read: an ordering operand, see adam8.py), then per leaf g,
+// [p (coupled L2)], mu codes, mu absmax, nu codes, nu absmax; results per
+// leaf: mu codes, mu absmax, nu codes, nu absmax (aliasing their operands)
+// and the direction. With `apply` (the whole step, optzoo.update_and_apply):
+// per leaf g, p, mu codes, mu absmax, nu codes, nu absmax, all but g in
+// place (results alias them), no direction; `decay` (Decay) then includes
+// the decoupled decay, and the scalars -lr. `loop` (Q8Loop): kQ8Best, or
+// (tests) a slower loop where a faster one would run.
 ffi::Error Adam8Impl(ffi::ThreadPool pool, ffi::AnyBuffer scalars,
                      ffi::AnyBuffer tables, ffi::AnyBuffer after,
                      ffi::RemainingArgs args,
                      ffi::RemainingRets rets, int64_t n_leaves,
-                     int64_t block_size, bool coupled, bool fma,
-                     int64_t loop) {
+                     int64_t block_size, int64_t decay, bool apply,
+                     bool fma, int64_t loop) {
   if (fma && !FmaSupported()) {
     return ffi::Error::InvalidArgument("optzoo adam8: this CPU has no FMA");
   }
-  const int64_t n_in = 1 + coupled, n_args = n_in + 4, n_rets = 5;
+  const bool read_p = decay == kCoupled && !apply;
+  const int64_t n_in = 1 + read_p, n_io = 4 + apply, n_args = n_in + n_io,
+                n_rets = 5;
   if (scalars.element_type() != ffi::DataType::F32 ||
       scalars.element_count() != kNumScalars ||
       tables.element_type() != ffi::DataType::U32 ||
       tables.element_count() != kQ8TableWords || block_size < 1 ||
+      decay < kNoDecay || decay > kDecoupled ||
       static_cast<int64_t>(args.size()) != n_leaves * n_args ||
       static_cast<int64_t>(rets.size()) != n_leaves * n_rets) {
     return ffi::Error::InvalidArgument("optzoo adam8: bad operands");
   }
   auto job = std::make_shared<Q8Job>();
-  if (!fma) {
-    job->fn = coupled ? &q8_plain<true> : &q8_plain<false>;
-  } else if (loop == kQ8Scalar) {
-    job->fn = coupled ? &q8_fma_scalar<true> : &q8_fma_scalar<false>;
-  } else if (loop == kQ8Avx2) {
-    job->fn = coupled ? &q8_fma_avx2<true> : &q8_fma_avx2<false>;
-  } else {
-    job->fn = coupled ? &q8_fma_best<true> : &q8_fma_best<false>;
-  }
+  job->fn = q8_select(decay, apply, fma, loop);
   job->scalars = reinterpret_cast<const float*>(scalars.untyped_data());
   const uint32_t* tab = reinterpret_cast<const uint32_t*>(tables.untyped_data());
   job->planes_s.set(reinterpret_cast<const float*>(tab));
@@ -1121,9 +1189,10 @@ ffi::Error Adam8Impl(ffi::ThreadPool pool, ffi::AnyBuffer scalars,
     const int64_t size = count[0];
     const int64_t block = std::max<int64_t>(1, std::min(block_size, size));
     const int64_t nb = size == 0 ? 0 : (size + block - 1) / block;
-    const int64_t* c = count + n_in;
-    if ((coupled && count[1] != size) || c[0] != size || c[1] != nb ||
-        c[2] != size || c[3] != nb) {
+    // io: [p (apply)], mu codes, mu absmax, nu codes, nu absmax
+    const int64_t* c = count + n_in + apply;
+    if ((read_p && count[1] != size) || (apply && count[n_in] != size) ||
+        c[0] != size || c[1] != nb || c[2] != size || c[3] != nb) {
       return ffi::Error::InvalidArgument("optzoo adam8: shapes differ");
     }
     void* out[5];
@@ -1132,18 +1201,22 @@ ffi::Error Adam8Impl(ffi::ThreadPool pool, ffi::AnyBuffer scalars,
       if (!r.has_value()) return ffi::Error::InvalidArgument("optzoo adam8: result");
       out[k] = (*r)->untyped_data();
     }
-    const int64_t bytes[4] = {size, 4 * nb, size, 4 * nb};
-    for (int64_t k = 0; k < 4; ++k) {  // not aliased by XLA: copy, then in place
-      if (out[k] != data[n_in + k]) std::memcpy(out[k], data[n_in + k], bytes[k]);
+    const int64_t io_bytes[5] = {4 * size, size, 4 * nb, size, 4 * nb};
+    for (int64_t k = 0; k < n_io; ++k) {  // not aliased by XLA: copy, then in place
+      if (out[k] != data[n_in + k]) {
+        std::memcpy(out[k], data[n_in + k], io_bytes[k + !apply]);
+      }
     }
+    void** q = out + apply;
     Q8Leaf leaf{};
     leaf.g = static_cast<const float*>(data[0]);
-    leaf.p = coupled ? static_cast<const float*>(data[1]) : nullptr;
-    leaf.cm = static_cast<uint8_t*>(out[0]);
-    leaf.am = static_cast<float*>(out[1]);
-    leaf.cv = static_cast<uint8_t*>(out[2]);
-    leaf.av = static_cast<float*>(out[3]);
-    leaf.x = static_cast<float*>(out[4]);
+    leaf.p = read_p ? static_cast<const float*>(data[1]) : nullptr;
+    leaf.pw = apply ? static_cast<float*>(out[0]) : nullptr;
+    leaf.cm = static_cast<uint8_t*>(q[0]);
+    leaf.am = static_cast<float*>(q[1]);
+    leaf.cv = static_cast<uint8_t*>(q[2]);
+    leaf.av = static_cast<float*>(q[3]);
+    leaf.x = apply ? nullptr : static_cast<float*>(out[4]);
     leaf.size = size;
     leaf.block = block;
     job->leaves.push_back(leaf);
@@ -1205,7 +1278,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OptzooAdam8, Adam8Impl,
                                   .RemainingRets()
                                   .Attr<int64_t>("n_leaves")
                                   .Attr<int64_t>("block_size")
-                                  .Attr<bool>("coupled")
+                                  .Attr<int64_t>("decay")
+                                  .Attr<bool>("apply")
                                   .Attr<bool>("fma")
                                   .Attr<int64_t>("loop"));
 

@@ -31,9 +31,11 @@ DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 @dataclasses.dataclass(frozen=True)
 class Fused:
-  """A registered fused optimizer: its plain chain's ``links`` and
-  ``apply(grads, state, params) -> (new_params, new_state) | None``."""
-  links: tuple
+  """A registered fused optimizer: its plain chain's ``links`` (None: it has
+  no plain twin, e.g. 8-bit Adam, whose ``update`` is plain jnp where the
+  kernel does not run) and ``apply(grads, state, params) -> (new_params,
+  new_state) | None``."""
+  links: Optional[tuple]
   apply: Callable[[Any, Any, Any], Optional[tuple]]
 
 
@@ -43,7 +45,7 @@ _FUSED: "weakref.WeakKeyDictionary[Any, Fused]" = weakref.WeakKeyDictionary()
 
 
 def register(update_fn, links, apply_fn) -> None:
-  _FUSED[update_fn] = Fused(tuple(links), apply_fn)
+  _FUSED[update_fn] = Fused(None if links is None else tuple(links), apply_fn)
 
 
 def plain_links(tx) -> Optional[tuple]:
@@ -63,7 +65,10 @@ def update_and_apply(tx: optax.GradientTransformation, grads: Any, state: Any,
   params and state (in place when ``params`` and ``state`` are donated to
   ``jax.jit``, or are loop carries): for Adam 7 array passes, against 9 for
   the fused ``tx.update`` + ``apply_updates`` and 10 for the plain path; for
-  SGD with momentum 5 against XLA's 6. Any other ``tx``
+  SGD with momentum 5 against XLA's 6. For ``optzoo.adam_8bit`` /
+  ``adamw_8bit`` (and ``quantize_state`` around ``optzoo.adam`` / ``adamw``)
+  the 8-bit kernel also applies the update: no params-sized direction is
+  written and read back. Any other ``tx``
   (``optax.inject_hyperparams(optzoo.adam)`` included), or arrays the
   kernel does not take (see :func:`optzoo.adam`), run ``tx.update`` and
   ``optax.apply_updates``.
