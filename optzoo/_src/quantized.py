@@ -395,7 +395,10 @@ def quantize_state(
   each float32 leaf whose two moments are quantized takes one fused C++
   call instead (the moments decoded, updated, their block absmax and codes,
   and Adam's direction, in one pass; ``OPTZOO_CPU_KERNELS`` as for
-  :func:`optzoo.adam`): the same bits as the plain path.
+  :func:`optzoo.adam`): the same bits as the plain path. With
+  :func:`optzoo.update_and_apply` that call also applies the update (the
+  decoupled decay, ``-lr`` and the new params, in place), bitwise
+  ``tx.update`` + ``optax.apply_updates``.
 
   Memory: 1 byte per element plus 4 bytes per block (0.002 B at the default
   2048), i.e. about 2 B/param for Adam instead of 8 (float32). The codes
@@ -592,8 +595,8 @@ def _fused_adam_spec(tx):
 
 @functools.lru_cache(maxsize=None)
 def _kernel_tables() -> np.ndarray:
-  """The fused kernel's tables: both maps and the encoder's buckets of their
-  positive midpoints."""
+  """The fused kernel's tables: both maps, the encoder's buckets of their
+  positive midpoints and those midpoints' decade tables."""
   from optzoo._src.cpu_kernels import adam8  # pylint: disable=g-import-not-at-top
   return adam8.kernel_tables(dynamic_quantization_map(True),
                              dynamic_quantization_map(False),
