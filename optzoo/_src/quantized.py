@@ -445,19 +445,7 @@ def quantize_state(
   References:
     Dettmers et al., 8-bit Optimizers via Block-wise Quantization, ICLR 2022.
   """
-  validation.check_transformation("inner", inner)
-  for name, v in (("block_size", block_size), ("min_size", min_size)):
-    if isinstance(v, jax.core.Tracer):
-      raise TypeError(
-          f"`{name}` sets array shapes and must be a static Python int; under"
-          f" optax.inject_hyperparams pass static_args=('block_size',"
-          f" 'min_size').")
-  validation.check_int("block_size", block_size, minimum=1)
-  validation.check_int("min_size", min_size, minimum=0)
-  if isinstance(second_moment_fields, str) or not all(
-      isinstance(s, str) for s in second_moment_fields):
-    raise TypeError("`second_moment_fields` must be a sequence of field names,"
-                    f" got {second_moment_fields!r}.")
+  _check_quantize_args(inner, block_size, min_size, second_moment_fields)
   block_size, min_size = int(block_size), int(min_size)
   second = frozenset(second_moment_fields)
   spec = _fused_adam_spec(inner)
@@ -523,6 +511,23 @@ def quantize_state(
     step.register(update_fn, None,
                   lambda g, s, p: None if p is None else run(g, s, p, {}, True))
   return tx
+
+
+def _check_quantize_args(inner, block_size, min_size, second_moment_fields):
+  """quantize_state's argument checks (ValueError/TypeError naming them)."""
+  validation.check_transformation("inner", inner)
+  for name, v in (("block_size", block_size), ("min_size", min_size)):
+    if isinstance(v, jax.core.Tracer):
+      raise TypeError(
+          f"`{name}` sets array shapes and must be a static Python int; under"
+          f" optax.inject_hyperparams pass static_args=('block_size',"
+          f" 'min_size').")
+  validation.check_int("block_size", block_size, minimum=1)
+  validation.check_int("min_size", min_size, minimum=0)
+  if isinstance(second_moment_fields, str) or not all(
+      isinstance(s, str) for s in second_moment_fields):
+    raise TypeError("`second_moment_fields` must be a sequence of field names,"
+                    f" got {second_moment_fields!r}.")
 
 
 def _inner_step(inner, t_def, t_leaves, plans, block_size, updates, state,
