@@ -572,58 +572,91 @@ inline __attribute__((always_inline)) void q8_finish(const Q8Leaf& a, int64_t i,
   }
 }
 
+// A block's running max and min of the new moments (NaN-propagating, as
+// jnp.maximum / minimum) and its new absmax |max(max, -min)|.
+struct Q8Extrema {
+  float mx_m = -std::numeric_limits<float>::infinity();
+  float mn_m = std::numeric_limits<float>::infinity();
+  float mx_v = -std::numeric_limits<float>::infinity();
+  float mn_v = std::numeric_limits<float>::infinity();
+  inline __attribute__((always_inline)) void add(float mi, float vi) {
+    mx_m = nan_max(mx_m, mi);
+    mn_m = nan_min(mn_m, mi);
+    mx_v = nan_max(mx_v, vi);
+    mn_v = nan_min(mn_v, vi);
+  }
+  // In element order (the vector loops' fallback for a block with a NaN).
+  void add_all(const float* bm, const float* bv, int64_t n) {
+    for (int64_t j = 0; j < n; ++j) add(bm[j], bv[j]);
+  }
+  float absmax_m() const { return std::fabs(nan_max(mx_m, -mn_m)); }
+  float absmax_v() const { return std::fabs(nan_max(mx_v, -mn_v)); }
+};
+
+// The first pass's scalar lines for entries [j0, n) of the block at i0
+// (absmax am, av): decoded moments, Adam's moment update into bm / bv.
+template <int64_t kDecay, bool kFma>
+inline __attribute__((always_inline)) void q8_moments(
+    const float* s, const Q8Tables& t, const Q8Leaf& a, const float* p,
+    int64_t i0, int64_t j0, int64_t n, float am, float av, float* bm,
+    float* bv, Q8Extrema& e) {
+  const float wd = s[kWeightDecay], c1 = s[kOneMinusB1], b2 = s[kB2],
+              c2 = s[kOneMinusB2];
+  for (int64_t j = j0; j < n; ++j) {
+    const int64_t i = i0 + j;
+    float gi = a.g[i];
+    if (kDecay == kCoupled) gi = madd<kFma>(wd, p[i], gi);  // g + wd p
+    const float m = t.map_s[a.cm[i]] * am;                  // decoded moments
+    const float v = t.map_u[a.cv[i]] * av;
+    const float mi = madd<kFma>(c1, gi - m, m);             // m + (1-b1)(g-m)
+    // b2 v + ((1-b2) g) g. v is a product here (decoded), and LLVM then
+    // contracts the other multiply (adam_loop's v is a load: b2 v).
+    const float vi = madd<kFma>(c2 * gi, gi, b2 * v);
+    bm[j] = mi;
+    bv[j] = vi;
+    e.add(mi, vi);
+  }
+}
+
+// The second pass's scalar lines for entries [j0, n) of the block at i0
+// (scales sm, sv): the codes, and the direction or (apply) the new params.
+template <int64_t kDecay, bool kApply, bool kFma>
+inline __attribute__((always_inline)) void q8_encode_range(
+    const float* s, const Q8Tables& t, const Q8Leaf& a, int64_t i0,
+    int64_t j0, int64_t n, const float* bm, const float* bv, float sm,
+    float sv) {
+  const float wd = s[kWeightDecay], inv_bc1 = s[kInvBc1],
+              eps_root = s[kEpsRoot], inv_sqrt_bc2 = s[kInvSqrtBc2],
+              eps = s[kEps], neg_lr = s[kNegLr];
+  for (int64_t j = j0; j < n; ++j) {
+    const int64_t i = i0 + j;
+    const float mi = bm[j], vi = bv[j];
+    a.cm[i] = q8_encode_signed(t.enc_s, mi / sm);
+    a.cv[i] = q8_encode_unsigned(t.enc_u, vi / sv);
+    // (m inv_bc1) / (sqrt(v + eps_root) inv_sqrt_bc2 + eps)
+    q8_finish<kDecay, kApply, kFma>(
+        a, i, (mi * inv_bc1) / madd<kFma>(std::sqrt(vi + eps_root), inv_sqrt_bc2, eps),
+        wd, neg_lr);
+  }
+}
+
 // Quantization blocks [kb0, kb1) of one leaf; `buf` holds 2 * block floats.
 template <int64_t kDecay, bool kApply, bool kFma>
 inline __attribute__((always_inline)) void q8_range(
     const float* __restrict s, const Q8Tables& t, const Q8Leaf& a,
     int64_t kb0, int64_t kb1, float* __restrict buf) {
-  const float wd = s[kWeightDecay], c1 = s[kOneMinusB1], b2 = s[kB2],
-              c2 = s[kOneMinusB2], inv_bc1 = s[kInvBc1], eps_root = s[kEpsRoot],
-              inv_sqrt_bc2 = s[kInvSqrtBc2], eps = s[kEps];
-  const float neg_lr = s[kNegLr];
-  const float* __restrict g = a.g;
   const float* p = kApply ? a.pw : a.p;  // apply mode: p is also written
-  uint8_t* __restrict cm = a.cm;
-  uint8_t* __restrict cv = a.cv;
-  float* __restrict bm = buf;
-  float* __restrict bv = buf + a.block;
-  const float inf = std::numeric_limits<float>::infinity();
+  float* bm = buf;
+  float* bv = buf + a.block;
   for (int64_t kb = kb0; kb < kb1; ++kb) {
     const int64_t i0 = kb * a.block;
     const int64_t n = std::min(a.size, i0 + a.block) - i0;
-    const float am = a.am[kb], av = a.av[kb];
-    float mx_m = -inf, mn_m = inf, mx_v = -inf, mn_v = inf;
-    for (int64_t j = 0; j < n; ++j) {
-      const int64_t i = i0 + j;
-      float gi = g[i];
-      if (kDecay == kCoupled) gi = madd<kFma>(wd, p[i], gi);          // g + wd p
-      const float m = t.map_s[cm[i]] * am;                  // decoded moments
-      const float v = t.map_u[cv[i]] * av;
-      const float mi = madd<kFma>(c1, gi - m, m);           // m + (1-b1)(g-m)
-      // b2 v + ((1-b2) g) g. v is a product here (decoded), and LLVM then
-      // contracts the other multiply (adam_loop's v is a load: b2 v).
-      const float vi = madd<kFma>(c2 * gi, gi, b2 * v);
-      bm[j] = mi;
-      bv[j] = vi;
-      mx_m = nan_max(mx_m, mi);
-      mn_m = nan_min(mn_m, mi);
-      mx_v = nan_max(mx_v, vi);
-      mn_v = nan_min(mn_v, vi);
-    }
-    const float new_am = std::fabs(nan_max(mx_m, -mn_m));
-    const float new_av = std::fabs(nan_max(mx_v, -mn_v));
-    const float sm = new_am > 0 ? new_am : 1.0f;
-    const float sv = new_av > 0 ? new_av : 1.0f;
-    for (int64_t j = 0; j < n; ++j) {
-      const int64_t i = i0 + j;
-      const float mi = bm[j], vi = bv[j];
-      cm[i] = q8_encode_signed(t.enc_s, mi / sm);
-      cv[i] = q8_encode_unsigned(t.enc_u, vi / sv);
-      // (m inv_bc1) / (sqrt(v + eps_root) inv_sqrt_bc2 + eps)
-      q8_finish<kDecay, kApply, kFma>(
-          a, i, (mi * inv_bc1) / madd<kFma>(std::sqrt(vi + eps_root), inv_sqrt_bc2, eps),
-          wd, neg_lr);
-    }
+    Q8Extrema e;
+    q8_moments<kDecay, kFma>(s, t, a, p, i0, 0, n, a.am[kb], a.av[kb], bm, bv, e);
+    const float new_am = e.absmax_m(), new_av = e.absmax_v();
+    q8_encode_range<kDecay, kApply, kFma>(s, t, a, i0, 0, n, bm, bv,
+                                          new_am > 0 ? new_am : 1.0f,
+                                          new_av > 0 ? new_av : 1.0f);
     a.am[kb] = new_am;
     a.av[kb] = new_av;
   }
@@ -675,7 +708,6 @@ OPTZOO_FMA_TARGET void q8_range_avx2(const float* __restrict s,
                vbc1 = _mm256_set1_ps(inv_bc1), vroot = _mm256_set1_ps(eps_root),
                vbc2 = _mm256_set1_ps(inv_sqrt_bc2), veps = _mm256_set1_ps(eps),
                vnlr = _mm256_set1_ps(s[kNegLr]);
-  const float neg_lr = s[kNegLr];
   const float* pr = kApply ? a.pw : a.p;  // apply mode: p is also written
   const __m256i m127 = _mm256_set1_epi32(127), m255 = _mm256_set1_epi32(255),
                 one = _mm256_set1_epi32(1), zero = _mm256_setzero_si256();
@@ -717,39 +749,19 @@ OPTZOO_FMA_TARGET void q8_range_avx2(const float* __restrict s,
     _mm256_storeu_ps(lanes[1], mnm);
     _mm256_storeu_ps(lanes[2], mxv);
     _mm256_storeu_ps(lanes[3], mnv);
-    float mx_m = -inf, mn_m = inf, mx_v = -inf, mn_v = inf;
+    Q8Extrema e;
     for (int k = 0; k < 8; ++k) {
-      mx_m = nan_max(mx_m, lanes[0][k]);
-      mn_m = nan_min(mn_m, lanes[1][k]);
-      mx_v = nan_max(mx_v, lanes[2][k]);
-      mn_v = nan_min(mn_v, lanes[3][k]);
+      e.mx_m = nan_max(e.mx_m, lanes[0][k]);
+      e.mn_m = nan_min(e.mn_m, lanes[1][k]);
+      e.mx_v = nan_max(e.mx_v, lanes[2][k]);
+      e.mn_v = nan_min(e.mn_v, lanes[3][k]);
     }
-    for (int64_t j = n8; j < n; ++j) {
-      const int64_t i = i0 + j;
-      float gi = a.g[i];
-      if (kDecay == kCoupled) gi = madd<true>(wd, pr[i], gi);
-      const float m = t.map_s[a.cm[i]] * am;
-      const float v = t.map_u[a.cv[i]] * av;
-      const float mi = madd<true>(c1, gi - m, m);
-      const float vi = madd<true>(c2 * gi, gi, b2 * v);
-      bm[j] = mi;
-      bv[j] = vi;
-      mx_m = nan_max(mx_m, mi);
-      mn_m = nan_min(mn_m, mi);
-      mx_v = nan_max(mx_v, vi);
-      mn_v = nan_min(mn_v, vi);
-    }
+    q8_moments<kDecay, true>(s, t, a, pr, i0, n8, n, am, av, bm, bv, e);
     if (_mm256_movemask_ps(nan) != 0) {  // in element order, as the scalar loop
-      mx_m = -inf, mn_m = inf, mx_v = -inf, mn_v = inf;
-      for (int64_t j = 0; j < n; ++j) {
-        mx_m = nan_max(mx_m, bm[j]);
-        mn_m = nan_min(mn_m, bm[j]);
-        mx_v = nan_max(mx_v, bv[j]);
-        mn_v = nan_min(mn_v, bv[j]);
-      }
+      e = Q8Extrema();
+      e.add_all(bm, bv, n);
     }
-    const float new_am = std::fabs(nan_max(mx_m, -mn_m));
-    const float new_av = std::fabs(nan_max(mx_v, -mn_v));
+    const float new_am = e.absmax_m(), new_av = e.absmax_v();
     const float sm = new_am > 0 ? new_am : 1.0f;
     const float sv = new_av > 0 ? new_av : 1.0f;
     const __m256 vsm = _mm256_set1_ps(sm), vsv = _mm256_set1_ps(sv);
@@ -784,15 +796,7 @@ OPTZOO_FMA_TARGET void q8_range_avx2(const float* __restrict s,
         _mm256_storeu_ps(a.x + i, xv);
       }
     }
-    for (int64_t j = n8; j < n; ++j) {
-      const int64_t i = i0 + j;
-      const float mi = bm[j], vi = bv[j];
-      a.cm[i] = q8_encode_signed(t.enc_s, mi / sm);
-      a.cv[i] = q8_encode_unsigned(t.enc_u, vi / sv);
-      q8_finish<kDecay, kApply, true>(
-          a, i, (mi * inv_bc1) / madd<true>(std::sqrt(vi + eps_root), inv_sqrt_bc2, eps),
-          wd, neg_lr);
-    }
+    q8_encode_range<kDecay, kApply, true>(s, t, a, i0, n8, n, bm, bv, sm, sv);
     a.am[kb] = new_am;
     a.av[kb] = new_av;
   }
@@ -950,7 +954,6 @@ OPTZOO_AVX512_TARGET void q8_range_avx512(const float* __restrict s,
                vbc1 = _mm512_set1_ps(inv_bc1), vroot = _mm512_set1_ps(eps_root),
                vbc2 = _mm512_set1_ps(inv_sqrt_bc2), veps = _mm512_set1_ps(eps),
                vnlr = _mm512_set1_ps(s[kNegLr]);
-  const float neg_lr = s[kNegLr];
   const float* pr = kApply ? a.pw : a.p;  // apply mode: p is also written
   const __m512i order = _mm512_loadu_si512(kQ8Order.idx);
   const float inf = std::numeric_limits<float>::infinity();
@@ -990,34 +993,17 @@ OPTZOO_AVX512_TARGET void q8_range_avx512(const float* __restrict s,
         nan |= _mm512_cmp_ps_mask(mi, vi, _CMP_UNORD_Q);  // either
       }
     }
-    float mx_m = _mm512_reduce_max_ps(mxm), mn_m = _mm512_reduce_min_ps(mnm),
-          mx_v = _mm512_reduce_max_ps(mxv), mn_v = _mm512_reduce_min_ps(mnv);
-    for (int64_t j = n64; j < n; ++j) {
-      const int64_t i = i0 + j;
-      float gi = a.g[i];
-      if (kDecay == kCoupled) gi = madd<true>(wd, pr[i], gi);
-      const float m = t.map_s[a.cm[i]] * am;
-      const float v = t.map_u[a.cv[i]] * av;
-      const float mi = madd<true>(c1, gi - m, m);
-      const float vi = madd<true>(c2 * gi, gi, b2 * v);
-      bm[j] = mi;
-      bv[j] = vi;
-      mx_m = nan_max(mx_m, mi);
-      mn_m = nan_min(mn_m, mi);
-      mx_v = nan_max(mx_v, vi);
-      mn_v = nan_min(mn_v, vi);
-    }
+    Q8Extrema e;
+    e.mx_m = _mm512_reduce_max_ps(mxm);
+    e.mn_m = _mm512_reduce_min_ps(mnm);
+    e.mx_v = _mm512_reduce_max_ps(mxv);
+    e.mn_v = _mm512_reduce_min_ps(mnv);
+    q8_moments<kDecay, true>(s, t, a, pr, i0, n64, n, am, av, bm, bv, e);
     if (nan != 0) {  // in element order, as the scalar loop
-      mx_m = -inf, mn_m = inf, mx_v = -inf, mn_v = inf;
-      for (int64_t j = 0; j < n; ++j) {
-        mx_m = nan_max(mx_m, bm[j]);
-        mn_m = nan_min(mn_m, bm[j]);
-        mx_v = nan_max(mx_v, bv[j]);
-        mn_v = nan_min(mn_v, bv[j]);
-      }
+      e = Q8Extrema();
+      e.add_all(bm, bv, n);
     }
-    const float new_am = std::fabs(nan_max(mx_m, -mn_m));
-    const float new_av = std::fabs(nan_max(mx_v, -mn_v));
+    const float new_am = e.absmax_m(), new_av = e.absmax_v();
     const float sm = new_am > 0 ? new_am : 1.0f;
     const float sv = new_av > 0 ? new_av : 1.0f;
     const __m512 vsm = _mm512_set1_ps(sm), vsv = _mm512_set1_ps(sv);
@@ -1045,15 +1031,7 @@ OPTZOO_AVX512_TARGET void q8_range_avx512(const float* __restrict s,
         _mm512_storeu_ps(a.x + i, xv);
       }
     }
-    for (int64_t j = n16; j < n; ++j) {
-      const int64_t i = i0 + j;
-      const float mi = bm[j], vi = bv[j];
-      a.cm[i] = q8_encode_signed(t.enc_s, mi / sm);
-      a.cv[i] = q8_encode_unsigned(t.enc_u, vi / sv);
-      q8_finish<kDecay, kApply, true>(
-          a, i, (mi * inv_bc1) / madd<true>(std::sqrt(vi + eps_root), inv_sqrt_bc2, eps),
-          wd, neg_lr);
-    }
+    q8_encode_range<kDecay, kApply, true>(s, t, a, i0, n16, n, bm, bv, sm, sv);
     a.am[kb] = new_am;
     a.av[kb] = new_av;
   }
