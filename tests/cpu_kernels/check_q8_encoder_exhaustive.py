@@ -82,13 +82,7 @@ int main(int argc, char** argv) {
       std::fread(mids_s.data(), 4, 128, f) != 128 ||
       std::fread(mids_u.data(), 4, 255, f) != 255) return 2;
   std::fclose(f);
-  Q8Decades ds, du;
-  std::memcpy(&ds, tab.data() + 512 + 2 * kQ8Buckets, sizeof ds);
-  std::memcpy(&du, tab.data() + 512 + 2 * kQ8Buckets + kQ8DecadeWords, sizeof du);
-  const Q8Tables t{reinterpret_cast<const float*>(tab.data()),
-                   reinterpret_cast<const float*>(tab.data() + 256),
-                   tab.data() + 512, tab.data() + 512 + kQ8Buckets, nullptr,
-                   nullptr, &ds, &du};
+  const Q8Tables t(tab.data());
   bool avx512 = false;
 #if defined(__x86_64__)
   avx512 = Avx512VbmiSupported();

@@ -127,17 +127,25 @@ def _decades(mids: np.ndarray, per_decade) -> np.ndarray:
   return np.concatenate(words).astype(np.uint32)
 
 
+def _planes(values) -> np.ndarray:
+  """256 words: the 256 float32 ``values`` as 4 byte planes (kernels.cc,
+  Q8Planes: plane b holds byte b of each little-endian value)."""
+  as_bytes = np.asarray(values, "<f4").view(np.uint8).reshape(256, 4)
+  return np.ascontiguousarray(as_bytes.T).view(np.uint32).reshape(-1)
+
+
 def kernel_tables(map_s, map_u, mids_s, mids_u) -> np.ndarray:
   """The kernel's ``tables`` operand (kernels.cc, ``Q8Tables``): the signed
   and unsigned maps' float32 values, the buckets of the signed map's
-  positive midpoints and of the unsigned map's midpoints, then the same
+  positive midpoints and of the unsigned map's midpoints, the same
   midpoints' decade tables (signed: 2^i values in decade i, unsigned:
-  2^(i+1))."""
+  2^(i+1)), then both maps as byte planes."""
   maps = np.concatenate([np.asarray(map_s, np.float32),
                          np.asarray(map_u, np.float32)]).view(np.uint32)
   return np.concatenate([maps, _buckets(mids_s), _buckets(mids_u),
                          _decades(mids_s, lambda i: 2 ** i),
-                         _decades(mids_u, lambda i: 2 ** (i + 1))])
+                         _decades(mids_u, lambda i: 2 ** (i + 1)),
+                         _planes(map_s), _planes(map_u)]).astype(np.uint32)
 
 
 def adam_spec(tx) -> Optional[Any]:

@@ -453,21 +453,13 @@ constexpr int kQ8Shift = 16;
 constexpr int64_t kQ8Buckets = ((0x40000000u - kQ8Lo) >> kQ8Shift) + 1;
 constexpr uint32_t kQ8None = 0xFFFFu;    // no midpoint in the bucket
 
-// The tables operand (built by adam8.py, kernel_tables): the two maps' float32
-// values, then per map kQ8Buckets entries (base << 16) | (low 16 bits of the
-// bucket's midpoint, or kQ8None), then per map its Q8Decades.
 // The maps as byte planes, for the AVX-512 decoder: planes[b][c] = byte b of
 // map[c] (little-endian float32).
 struct Q8Planes {
-  alignas(64) uint8_t planes[4][256];
-  void set(const float* map) {
-    for (int c = 0; c < 256; ++c) {
-      uint32_t u;
-      std::memcpy(&u, map + c, 4);
-      for (int b = 0; b < 4; ++b) planes[b][c] = static_cast<uint8_t>(u >> (8 * b));
-    }
-  }
+  uint8_t planes[4][256];
 };
+constexpr int64_t kQ8PlaneWords = 256;
+static_assert(sizeof(Q8Planes) == 4 * kQ8PlaneWords, "Q8Planes layout");
 
 // The arithmetic encoder's tables for one map (adam8.py, _decades): for |y|
 // with float32 exponent 96 + k, the decade D = below[k] + (|y| > edge[k]);
@@ -483,7 +475,12 @@ constexpr int64_t kQ8DecadeWords = 128;
 static_assert(sizeof(Q8Decades) == 4 * kQ8DecadeWords, "Q8Decades layout");
 constexpr float kQ8Near = 1.0f / 1024;
 
-constexpr int64_t kQ8TableWords = 512 + 2 * kQ8Buckets + 2 * kQ8DecadeWords;
+// The tables operand (built once by adam8.py, kernel_tables): the two maps'
+// float32 values, then per map kQ8Buckets entries (base << 16) | (low 16
+// bits of the bucket's midpoint, or kQ8None), then per map its Q8Decades,
+// then per map its Q8Planes.
+constexpr int64_t kQ8TableWords =
+    512 + 2 * kQ8Buckets + 2 * kQ8DecadeWords + 2 * kQ8PlaneWords;
 
 struct Q8Tables {
   const float* map_s;     // signed map values
@@ -494,8 +491,19 @@ struct Q8Tables {
   const Q8Planes* planes_u;
   const Q8Decades* dec_s;    // enc_s, enc_u as decades
   const Q8Decades* dec_u;
-};
 
+  // The views into the tables operand.
+  explicit Q8Tables(const uint32_t* tab)
+      : map_s(reinterpret_cast<const float*>(tab)),
+        map_u(reinterpret_cast<const float*>(tab + 256)),
+        enc_s(tab + 512),
+        enc_u(tab + 512 + kQ8Buckets),
+        planes_s(reinterpret_cast<const Q8Planes*>(
+            tab + 512 + 2 * kQ8Buckets + 2 * kQ8DecadeWords)),
+        planes_u(planes_s + 1),
+        dec_s(reinterpret_cast<const Q8Decades*>(tab + 512 + 2 * kQ8Buckets)),
+        dec_u(dec_s + 1) {}
+};
 
 inline uint32_t f2u(float x) {
   uint32_t u;
@@ -809,7 +817,8 @@ OPTZOO_FMA_TARGET void q8_range_avx2(const float* __restrict s,
 // (vpermi2b, 128 entries) per half of a plane looks up 64 codes; the planes
 // are then interleaved into float32. The codes are first permuted (kQ8Order)
 // so that the interleaving, which works inside 128-bit lanes, yields the
-// values in element order. The encoder keeps its bucket-table gather.
+// values in element order. The encoder does without the bucket-table gather
+// where it can (q8_count16).
 #define OPTZOO_AVX512_TARGET \
   __attribute__((target("arch=x86-64-v4,avx512vbmi")))
 
@@ -860,8 +869,9 @@ OPTZOO_AVX512_TARGET inline void q8_decode64(const Q8Planes& P, __m512i c,
 
 // #midpoints < a for 16 lanes of a = |y| (a float32 in [0, 1]), without a
 // table gather: Q8Decades. Lanes where t is within kQ8Near of an integer, a
-// equals a decade edge, or a is above 1 (or NaN), are set in `redo`: the caller encodes them with the
-// bucket table (q8_encode_*), so every lane gives q8_count's count.
+// equals a decade edge, or a is above 1 (or NaN), are set in `redo`: the
+// caller encodes them with the bucket table (q8_encode_*), so every lane
+// gives q8_count's count.
 OPTZOO_AVX512_TARGET inline __m512i q8_count16(const Q8Decades& T, __m512 a,
                                                __mmask16& redo) {
   const __m512i bits = _mm512_castps_si512(a);
@@ -1104,11 +1114,10 @@ struct Q8Task {
 };
 
 struct Q8Job {
+  explicit Q8Job(const Q8Tables& t) : tables(t) {}
   Q8Fn fn;
   const float* scalars;
-  Q8Tables tables;
-  Q8Planes planes_s, planes_u;
-  Q8Decades dec_s, dec_u;
+  const Q8Tables tables;
   std::vector<Q8Leaf> leaves;
   std::vector<Q8Task> tasks;
   int64_t max_block = 1;
@@ -1158,19 +1167,10 @@ ffi::Error Adam8Impl(ffi::ThreadPool pool, ffi::AnyBuffer scalars,
       static_cast<int64_t>(rets.size()) != n_leaves * n_rets) {
     return ffi::Error::InvalidArgument("optzoo adam8: bad operands");
   }
-  auto job = std::make_shared<Q8Job>();
+  auto job = std::make_shared<Q8Job>(
+      Q8Tables(reinterpret_cast<const uint32_t*>(tables.untyped_data())));
   job->fn = q8_select(decay, apply, fma, loop);
   job->scalars = reinterpret_cast<const float*>(scalars.untyped_data());
-  const uint32_t* tab = reinterpret_cast<const uint32_t*>(tables.untyped_data());
-  job->planes_s.set(reinterpret_cast<const float*>(tab));
-  job->planes_u.set(reinterpret_cast<const float*>(tab + 256));
-  std::memcpy(&job->dec_s, tab + 512 + 2 * kQ8Buckets, sizeof(Q8Decades));
-  std::memcpy(&job->dec_u, tab + 512 + 2 * kQ8Buckets + kQ8DecadeWords,
-              sizeof(Q8Decades));
-  job->tables = Q8Tables{reinterpret_cast<const float*>(tab),
-                         reinterpret_cast<const float*>(tab + 256), tab + 512,
-                         tab + 512 + kQ8Buckets, &job->planes_s, &job->planes_u,
-                         &job->dec_s, &job->dec_u};
   int64_t total = 0;
   for (int64_t i = 0; i < n_leaves; ++i) {
     const int64_t a0 = i * n_args;
