@@ -11,7 +11,10 @@ This script compiles a small C++ program around kernels.cc and runs, for all
 2^32 float32 bit patterns and both maps, the AVX-512 loop's decade
 arithmetic (q8_codes16, plus its bucket-table redo of the lanes it leaves) and
 the AVX2/scalar loops' bucket table (q8_encode_*), and compares both with a
-binary search over the midpoints. About a minute. Exit status 0: equal
+binary search over the midpoints. It also checks the margin the AVX-512
+loop's reciprocal normalization relies on (q8_reciprocal: its y is within 7
+bit patterns of the exact quotient's): no lane the arithmetic decides has a
+midpoint within kQ8Margin patterns of |y|. About a minute. Exit status 0: equal
 everywhere; 77: this CPU has no AVX-512 VBMI (only the table is checked).
 tests/cpu_kernels/test_cpu_kernels.py runs it (slow) and checks a dense grid.
 """
@@ -62,8 +65,24 @@ struct Definition {
   }
 };
 
+// Is a midpoint within kQ8Margin bit patterns of |y|, for |y| visited in
+// increasing order within each sign (a pointer that only moves forward)?
+struct NearMidpoint {
+  std::vector<uint32_t> bits;
+  size_t k = 0;
+  bool negative = false;
+  bool operator()(float y) {
+    if (std::signbit(y) != negative) { negative = std::signbit(y); k = 0; }
+    uint32_t a;
+    std::memcpy(&a, &y, 4);
+    a &= 0x7FFFFFFFu;
+    while (k < bits.size() && bits[k] + kQ8Margin < a) ++k;
+    return k < bits.size() && bits[k] <= a + kQ8Margin;
+  }
+};
+
 #if defined(__x86_64__)
-OPTZOO_AVX512_TARGET static void codes16(const Q8Tables& t, const float* p,
+OPTZOO_AVX512_TARGET static void codes16(const Q8EncodeRegs& t, const float* p,
                                          int32_t* cm, int32_t* cv,
                                          __mmask16& rm, __mmask16& rv) {
   const __m512 y = _mm512_loadu_ps(p);
@@ -87,8 +106,17 @@ int main(int argc, char** argv) {
 #if defined(__x86_64__)
   avx512 = Avx512VbmiSupported();
 #endif
-  long bad_table = 0, bad_arith = 0, redone = 0;
+  long bad_table = 0, bad_arith = 0, bad_margin = 0, redone = 0;
   Definition def_s{mids_s, true}, def_u{mids_u, false};
+  auto as_bits = [](const std::vector<float>& m) {
+    std::vector<uint32_t> b(m.size());
+    std::memcpy(b.data(), m.data(), 4 * m.size());
+    return b;
+  };
+  NearMidpoint near_s{as_bits(mids_s)}, near_u{as_bits(mids_u)};
+#if defined(__x86_64__)
+  const Q8EncodeRegs regs = avx512 ? q8_encode_regs(t) : Q8EncodeRegs{};
+#endif
   for (uint64_t base = 0; base < (1ull << 32); base += 16) {
     float y[16];
     for (int l = 0; l < 16; ++l) {
@@ -98,7 +126,7 @@ int main(int argc, char** argv) {
     int32_t cm[16], cv[16];
     __mmask16 rm = 0, rv = 0;
 #if defined(__x86_64__)
-    if (avx512) codes16(t, y, cm, cv, rm, rv);
+    if (avx512) codes16(regs, y, cm, cv, rm, rv);
 #endif
     for (int l = 0; l < 16; ++l) {
       const int ws = def_s(y[l]), wu = def_u(y[l]);
@@ -108,6 +136,11 @@ int main(int argc, char** argv) {
       }
       if (!avx512) continue;
       const int as = ((rm >> l) & 1) ? ts : cm[l], au = ((rv >> l) & 1) ? tu : cv[l];
+      // the unsigned map codes every negative y (and -0) 0: no margin there
+      const bool ns = near_s(y[l]), nu = near_u(y[l]) && !std::signbit(y[l]);
+      if ((!((rm >> l) & 1) && ns) || (!((rv >> l) & 1) && nu)) {
+        if (bad_margin++ < 5) std::printf("margin %08x: decided next to a midpoint\n", (unsigned)(base + l));
+      }
       redone += ((rm >> l) & 1) + ((rv >> l) & 1);
       if (as != ws || au != wu) {
         if (bad_arith++ < 5) std::printf("arithmetic %08x: %d %d vs %d %d\n", (unsigned)(base + l), as, au, ws, wu);
@@ -115,9 +148,10 @@ int main(int argc, char** argv) {
     }
   }
   std::printf("2^32 patterns x 2 maps: table mismatches %ld, arithmetic mismatches %ld"
-              " (%s), lanes redone with the table %ld\n", bad_table, bad_arith,
+              ", decided within %d patterns of a midpoint %ld (%s), lanes redone"
+              " with the table %ld\n", bad_table, bad_arith, kQ8Margin, bad_margin,
               avx512 ? "AVX-512 VBMI" : "not run: no AVX-512 VBMI", redone);
-  if (bad_table || bad_arith) return 1;
+  if (bad_table || bad_arith || bad_margin) return 1;
   return avx512 ? 0 : 77;
 }
 """

@@ -474,6 +474,11 @@ struct Q8Decades {
 constexpr int64_t kQ8DecadeWords = 128;
 static_assert(sizeof(Q8Decades) == 4 * kQ8DecadeWords, "Q8Decades layout");
 constexpr float kQ8Near = 1.0f / 1024;
+// The AVX-512 encoder also redoes the lanes within kQ8Margin bit patterns of
+// a decade edge, so that no lane it decides has a midpoint within kQ8Margin
+// patterns (tests/cpu_kernels/check_q8_encoder_exhaustive.py): it may then
+// normalize by a multiply with the reciprocal (q8_range_avx512).
+constexpr int32_t kQ8Margin = 8;
 
 // The tables operand (built once by adam8.py, kernel_tables): the two maps'
 // float32 values, then per map kQ8Buckets entries (base << 16) | (low 16
@@ -867,28 +872,49 @@ OPTZOO_AVX512_TARGET inline void q8_decode64(const Q8Planes& P, __m512i c,
   out[3] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(w01h, w23h));
 }
 
+// One map's Q8Decades in registers (the encoder's loop would otherwise
+// reload them after every byte store, which may alias them).
+struct Q8DecadeRegs {
+  __m512 edge_lo, edge_hi, scale, offset;
+  __m512i below_lo, below_hi, cap;
+};
+OPTZOO_AVX512_TARGET inline Q8DecadeRegs q8_decade_regs(const Q8Decades& T) {
+  return {_mm512_loadu_ps(T.edge), _mm512_loadu_ps(T.edge + 16),
+          _mm512_loadu_ps(T.scale), _mm512_loadu_ps(T.offset),
+          _mm512_loadu_si512(T.below), _mm512_loadu_si512(T.below + 16),
+          _mm512_loadu_si512(T.cap)};
+}
+struct Q8EncodeRegs {
+  Q8DecadeRegs s, u;  // the signed and the unsigned map
+};
+OPTZOO_AVX512_TARGET inline Q8EncodeRegs q8_encode_regs(const Q8Tables& t) {
+  return {q8_decade_regs(*t.dec_s), q8_decade_regs(*t.dec_u)};
+}
+
 // #midpoints < a for 16 lanes of a = |y| (a float32 in [0, 1]), without a
 // table gather: Q8Decades. Lanes where t is within kQ8Near of an integer, a
-// equals a decade edge, or a is above 1 (or NaN), are set in `redo`: the
-// caller encodes them with the bucket table (q8_encode_*), so every lane
-// gives q8_count's count.
-OPTZOO_AVX512_TARGET inline __m512i q8_count16(const Q8Decades& T, __m512 a,
+// is within kQ8Margin patterns of a decade edge, or a is above 1 (or NaN),
+// are set in `redo`: the caller encodes them with the bucket table
+// (q8_encode_*), so every lane gives q8_count's count.
+OPTZOO_AVX512_TARGET inline __m512i q8_count16(const Q8DecadeRegs& T, __m512 a,
                                                __mmask16& redo) {
   const __m512i bits = _mm512_castps_si512(a);
   redo |= _mm512_cmpgt_epu32_mask(bits, _mm512_set1_epi32(0x3F800000));
   // the binade's index k: exponent - 96 (low 5 bits; exponents < 96 read 0)
   const __m512i k = _mm512_max_epi32(_mm512_srli_epi32(bits, 23),
                                      _mm512_set1_epi32(96));
-  const __m512 edge = _mm512_permutex2var_ps(_mm512_loadu_ps(T.edge), k,
-                                             _mm512_loadu_ps(T.edge + 16));
-  const __m512i below = _mm512_permutex2var_epi32(
-      _mm512_loadu_si512(T.below), k, _mm512_loadu_si512(T.below + 16));
+  const __m512 edge = _mm512_permutex2var_ps(T.edge_lo, k, T.edge_hi);
+  const __m512i below = _mm512_permutex2var_epi32(T.below_lo, k, T.below_hi);
   const __m512i d = _mm512_mask_add_epi32(
       below, _mm512_cmp_ps_mask(a, edge, _CMP_GT_OQ), below, _mm512_set1_epi32(1));
-  redo |= _mm512_cmp_ps_mask(a, edge, _CMP_EQ_OQ);  // a tie (q8_encode_signed)
-  const __m512 t = _mm512_fmadd_ps(
-      a, _mm512_permutexvar_ps(d, _mm512_loadu_ps(T.scale)),
-      _mm512_permutexvar_ps(d, _mm512_loadu_ps(T.offset)));
+  // |bits(a) - bits(edge)| <= kQ8Margin (a tie included; the edge is +inf
+  // in a binade without one: never near)
+  redo |= _mm512_cmple_epu32_mask(
+      _mm512_add_epi32(_mm512_sub_epi32(bits, _mm512_castps_si512(edge)),
+                       _mm512_set1_epi32(kQ8Margin)),
+      _mm512_set1_epi32(2 * kQ8Margin));
+  const __m512 t = _mm512_fmadd_ps(a, _mm512_permutexvar_ps(d, T.scale),
+                                   _mm512_permutexvar_ps(d, T.offset));
   // f = t - round(t), in [-1/2, 1/2]: redo where |f| < kQ8Near
   const __m512 f = _mm512_reduce_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   redo |= _mm512_mask_cmp_ps_mask(
@@ -897,12 +923,12 @@ OPTZOO_AVX512_TARGET inline __m512i q8_count16(const Q8Decades& T, __m512 a,
   const __m512i n = _mm512_add_epi32(
       _mm512_cvt_roundps_epi32(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC),
       _mm512_set1_epi32(1));
-  return _mm512_min_epi32(n, _mm512_permutexvar_epi32(d, _mm512_loadu_si512(T.cap)));
+  return _mm512_min_epi32(n, _mm512_permutexvar_epi32(d, T.cap));
 }
 
 // The codes of 16 normalized moments: q8_encode_signed(ym) and
 // q8_encode_unsigned(yv), except in the lanes set in redo_m / redo_v.
-OPTZOO_AVX512_TARGET inline void q8_codes16(const Q8Tables& t, __m512 ym,
+OPTZOO_AVX512_TARGET inline void q8_codes16(const Q8EncodeRegs& r, __m512 ym,
                                             __m512 yv, __m512i& code_m,
                                             __m512i& code_v, __mmask16& redo_m,
                                             __mmask16& redo_v) {
@@ -911,27 +937,36 @@ OPTZOO_AVX512_TARGET inline void q8_codes16(const Q8Tables& t, __m512 ym,
   // (|y| beyond the last value) is code 0.
   const __m512i m127 = _mm512_set1_epi32(127);
   const __mmask16 neg = _mm512_movepi32_mask(_mm512_castps_si512(ym));
-  const __m512i c = q8_count16(*t.dec_s, _mm512_abs_ps(ym), redo_m);
+  const __m512i c = q8_count16(r.s, _mm512_abs_ps(ym), redo_m);
   code_m = _mm512_max_epi32(
       _mm512_mask_sub_epi32(_mm512_add_epi32(m127, c), neg, m127, c),
       _mm512_setzero_si512());
   // unsigned: max(y, 0) (a negative y, -0 or NaN counts 0)
   const __mmask16 pos = _mm512_cmp_ps_mask(yv, _mm512_setzero_ps(), _CMP_GT_OQ);
   code_v = _mm512_maskz_mov_epi32(
-      pos, q8_count16(*t.dec_u, _mm512_maskz_mov_ps(pos, yv), redo_v));
+      pos, q8_count16(r.u, _mm512_maskz_mov_ps(pos, yv), redo_v));
 }
 
-// The lanes q8_count16 could not decide, encoded with the bucket table.
+// The lanes q8_count16 could not decide, encoded with the bucket table
+// from the exact quotients mi / sm, vi / sv.
 OPTZOO_AVX512_TARGET __attribute__((noinline)) void q8_redo16(
-    const Q8Tables& t, __m512 ym, __m512 yv, __mmask16 redo_m,
-    __mmask16 redo_v, uint8_t* cm, uint8_t* cv) {
-  float y[2][16];
-  _mm512_storeu_ps(y[0], ym);
-  _mm512_storeu_ps(y[1], yv);
+    const Q8Tables& t, const float* mi, const float* vi, float sm, float sv,
+    __mmask16 redo_m, __mmask16 redo_v, uint8_t* cm, uint8_t* cv) {
   for (int l = 0; l < 16; ++l) {
-    if ((redo_m >> l) & 1) cm[l] = q8_encode_signed(t.enc_s, y[0][l]);
-    if ((redo_v >> l) & 1) cv[l] = q8_encode_unsigned(t.enc_u, y[1][l]);
+    if ((redo_m >> l) & 1) cm[l] = q8_encode_signed(t.enc_s, mi[l] / sm);
+    if ((redo_v >> l) & 1) cv[l] = q8_encode_unsigned(t.enc_u, vi[l] / sv);
   }
+}
+
+// 1 / s when y = x * (1 / s) is within 7 bit patterns of x / s for every
+// |x| <= s whose quotient is normal (so, by kQ8Margin, of the same code),
+// else 0 (the caller divides). Each of the reciprocal, the product and the
+// quotient rounds once, so |x (1/s) - x/s| <= 3.0001 2^-24 |x/s|: under 3
+// units in the last place, 7 patterns where a power of 2 lies between.
+// That needs 1 / s normal (|s| in [2^-125, 2^125]); a quotient below the
+// normal range is far below every midpoint (>= 2^-24) either way.
+inline float q8_reciprocal(float s) {
+  return s >= 0x1p-125f && s <= 0x1p125f ? 1.0f / s : 0.0f;
 }
 
 // Software prefetch of the 64 entries at f of the streams the first pass
@@ -969,6 +1004,7 @@ OPTZOO_AVX512_TARGET void q8_range_avx512(const float* __restrict s,
   const float inf = std::numeric_limits<float>::infinity();
   const Q8Planes& ps = *t.planes_s;
   const Q8Planes& pu = *t.planes_u;
+  const Q8EncodeRegs enc = q8_encode_regs(t);
   float* __restrict bm = buf;
   float* __restrict bv = buf + a.block;
   for (int64_t kb = kb0; kb < kb1; ++kb) {
@@ -1016,20 +1052,26 @@ OPTZOO_AVX512_TARGET void q8_range_avx512(const float* __restrict s,
     const float new_am = e.absmax_m(), new_av = e.absmax_v();
     const float sm = new_am > 0 ? new_am : 1.0f;
     const float sv = new_av > 0 ? new_av : 1.0f;
-    const __m512 vsm = _mm512_set1_ps(sm), vsv = _mm512_set1_ps(sv);
+    // y = x / s as x * (1 / s) (q8_reciprocal), else divided
+    const float rm = q8_reciprocal(sm), rv = q8_reciprocal(sv);
+    const bool recip = rm != 0 && rv != 0;
+    const __m512 vsm = _mm512_set1_ps(recip ? rm : sm),
+                 vsv = _mm512_set1_ps(recip ? rv : sv);
     for (int64_t j = 0; j < n16; j += 16) {
       const int64_t i = i0 + j;
       const __m512 mi = _mm512_loadu_ps(bm + j), vi = _mm512_loadu_ps(bv + j);
-      const __m512 ym = _mm512_div_ps(mi, vsm);
-      const __m512 yv = _mm512_div_ps(vi, vsv);
+      const __m512 ym = recip ? _mm512_mul_ps(mi, vsm) : _mm512_div_ps(mi, vsm);
+      const __m512 yv = recip ? _mm512_mul_ps(vi, vsv) : _mm512_div_ps(vi, vsv);
       __m512i code_m, code_v;
       __mmask16 redo_m = 0, redo_v = 0;
-      q8_codes16(t, ym, yv, code_m, code_v, redo_m, redo_v);
+      q8_codes16(enc, ym, yv, code_m, code_v, redo_m, redo_v);
       _mm_storeu_si128(reinterpret_cast<__m128i*>(a.cm + i),
                        _mm512_cvtepi32_epi8(code_m));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(a.cv + i),
                        _mm512_cvtepi32_epi8(code_v));
-      if ((redo_m | redo_v) != 0) q8_redo16(t, ym, yv, redo_m, redo_v, a.cm + i, a.cv + i);
+      if ((redo_m | redo_v) != 0) {
+        q8_redo16(t, bm + j, bv + j, sm, sv, redo_m, redo_v, a.cm + i, a.cv + i);
+      }
       const __m512 den = _mm512_fmadd_ps(_mm512_sqrt_ps(_mm512_add_ps(vi, vroot)),
                                          vbc2, veps);
       const __m512 xv = _mm512_div_ps(_mm512_mul_ps(mi, vbc1), den);
