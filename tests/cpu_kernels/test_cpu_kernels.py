@@ -190,7 +190,28 @@ def test_float32_leaves_under_x64(monkeypatch):
   step = _step_fn(tx, "apply")
   txt = jax.jit(step).lower(params, tx.init(params), params).as_text()
   assert "apply = false" in txt and "apply = true" not in txt
+  # The direction's scalars (float64 bias corrections) would not keep
+  # float32 either: only the moments come from the call.
+  assert "direction = true" not in txt
   _assert_bitwise(_run(tx, params, "apply", "1", monkeypatch), plain)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_small_leaves_direction_large_leaves_moments(name, dtype, monkeypatch):
+  """tx.update: leaves up to _DIRECTION_MAX_ELEMENTS get scale_by_adam's
+  direction from the call, larger ones only the moments (the direction by
+  XLA): both kinds of call in one step, bitwise the plain path."""
+  monkeypatch.setattr(fused, "_DIRECTION_MAX_ELEMENTS", 40)  # b, s | w
+  with jax.enable_x64(dtype == "float64"):
+    tx, params = CASES[name](), _params(jnp.dtype(dtype))
+    txt = jax.jit(_step_fn(tx, "update")).lower(
+        params, tx.init(params), params).as_text()
+    assert txt.count("direction = true") == 1, txt[:3000]
+    assert txt.count("direction = false") == 1
+    plain = _run(tx, params, "update", "0", monkeypatch, steps=12)
+    fast = _run(tx, params, "update", "1", monkeypatch, steps=12)
+  _assert_bitwise(fast, plain)
 
 
 def test_mixed_dtype_tree_one_call_per_dtype(monkeypatch):
@@ -215,20 +236,22 @@ def test_many_leaves_chunked_calls(monkeypatch):
   _assert_bitwise(_run(tx, params, "apply", "1", monkeypatch, steps=5), plain)
 
 
-@pytest.mark.parametrize("make_tx", [
-    lambda: optzoo.adamw(1e-2, weight_decay=0.1),
-    lambda: optzoo.sgd(1e-1, momentum=0.9, weight_decay=0.1),
-], ids=["adamw", "sgd"])
-def test_negative_control_without_fma_emulation(make_tx, monkeypatch):
+@pytest.mark.parametrize("make_tx,kind", [
+    (lambda: optzoo.adamw(1e-2, weight_decay=0.1), "apply"),
+    (lambda: optzoo.adamw(1e-2, weight_decay=0.1), "update"),
+    (lambda: optzoo.sgd(1e-1, momentum=0.9, weight_decay=0.1), "apply"),
+], ids=["adamw", "adamw-update", "sgd"])
+def test_negative_control_without_fma_emulation(make_tx, kind, monkeypatch):
   """The kernel with XLA's multiply-add contraction switched off differs:
-  the bitwise tests do see rounding-level differences."""
+  the bitwise tests do see rounding-level differences (kind "update": in
+  the moments and the direction written by the call)."""
   real = cpu_kernels.load()
   if not real.fma:
     pytest.skip("XLA does not contract multiply-adds on this CPU")
   tx, params = make_tx(), _params(jnp.float64)
-  plain = _run(tx, params, "apply", "0", monkeypatch)
+  plain = _run(tx, params, kind, "0", monkeypatch)
   monkeypatch.setattr(step, "load", lambda: cpu_kernels.Kernels(fma=False))
-  wrong = _run(tx, params, "apply", "1", monkeypatch, expect_kernel=True)
+  wrong = _run(tx, params, kind, "1", monkeypatch, expect_kernel=True)
   assert any(not np.array_equal(np.asarray(x), np.asarray(y))
              for x, y in zip(jax.tree.leaves(wrong), jax.tree.leaves(plain)))
   # ... yet equal to round-off: the same algorithm.

@@ -4,8 +4,13 @@
 [add_decayed_weights] -> scale_by_learning_rate``) and keeps its ``init``
 and state tree; its ``update``, where the arrays allow (:func:`_fused_step`),
 updates the moments with one C++ custom call per dtype (``kernels.cc``, in
-place, reading each gradient once) and leaves the update direction to the
-plain jnp code, which XLA fuses into its consumer (``optax.apply_updates``).
+place, reading each gradient once). For a large leaf it leaves the update
+direction to the plain jnp code, which XLA fuses into its consumer
+(``optax.apply_updates``); a small leaf (up to ``_DIRECTION_MAX_ELEMENTS``
+entries) gets scale_by_adam's direction from the call too, so that XLA's
+fusion of it is only the links after scale_by_adam (decoupled decay, -lr)
+and the apply: several times faster to compile than the direction's sqrt
+and division, once per leaf.
 :func:`optzoo.update_and_apply` (``step.py``) runs the whole step, new parameters included, in
 the one custom call: the bytes an Adam step must move and no more.
 
@@ -49,6 +54,16 @@ from optzoo._src.cpu_kernels import step
 __all__ = ["fused_adam"]
 
 _NO_DECAY, _COUPLED, _DECOUPLED = 0, 1, 2
+
+# Leaves up to this many entries get scale_by_adam's direction from the
+# kernel (a fresh result, 256 KiB at most in float32: reused from the heap
+# step after step); larger ones only the moments, their direction fused by
+# XLA into its consumer (a larger fresh buffer would be page-faulted in on
+# every step, and for leaves out of cache the fused direction moves fewer
+# bytes). An Adam step on 3,000 leaves of 64-4,096 entries compiles in
+# 0.39-0.51x optax.adam's time, against 0.71-0.76x with the moments alone
+# (AMD EPYC, 2 cores; benchmarks/RESULTS.md).
+_DIRECTION_MAX_ELEMENTS = 1 << 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,22 +140,27 @@ def _leaves(spec: _Spec, updates, adam_state, params, needs_p: bool):
 # ---------------------------------------------------------------------------
 
 
-def _scalars(spec: _Spec, count, inv_bc1, inv_sqrt_bc2, lr_state, apply: bool):
+def _scalars(spec: _Spec, count, inv_bc1, inv_sqrt_bc2, lr_state, apply: bool,
+             direction: bool = False):
   """The kernel's scalars (kernels.cc, ``enum Slot``) as the plain path
-  computes them: ``[(value, cast by promotion?)]``. A value the plain path
+  computes them: ``[(value, cast by promotion?)]``; with neither ``apply``
+  nor ``direction`` those the moments need. A value the plain path
   casts explicitly (a schedule's value: ``jnp.array(lr, dtype=g.dtype)`` in
   ``optax.scale_by_schedule``) needs no promotion check."""
   wd = spec.weight_decay if spec.decay != _NO_DECAY else 0.0
   b1, b2 = spec.b1, spec.b2
   values = [(wd, True), (1 - b1, True), (b2, True), (1 - b2, True)]
-  if not apply:  # the moments only; the rest is the plain path's
+  if not (apply or direction):  # the moments only; the rest is the plain path's
     return values + [(0.0, False)] * 5
+  bias = [(inv_bc1, True), (spec.eps_root, True), (inv_sqrt_bc2, True),
+          (spec.eps, True)]
+  if not apply:  # scale_by_adam's direction; -lr is the plain path's
+    return values + bias + [(0.0, False)]
   if callable(spec.learning_rate):
     neg_lr = (-1.0 * spec.learning_rate(lr_state.count), False)
   else:
     neg_lr = (-1.0 * spec.learning_rate, True)  # optax.scale: step * g
-  return values + [(inv_bc1, True), (spec.eps_root, True),
-                   (inv_sqrt_bc2, True), (spec.eps, True), neg_lr]
+  return values + bias + [neg_lr]
 
 
 def _fused_step(spec: _Spec, updates, state, params, apply: bool):
@@ -150,7 +170,12 @@ def _fused_step(spec: _Spec, updates, state, params, apply: bool):
   if kernels is None:
     return None
   needs_p = apply or spec.decay == _COUPLED
-  leaves = _leaves(spec, updates, state[spec.adam_index], params, needs_p)
+  decoupled = spec.decay == _DECOUPLED
+  leaves = None
+  if decoupled and not apply:  # p for the decay in the calls' directions
+    leaves = _leaves(spec, updates, state[spec.adam_index], params, True)
+  if leaves is None:
+    leaves = _leaves(spec, updates, state[spec.adam_index], params, needs_p)
   if leaves is None:
     return None
   g_l, mu_l, nu_l, vmax_l, p_l, treedef = leaves
@@ -160,28 +185,61 @@ def _fused_step(spec: _Spec, updates, state, params, apply: bool):
       spec.b1, spec.b2, adam_state.count)
   values = _scalars(spec, count, inv_bc1, inv_sqrt_bc2, state[lr_index], apply)
   dtypes = sorted({np.dtype(g.dtype) for g in g_l}, key=str)
-  if not all(step.keeps(d, v) for d in dtypes for v, check in values if check):
+  keeps = lambda values: all(step.keeps(d, v) for d in dtypes
+                             for v, check in values if check)
+  if not keeps(values):
     return None
+  # Small leaves get their direction (with the decoupled decay) from the
+  # call where its scalars keep the leaves' dtype (under x64 a float64 bias
+  # correction does not) and, for the decay, the params match the grads.
+  small = []
+  if not apply:
+    with_direction = _scalars(spec, count, inv_bc1, inv_sqrt_bc2,
+                              state[lr_index], apply=False, direction=True)
+    if keeps(with_direction) and (p_l is not None or not decoupled):
+      values = with_direction
+      small = [int(np.size(g)) <= _DIRECTION_MAX_ELEMENTS for g in g_l]
 
   new_p = list(p_l) if apply else None
   new_mu, new_nu = list(mu_l), list(nu_l)
   new_vmax = list(vmax_l) if spec.amsgrad else None
   targets = [new_p] if apply else []
   targets += [new_mu, new_nu] + ([new_vmax] if spec.amsgrad else [])
-  read_p = needs_p and not apply  # coupled L2: p read only
-  for dtype, idx in step.groups(g_l):
-    per_leaf = []
-    for i in idx:
-      arrays = [g_l[i]] + ([p_l[i]] if read_p else [])
-      per_leaf.append(arrays + [t[i] for t in targets])
-    res = step.call("optzoo_adam", dtype, [v for v, _ in values], per_leaf,
-                    n_in=1 + read_p, decay=np.int64(spec.decay),
-                    amsgrad=bool(spec.amsgrad), apply=bool(apply),
-                    fma=bool(kernels.fma))
-    res = iter(res)
-    for i in idx:
-      for t in targets:
-        t[i] = next(res)
+  direction = [None] * len(g_l)  # scale_by_adam's output, from the call
+  fresh = lambda arrays: [jax.ShapeDtypeStruct(np.shape(arrays[0]),
+                                               arrays[0].dtype)]
+  # The calls that write directions run in turn, each taking the previous
+  # one's last direction as an (unread) operand, so that XLA applies each
+  # call's directions and reuses their buffers before the next call writes;
+  # independent calls let XLA keep every direction alive at once, one
+  # params-sized temporary mapped afresh (page faults) on every step (10M
+  # params in 500 leaves: 1.6-1.9x optax.adam, against 0.84-0.91x).
+  after = jnp.zeros((), np.float32)
+  for with_direction in (True, False):
+    sel = [i for i in range(len(g_l)) if bool(small and small[i]) == with_direction]
+    for dtype, ks in step.groups([g_l[i] for i in sel]):
+      idx = [sel[k] for k in ks]
+      # p read only: coupled L2, or the decoupled decay of a direction
+      read_p = not apply and (spec.decay == _COUPLED or (
+          decoupled and with_direction))
+      per_leaf = []
+      for i in idx:
+        arrays = [g_l[i]] + ([p_l[i]] if read_p else [])
+        per_leaf.append(arrays + [t[i] for t in targets])
+      out = step.call("optzoo_adam", dtype, [v for v, _ in values], per_leaf,
+                      n_in=1 + read_p, lead=(after,),
+                      outputs=fresh if with_direction else None,
+                      decay=np.int64(spec.decay), amsgrad=bool(spec.amsgrad),
+                      apply=bool(apply), direction=with_direction,
+                      fma=bool(kernels.fma))
+      res = iter(out)
+      for i in idx:
+        for t in targets:
+          t[i] = next(res)
+        if with_direction:
+          direction[i] = next(res)
+      if with_direction:
+        after = out[-1]
 
   unflat = treedef.unflatten
   mu, nu = unflat(new_mu), unflat(new_nu)
@@ -195,9 +253,24 @@ def _fused_step(spec: _Spec, updates, state, params, apply: bool):
       lr_state = lr_state._replace(count=optax.safe_increment(lr_state.count))
     new_state[lr_index] = lr_state
     return unflat(new_p), type(state)(new_state)
-  # The direction and the links after scale_by_adam, by the plain code.
-  u = transform.adam_direction(updates, mu, nu_max if spec.amsgrad else nu,
-                               inv_bc1, inv_sqrt_bc2, spec.eps, spec.eps_root)
-  for j in range(spec.adam_index + 1, len(spec.links)):
+  # The direction where the call did not write it, and the links after
+  # scale_by_adam, by the plain code.
+  second = new_vmax if spec.amsgrad else new_nu
+  u_l = [d if d is not None else transform.adam_direction(
+      g, m, v, inv_bc1, inv_sqrt_bc2, spec.eps, spec.eps_root)
+         for g, m, v, d in zip(g_l, new_mu, second, direction)]
+  first = spec.adam_index + 1
+  if decoupled and any(small):
+    # The calls' directions have the decay (links[first], stateless): it
+    # runs here on the other leaves only.
+    rest = [i for i, d in enumerate(direction) if d is None]
+    if rest:
+      decayed, _ = spec.links[first].update(
+          [u_l[i] for i in rest], state[first], [p_l[i] for i in rest])
+      for i, x in zip(rest, decayed):
+        u_l[i] = x
+    first += 1
+  u = unflat(u_l)
+  for j in range(first, len(spec.links)):
     u, new_state[j] = spec.links[j].update(u, state[j], params)
   return u, type(state)(new_state)

@@ -23,13 +23,17 @@
 // when the buffers are donated or are loop carries, and copies them first
 // otherwise.
 //
-// Adam has two modes. `apply`: the whole step, p' = p + u with u the chain's
-// update (moments, bias correction, decoupled decay, -lr); what
-// optzoo.update_and_apply runs. Otherwise only the moments (m, v, AMSGrad's
-// max, after coupled L2): what tx.update runs, leaving u to XLA, which fuses
-// it into its consumer (optax.apply_updates) -- a separate u tree written by
-// a custom call would be a fresh temporary buffer on every step (page faults:
-// slower than the plain path).
+// Adam has three modes (Out). kOutParams (`apply`): the whole step,
+// p' = p + u with u the chain's update (moments, bias correction, decoupled
+// decay, -lr); what optzoo.update_and_apply runs. kOutMoments: only the
+// moments (m, v, AMSGrad's max, after coupled L2), what tx.update runs for
+// large leaves, leaving the direction to XLA, which fuses it into its
+// consumer (optax.apply_updates) -- a direction written by the call would be
+// a fresh params-sized temporary on every step (page faults: slower than the
+// plain path). kOutDirection (`direction`): the moments and scale_by_adam's
+// direction (with the decoupled decay), a fresh result, what tx.update runs
+// for small leaves: XLA's fusion per leaf is then -lr and the apply, which
+// compile several times faster than the direction's sqrt and division.
 //
 // Under vmap (vmap_method="broadcast_all") every operand gains the same
 // leading batch dimensions: element j of leaf i then uses the scalars of
@@ -76,6 +80,7 @@ struct Flags {
   int64_t decay;  // Decay
   bool amsgrad;
   bool apply;     // the whole step (p + u), else the moments only
+  bool direction; // the moments and scale_by_adam's direction (not apply)
   bool fma;       // contract multiply-adds as XLA does
 };
 
@@ -103,11 +108,21 @@ inline __attribute__((always_inline)) double madd(double a, double b,
   return a * b + c;
 }
 
+// What an Adam call writes besides the moments (see the file comment).
+enum Out : int { kOutMoments = 0, kOutDirection, kOutParams };
+
+// Does the call read p as an input (coupled L2 before the moments, or the
+// decoupled decay in the direction)? In apply mode p is in place instead.
+constexpr bool adam_reads_p(int64_t decay, int out) {
+  return out == kOutDirection ? decay != kNoDecay
+                              : decay == kCoupled && out == kOutMoments;
+}
+
 // The elementwise step over [begin, end) of one leaf, one loop per flag
 // combination (template arguments) so that GCC vectorises each. Each line
 // is the jnp expression of the plain path in transform.py, with the
 // multiply-adds LLVM contracts in XLA's fusion of it.
-template <typename T, int64_t kDecay, bool kAms, bool kApply, bool kFma>
+template <typename T, int64_t kDecay, bool kAms, int kOut, bool kFma>
 inline __attribute__((always_inline)) void adam_loop(
     const T* __restrict s, const T* __restrict g, const T* __restrict p,
     T* __restrict m, T* __restrict v, T* __restrict vmax, T* __restrict out,
@@ -118,7 +133,8 @@ inline __attribute__((always_inline)) void adam_loop(
   for (int64_t i = begin; i < end; ++i) {
     T gi = g[i];
     // In apply mode the parameters are read from `out` (they alias).
-    const T pi = kApply ? out[i] : (kDecay == kCoupled ? p[i] : T(0));
+    constexpr bool kApply = kOut == kOutParams;
+    const T pi = kApply ? out[i] : (adam_reads_p(kDecay, kOut) ? p[i] : T(0));
     if (kDecay == kCoupled) gi = madd<kFma>(wd, pi, gi);  // g + wd p
     const T mi = madd<kFma>(c1, gi - m[i], m[i]);         // m + (1-b1)(g-m)
     const T vi = madd<kFma>(b2, v[i], (c2 * gi) * gi);    // b2 v + ((1-b2) g) g
@@ -129,19 +145,22 @@ inline __attribute__((always_inline)) void adam_loop(
       second = nan_max(vmax[i], vi);
       vmax[i] = second;
     }
-    if (kApply) {
+    if (kOut != kOutMoments) {
       // (m inv_bc1) / (sqrt(v + eps_root) inv_sqrt_bc2 + eps)
       T u = (mi * inv_bc1) /
             madd<kFma>(std::sqrt(second + eps_root), inv_sqrt_bc2, eps);
       if (kDecay == kDecoupled) u = madd<kFma>(wd, pi, u);  // u + wd p
-      out[i] = madd<kFma>(neg_lr, u, pi);                   // p + (-lr) u
+      // a direction: -lr and the apply are XLA's
+      out[i] = kApply ? madd<kFma>(neg_lr, u, pi) : u;     // p + (-lr) u
     }
   }
 }
 
 // One leaf's arrays: read-only inputs, then the arrays updated in place
-// (each result aliases its operand). kernels' layouts:
+// (each result aliases its operand), then the fresh results (written
+// whole, no operand). kernels' layouts:
 //   adam, moments only: in = g, [p (coupled)];  io = m, v, [vmax]
+//   adam, direction:    in = g, [p (decay)];    io = m, v, [vmax], u
 //   adam, apply:        in = g;                 io = p, m, v, [vmax]
 //   sgd (apply):        in = g;                 io = p, b
 constexpr int kMaxIn = 2, kMaxIo = 4;
@@ -154,17 +173,18 @@ struct Leaf {
 template <typename T>
 using RangeFn = void (*)(const T*, const Leaf<T>&, int64_t, int64_t);
 
-template <typename T, int64_t kDecay, bool kAms, bool kApply, bool kFma>
+template <typename T, int64_t kDecay, bool kAms, int kOut, bool kFma>
 inline __attribute__((always_inline)) void adam_range(
     const T* s, const Leaf<T>& a, int64_t begin, int64_t end) {
-  const bool read_p = kDecay == kCoupled && !kApply;
+  constexpr bool read_p = adam_reads_p(kDecay, kOut);
   int k = 0;
-  T* out = kApply ? a.io[k++] : nullptr;
+  T* out = kOut == kOutParams ? a.io[k++] : nullptr;
   T* m = a.io[k++];
   T* v = a.io[k++];
-  T* vmax = kAms ? a.io[k] : nullptr;
-  adam_loop<T, kDecay, kAms, kApply, kFma>(s, a.in[0], read_p ? a.in[1] : nullptr,
-                                           m, v, vmax, out, begin, end);
+  T* vmax = kAms ? a.io[k++] : nullptr;
+  if (kOut == kOutDirection) out = a.io[k];
+  adam_loop<T, kDecay, kAms, kOut, kFma>(s, a.in[0], read_p ? a.in[1] : nullptr,
+                                         m, v, vmax, out, begin, end);
 }
 
 // SGD scalar slots (K = kSgdScalars).
@@ -211,14 +231,14 @@ bool FmaSupported() {
 }
 #endif
 
-template <typename T, int64_t kDecay, bool kAms, bool kApply>
+template <typename T, int64_t kDecay, bool kAms, int kOut>
 OPTZOO_FMA_TARGET void adam_fma(const T* s, const Leaf<T>& a, int64_t b,
                                 int64_t e) {
-  adam_range<T, kDecay, kAms, kApply, true>(s, a, b, e);
+  adam_range<T, kDecay, kAms, kOut, true>(s, a, b, e);
 }
-template <typename T, int64_t kDecay, bool kAms, bool kApply>
+template <typename T, int64_t kDecay, bool kAms, int kOut>
 void adam_plain(const T* s, const Leaf<T>& a, int64_t b, int64_t e) {
-  adam_range<T, kDecay, kAms, kApply, false>(s, a, b, e);
+  adam_range<T, kDecay, kAms, kOut, false>(s, a, b, e);
 }
 template <typename T, bool kDecay, bool kNesterov>
 OPTZOO_FMA_TARGET void sgd_fma(const T* s, const Leaf<T>& a, int64_t b,
@@ -230,30 +250,34 @@ void sgd_plain(const T* s, const Leaf<T>& a, int64_t b, int64_t e) {
   sgd_range<T, kDecay, kNesterov, false>(s, a, b, e);
 }
 
-template <typename T, int64_t kDecay, bool kAms, bool kApply>
+template <typename T, int64_t kDecay, bool kAms, int kOut>
 RangeFn<T> pick_adam4(bool fma) {
-  return fma ? &adam_fma<T, kDecay, kAms, kApply>
-             : &adam_plain<T, kDecay, kAms, kApply>;
+  return fma ? &adam_fma<T, kDecay, kAms, kOut>
+             : &adam_plain<T, kDecay, kAms, kOut>;
 }
 
 template <typename T, int64_t kDecay, bool kAms>
-RangeFn<T> pick_adam3(bool apply, bool fma) {
-  return apply ? pick_adam4<T, kDecay, kAms, true>(fma)
-               : pick_adam4<T, kDecay, kAms, false>(fma);
+RangeFn<T> pick_adam3(int out, bool fma) {
+  switch (out) {
+    case kOutParams: return pick_adam4<T, kDecay, kAms, kOutParams>(fma);
+    case kOutDirection: return pick_adam4<T, kDecay, kAms, kOutDirection>(fma);
+    default: return pick_adam4<T, kDecay, kAms, kOutMoments>(fma);
+  }
 }
 
 template <typename T, int64_t kDecay>
-RangeFn<T> pick_adam2(bool ams, bool apply, bool fma) {
-  return ams ? pick_adam3<T, kDecay, true>(apply, fma)
-             : pick_adam3<T, kDecay, false>(apply, fma);
+RangeFn<T> pick_adam2(bool ams, int out, bool fma) {
+  return ams ? pick_adam3<T, kDecay, true>(out, fma)
+             : pick_adam3<T, kDecay, false>(out, fma);
 }
 
 template <typename T>
 RangeFn<T> pick_adam(const Flags& f) {
+  const int out = f.apply ? kOutParams : f.direction ? kOutDirection : kOutMoments;
   switch (f.decay) {
-    case kCoupled: return pick_adam2<T, kCoupled>(f.amsgrad, f.apply, f.fma);
-    case kDecoupled: return pick_adam2<T, kDecoupled>(f.amsgrad, f.apply, f.fma);
-    default: return pick_adam2<T, kNoDecay>(f.amsgrad, f.apply, f.fma);
+    case kCoupled: return pick_adam2<T, kCoupled>(f.amsgrad, out, f.fma);
+    case kDecoupled: return pick_adam2<T, kDecoupled>(f.amsgrad, out, f.fma);
+    default: return pick_adam2<T, kNoDecay>(f.amsgrad, out, f.fma);
   }
 }
 
@@ -303,17 +327,20 @@ constexpr int64_t kBlock = 1 << 16;        // elements per task
 constexpr int64_t kMinParallel = 1 << 18;  // below this, one thread
 
 // The operands: scalars T[S, n_scalars], then per leaf n_in inputs and n_io
-// in/out arrays (equal shapes); the results: per leaf the n_io arrays. A
-// result whose buffer is not its operand's (XLA did not alias) gets a copy
-// first, so `fn` always updates in place.
+// in/out arrays (equal shapes); the results: per leaf the n_io arrays, then
+// n_out fresh ones (the leaf's shape, no operand). A result whose buffer is
+// not its operand's (XLA did not alias) gets a copy first, so `fn` always
+// updates in place.
 template <typename T>
 ffi::Error run(RangeFn<T> fn, int64_t n_scalars, int64_t n_leaves,
-               int64_t n_in, int64_t n_io, ffi::AnyBuffer scalars,
-               ffi::RemainingArgs args, ffi::RemainingRets rets,
-               ffi::ThreadPool* pool, bool whole_step) {
-  if (n_in > kMaxIn || n_io > kMaxIo ||
+               int64_t n_in, int64_t n_io, int64_t n_out,
+               ffi::AnyBuffer scalars, ffi::RemainingArgs args,
+               ffi::RemainingRets rets, ffi::ThreadPool* pool,
+               bool whole_step) {
+  const int64_t n_res = n_io + n_out;
+  if (n_in > kMaxIn || n_res > kMaxIo ||
       static_cast<int64_t>(args.size()) != n_leaves * (n_in + n_io) ||
-      static_cast<int64_t>(rets.size()) != n_leaves * n_io) {
+      static_cast<int64_t>(rets.size()) != n_leaves * n_res) {
     return ffi::Error::InvalidArgument("optzoo kernel: operand count mismatch");
   }
   const int64_t rows = scalars.element_count() / n_scalars;
@@ -341,11 +368,18 @@ ffi::Error run(RangeFn<T> fn, int64_t n_scalars, int64_t n_leaves,
         leaf.in[k] = data;
         continue;
       }
-      auto r = rets.get<ffi::AnyBuffer>(i * n_io + (k - n_in));
+      auto r = rets.get<ffi::AnyBuffer>(i * n_res + (k - n_in));
       if (!r.has_value()) return ffi::Error::InvalidArgument("optzoo kernel: result");
       T* out = reinterpret_cast<T*>((*r)->untyped_data());
       if (out != data) std::copy(data, data + size, out);
       leaf.io[k - n_in] = out;
+    }
+    for (int64_t k = n_io; k < n_res; ++k) {
+      auto r = rets.get<ffi::AnyBuffer>(i * n_res + k);
+      if (!r.has_value() || (*r)->element_count() != size) {
+        return ffi::Error::InvalidArgument("optzoo kernel: result");
+      }
+      leaf.io[k] = reinterpret_cast<T*>((*r)->untyped_data());
     }
     job->leaves.push_back(leaf);
     if (size % rows != 0) {
@@ -381,23 +415,30 @@ ffi::Error run(RangeFn<T> fn, int64_t n_scalars, int64_t n_leaves,
   return ffi::Error::Success();
 }
 
+// `after`: unread, the previous call's last result (adam.py chains the
+// calls that write directions, as adam8.py does).
 ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::AnyBuffer scalars,
-                    ffi::RemainingArgs args, ffi::RemainingRets rets,
+                    ffi::AnyBuffer /*after*/, ffi::RemainingArgs args, ffi::RemainingRets rets,
                     int64_t n_leaves, int64_t decay, bool amsgrad, bool apply,
-                    bool fma) {
+                    bool direction, bool fma) {
   if (fma && !FmaSupported()) {
     return ffi::Error::InvalidArgument("optzoo adam: this CPU has no FMA");
   }
-  const Flags flags{decay, amsgrad, apply, fma};
-  const int64_t n_in = 1 + (decay == kCoupled && !apply);
-  const int64_t n_io = 2 + apply + amsgrad;
+  if (apply && direction) {
+    return ffi::Error::InvalidArgument("optzoo adam: apply and direction");
+  }
+  const Flags flags{decay, amsgrad, apply, direction, fma};
+  const int64_t n_in =
+      1 + adam_reads_p(decay, apply ? kOutParams
+                              : direction ? kOutDirection : kOutMoments);
+  const int64_t n_io = 2 + apply + amsgrad, n_out = direction;
   switch (scalars.element_type()) {
     case ffi::DataType::F32:
       return run<float>(pick_adam<float>(flags), kNumScalars, n_leaves, n_in,
-                        n_io, scalars, args, rets, &pool, apply);
+                        n_io, n_out, scalars, args, rets, &pool, apply);
     case ffi::DataType::F64:
       return run<double>(pick_adam<double>(flags), kNumScalars, n_leaves, n_in,
-                         n_io, scalars, args, rets, &pool, apply);
+                         n_io, n_out, scalars, args, rets, &pool, apply);
     default:
       return ffi::Error::InvalidArgument("optzoo adam: float32/float64 only");
   }
@@ -412,11 +453,11 @@ ffi::Error SgdImpl(ffi::ThreadPool pool, ffi::AnyBuffer scalars,
   switch (scalars.element_type()) {
     case ffi::DataType::F32:
       return run<float>(pick_sgd<float>(decay, nesterov, fma), kSgdScalars,
-                        n_leaves, 1, 2, scalars, args, rets, &pool,
+                        n_leaves, 1, 2, 0, scalars, args, rets, &pool,
                         /*whole_step=*/true);
     case ffi::DataType::F64:
       return run<double>(pick_sgd<double>(decay, nesterov, fma), kSgdScalars,
-                         n_leaves, 1, 2, scalars, args, rets, &pool,
+                         n_leaves, 1, 2, 0, scalars, args, rets, &pool,
                          /*whole_step=*/true);
     default:
       return ffi::Error::InvalidArgument("optzoo sgd: float32/float64 only");
@@ -1287,12 +1328,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OptzooAdam, AdamImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
                                   .RemainingArgs()
                                   .RemainingRets()
                                   .Attr<int64_t>("n_leaves")
                                   .Attr<int64_t>("decay")
                                   .Attr<bool>("amsgrad")
                                   .Attr<bool>("apply")
+                                  .Attr<bool>("direction")
                                   .Attr<bool>("fma"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OptzooSgd, SgdImpl,
