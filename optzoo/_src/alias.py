@@ -349,7 +349,8 @@ def adam(
   scale_by_learning_rate``. Equal to ``optax.adam`` without weight decay.
 
   On CPU (one device; float32/float64 leaves; not ``maximize``/``mu_dtype``)
-  the moments are updated by one fused C++ call per dtype, and
+  the moments (and, for leaves of up to 65,536 entries, the direction) are
+  computed by fused C++ calls, one per dtype and 16 leaves, and
   :func:`optzoo.update_and_apply` runs the whole step, new params included,
   in that call; both are bitwise equal to the plain jnp path on the same
   input arrays (``OPTZOO_CPU_KERNELS=0`` switches them off; see
