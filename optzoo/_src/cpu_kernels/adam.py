@@ -205,41 +205,8 @@ def _fused_step(spec: _Spec, updates, state, params, apply: bool):
   new_vmax = list(vmax_l) if spec.amsgrad else None
   targets = [new_p] if apply else []
   targets += [new_mu, new_nu] + ([new_vmax] if spec.amsgrad else [])
-  direction = [None] * len(g_l)  # scale_by_adam's output, from the call
-  fresh = lambda arrays: [jax.ShapeDtypeStruct(np.shape(arrays[0]),
-                                               arrays[0].dtype)]
-  # The calls that write directions run in turn, each taking the previous
-  # one's last direction as an (unread) operand, so that XLA applies each
-  # call's directions and reuses their buffers before the next call writes;
-  # independent calls let XLA keep every direction alive at once, one
-  # params-sized temporary mapped afresh (page faults) on every step (10M
-  # params in 500 leaves: 1.6-1.9x optax.adam, against 0.84-0.91x).
-  after = jnp.zeros((), np.float32)
-  for with_direction in (True, False):
-    sel = [i for i in range(len(g_l)) if bool(small and small[i]) == with_direction]
-    for dtype, ks in step.groups([g_l[i] for i in sel]):
-      idx = [sel[k] for k in ks]
-      # p read only: coupled L2, or the decoupled decay of a direction
-      read_p = not apply and (spec.decay == _COUPLED or (
-          decoupled and with_direction))
-      per_leaf = []
-      for i in idx:
-        arrays = [g_l[i]] + ([p_l[i]] if read_p else [])
-        per_leaf.append(arrays + [t[i] for t in targets])
-      out = step.call("optzoo_adam", dtype, [v for v, _ in values], per_leaf,
-                      n_in=1 + read_p, lead=(after,),
-                      outputs=fresh if with_direction else None,
-                      decay=np.int64(spec.decay), amsgrad=bool(spec.amsgrad),
-                      apply=bool(apply), direction=with_direction,
-                      fma=bool(kernels.fma))
-      res = iter(out)
-      for i in idx:
-        for t in targets:
-          t[i] = next(res)
-        if with_direction:
-          direction[i] = next(res)
-      if with_direction:
-        after = out[-1]
+  direction = _calls(spec, values, g_l, p_l, targets, small, apply,
+                     kernels.fma)
 
   unflat = treedef.unflatten
   mu, nu = unflat(new_mu), unflat(new_nu)
@@ -253,16 +220,72 @@ def _fused_step(spec: _Spec, updates, state, params, apply: bool):
       lr_state = lr_state._replace(count=optax.safe_increment(lr_state.count))
     new_state[lr_index] = lr_state
     return unflat(new_p), type(state)(new_state)
-  # The direction where the call did not write it, and the links after
-  # scale_by_adam, by the plain code.
   second = new_vmax if spec.amsgrad else new_nu
+  u = _direction_and_links(spec, state, new_state, params, direction,
+                           (g_l, p_l, new_mu, second), inv_bc1, inv_sqrt_bc2,
+                           decay_done=decoupled and any(small), unflat=unflat)
+  return u, type(state)(new_state)
+
+
+def _calls(spec: _Spec, values, g_l, p_l, targets, small, apply: bool,
+           fma: bool) -> list:
+  """Runs the custom calls: each leaf's new arrays into ``targets`` (lists
+  indexed by leaf, updated in place); returns per leaf scale_by_adam's
+  direction where a call wrote it (``small[i]``: with the decoupled decay),
+  else None."""
+  decoupled = spec.decay == _DECOUPLED
+  direction = [None] * len(g_l)
+  fresh = lambda arrays: [jax.ShapeDtypeStruct(np.shape(arrays[0]),
+                                               arrays[0].dtype)]
+  # The calls that write directions run in turn, each taking the previous
+  # one's last direction as an (unread) operand, so that XLA applies each
+  # call's directions and reuses their buffers before the next call writes;
+  # independent calls let XLA keep every direction alive at once, one
+  # params-sized temporary mapped afresh (page faults) on every step (10M
+  # params in 500 leaves: 1.6-1.9x optax.adam, against 0.84-0.91x).
+  after = jnp.zeros((), np.float32)
+  for with_direction in (True, False):
+    sel = [i for i in range(len(g_l)) if bool(small and small[i]) == with_direction]
+    # p read only: coupled L2, or the decoupled decay of a direction
+    read_p = not apply and (spec.decay == _COUPLED or (
+        decoupled and with_direction))
+    for dtype, ks in step.groups([g_l[i] for i in sel]):
+      idx = [sel[k] for k in ks]
+      per_leaf = [[g_l[i]] + ([p_l[i]] if read_p else []) + [t[i] for t in targets]
+                  for i in idx]
+      out = step.call("optzoo_adam", dtype, [v for v, _ in values], per_leaf,
+                      n_in=1 + read_p, lead=(after,),
+                      outputs=fresh if with_direction else None,
+                      decay=np.int64(spec.decay), amsgrad=bool(spec.amsgrad),
+                      apply=bool(apply), direction=with_direction,
+                      fma=bool(fma))
+      res = iter(out)
+      for i in idx:
+        for t in targets:
+          t[i] = next(res)
+        if with_direction:
+          direction[i] = next(res)
+      if with_direction:
+        after = out[-1]
+  return direction
+
+
+def _direction_and_links(spec: _Spec, state, new_state: list, params,
+                         direction: list, leaves, inv_bc1, inv_sqrt_bc2, *,
+                         decay_done: bool, unflat):
+  """tx.update's ``u``: scale_by_adam's direction where no call wrote it,
+  then the links after scale_by_adam by the plain code (their new states
+  into ``new_state``). ``leaves``: per leaf g, p, new mu, new nu (or
+  AMSGrad's max); ``decay_done``: the calls' directions have the decoupled
+  decay."""
+  g_l, p_l, mu_l, second_l = leaves
   u_l = [d if d is not None else transform.adam_direction(
       g, m, v, inv_bc1, inv_sqrt_bc2, spec.eps, spec.eps_root)
-         for g, m, v, d in zip(g_l, new_mu, second, direction)]
+         for g, m, v, d in zip(g_l, mu_l, second_l, direction)]
   first = spec.adam_index + 1
-  if decoupled and any(small):
-    # The calls' directions have the decay (links[first], stateless): it
-    # runs here on the other leaves only.
+  if decay_done:
+    # links[first] is the decay (stateless): it runs here on the other
+    # leaves only.
     rest = [i for i, d in enumerate(direction) if d is None]
     if rest:
       decayed, _ = spec.links[first].update(
@@ -273,4 +296,4 @@ def _fused_step(spec: _Spec, updates, state, params, apply: bool):
   u = unflat(u_l)
   for j in range(first, len(spec.links)):
     u, new_state[j] = spec.links[j].update(u, state[j], params)
-  return u, type(state)(new_state)
+  return u
