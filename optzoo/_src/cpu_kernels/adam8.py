@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -210,7 +209,6 @@ def quantized_adam_leaves(spec, g_l: list, p_l: Optional[list], mu_l: list,
     if _eligible(g, None if p_l is None else p_l[i], mu, nu, needs_p, nb):
       idx.append(i)
   tab = jnp.asarray(tables)
-  direction = lambda arrays: [jax.ShapeDtypeStruct(np.shape(arrays[0]), _F32)]
   read_p = coupled and not apply
   # Calls in turn, each taking the previous call's last result as an
   # (unread) operand, so that XLA can apply each direction and reuse its
@@ -228,7 +226,7 @@ def quantized_adam_leaves(spec, g_l: list, p_l: Optional[list], mu_l: list,
                 + [mu_l[i].codes, mu_l[i].absmax, nu_l[i].codes, nu_l[i].absmax]
                 for i in chunk]
     res = step.call("optzoo_adam8", _F32, values, per_leaf, 1 + read_p,
-                    lead=(tab, after), outputs=None if apply else direction,
+                    lead=(tab, after), outputs=None if apply else step.like_first,
                     vmap_method="sequential", block_size=np.int64(block_size),
                     decay=np.int64(spec.decay if apply or coupled else 0),
                     apply=bool(apply), fma=bool(kernels.fma),

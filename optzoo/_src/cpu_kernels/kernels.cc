@@ -76,11 +76,20 @@ enum Slot : int {
 
 enum Decay : int64_t { kNoDecay = 0, kCoupled = 1, kDecoupled = 2 };
 
+// What an Adam call writes besides the moments (see the file comment).
+enum Out : int { kOutMoments = 0, kOutDirection, kOutParams };
+
+// Does the call read p as an input (coupled L2 before the moments, or the
+// decoupled decay in the direction)? In apply mode p is in place instead.
+constexpr bool adam_reads_p(int64_t decay, int out) {
+  return out == kOutDirection ? decay != kNoDecay
+                              : decay == kCoupled && out == kOutMoments;
+}
+
 struct Flags {
   int64_t decay;  // Decay
   bool amsgrad;
-  bool apply;     // the whole step (p + u), else the moments only
-  bool direction; // the moments and scale_by_adam's direction (not apply)
+  int out;        // Out
   bool fma;       // contract multiply-adds as XLA does
 };
 
@@ -106,16 +115,6 @@ inline __attribute__((always_inline)) double madd(double a, double b,
                                                   double c) {
   if constexpr (kFma) return __builtin_fma(a, b, c);
   return a * b + c;
-}
-
-// What an Adam call writes besides the moments (see the file comment).
-enum Out : int { kOutMoments = 0, kOutDirection, kOutParams };
-
-// Does the call read p as an input (coupled L2 before the moments, or the
-// decoupled decay in the direction)? In apply mode p is in place instead.
-constexpr bool adam_reads_p(int64_t decay, int out) {
-  return out == kOutDirection ? decay != kNoDecay
-                              : decay == kCoupled && out == kOutMoments;
 }
 
 // The elementwise step over [begin, end) of one leaf, one loop per flag
@@ -273,11 +272,10 @@ RangeFn<T> pick_adam2(bool ams, int out, bool fma) {
 
 template <typename T>
 RangeFn<T> pick_adam(const Flags& f) {
-  const int out = f.apply ? kOutParams : f.direction ? kOutDirection : kOutMoments;
   switch (f.decay) {
-    case kCoupled: return pick_adam2<T, kCoupled>(f.amsgrad, out, f.fma);
-    case kDecoupled: return pick_adam2<T, kDecoupled>(f.amsgrad, out, f.fma);
-    default: return pick_adam2<T, kNoDecay>(f.amsgrad, out, f.fma);
+    case kCoupled: return pick_adam2<T, kCoupled>(f.amsgrad, f.out, f.fma);
+    case kDecoupled: return pick_adam2<T, kDecoupled>(f.amsgrad, f.out, f.fma);
+    default: return pick_adam2<T, kNoDecay>(f.amsgrad, f.out, f.fma);
   }
 }
 
@@ -418,7 +416,8 @@ ffi::Error run(RangeFn<T> fn, int64_t n_scalars, int64_t n_leaves,
 // `after`: unread, the previous call's last result (adam.py chains the
 // calls that write directions, as adam8.py does).
 ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::AnyBuffer scalars,
-                    ffi::AnyBuffer /*after*/, ffi::RemainingArgs args, ffi::RemainingRets rets,
+                    ffi::AnyBuffer /*after*/, ffi::RemainingArgs args,
+                    ffi::RemainingRets rets,
                     int64_t n_leaves, int64_t decay, bool amsgrad, bool apply,
                     bool direction, bool fma) {
   if (fma && !FmaSupported()) {
@@ -427,10 +426,9 @@ ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::AnyBuffer scalars,
   if (apply && direction) {
     return ffi::Error::InvalidArgument("optzoo adam: apply and direction");
   }
-  const Flags flags{decay, amsgrad, apply, direction, fma};
-  const int64_t n_in =
-      1 + adam_reads_p(decay, apply ? kOutParams
-                              : direction ? kOutDirection : kOutMoments);
+  const int out = apply ? kOutParams : direction ? kOutDirection : kOutMoments;
+  const Flags flags{decay, amsgrad, out, fma};
+  const int64_t n_in = 1 + adam_reads_p(decay, out);
   const int64_t n_io = 2 + apply + amsgrad, n_out = direction;
   switch (scalars.element_type()) {
     case ffi::DataType::F32:

@@ -165,6 +165,12 @@ def groups(leaves, max_elements: Optional[int] = None) -> list:
   return out
 
 
+def like_first(arrays: list) -> list:
+  """``outputs`` for :func:`call`: one further result per leaf, of its
+  first operand's shape and dtype (a direction)."""
+  return [jax.ShapeDtypeStruct(np.shape(arrays[0]), arrays[0].dtype)]
+
+
 def call(target: str, dtype, scalars: list, per_leaf: list, n_in: int, *,
          lead: tuple = (), outputs: Optional[Callable[[list], list]] = None,
          vmap_method: str = "broadcast_all", **attrs) -> list:
