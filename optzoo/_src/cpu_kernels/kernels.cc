@@ -513,6 +513,11 @@ struct Q8Decades {
 constexpr int64_t kQ8DecadeWords = 128;
 static_assert(sizeof(Q8Decades) == 4 * kQ8DecadeWords, "Q8Decades layout");
 constexpr float kQ8Near = 1.0f / 1024;
+// q8_count16 takes t in fixed point with kQ8Fraction fractional bits (so
+// kQ8Near is kQ8NearUnits units).
+constexpr int kQ8Fraction = 14;
+constexpr int32_t kQ8NearUnits = static_cast<int32_t>(kQ8Near * (1 << kQ8Fraction));
+static_assert(kQ8NearUnits == 16, "kQ8Near in fixed point: a power of 2");
 // The AVX-512 encoder also redoes the lanes within kQ8Margin bit patterns of
 // a decade edge, so that no lane it decides has a midpoint within kQ8Margin
 // patterns (tests/cpu_kernels/check_q8_encoder_exhaustive.py): it may then
@@ -918,8 +923,10 @@ struct Q8DecadeRegs {
   __m512i below_lo, below_hi, cap;
 };
 OPTZOO_AVX512_TARGET inline Q8DecadeRegs q8_decade_regs(const Q8Decades& T) {
+  const __m512 fixed = _mm512_set1_ps(1 << kQ8Fraction);  // q8_count16
   return {_mm512_loadu_ps(T.edge), _mm512_loadu_ps(T.edge + 16),
-          _mm512_loadu_ps(T.scale), _mm512_loadu_ps(T.offset),
+          _mm512_mul_ps(_mm512_loadu_ps(T.scale), fixed),
+          _mm512_mul_ps(_mm512_loadu_ps(T.offset), fixed),
           _mm512_loadu_si512(T.below), _mm512_loadu_si512(T.below + 16),
           _mm512_loadu_si512(T.cap)};
 }
@@ -952,16 +959,22 @@ OPTZOO_AVX512_TARGET inline __m512i q8_count16(const Q8DecadeRegs& T, __m512 a,
       _mm512_add_epi32(_mm512_sub_epi32(bits, _mm512_castps_si512(edge)),
                        _mm512_set1_epi32(kQ8Margin)),
       _mm512_set1_epi32(2 * kQ8Margin));
-  const __m512 t = _mm512_fmadd_ps(a, _mm512_permutexvar_ps(d, T.scale),
-                                   _mm512_permutexvar_ps(d, T.offset));
-  // f = t - round(t), in [-1/2, 1/2]: redo where |f| < kQ8Near
-  const __m512 f = _mm512_reduce_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  redo |= _mm512_mask_cmp_ps_mask(
-      _mm512_cmp_ps_mask(f, _mm512_set1_ps(kQ8Near), _CMP_LT_OQ), f,
-      _mm512_set1_ps(-kQ8Near), _CMP_GT_OQ);
-  const __m512i n = _mm512_add_epi32(
-      _mm512_cvt_roundps_epi32(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC),
-      _mm512_set1_epi32(1));
+  // t in fixed point: r = round(2^F t), F = kQ8Fraction (T's scaled tables
+  // give 2^F t exactly, one rounding as t's). floor(t) = r >> F except
+  // within 2^-(F+1) below an integer, where t is within kQ8Near of it: the
+  // lanes with r in [j 2^F - kQ8NearUnits, j 2^F + kQ8NearUnits) for an
+  // integer j, i.e. the low F bits of r + kQ8NearUnits below 2 kQ8NearUnits,
+  // are redone. (Than
+  // t - round(t) (vreduceps) and two compares, 1.08 -> 1.06 ns per entry.)
+  const __m512i r = _mm512_cvt_roundps_epi32(
+      _mm512_fmadd_ps(a, _mm512_permutexvar_ps(d, T.scale),
+                      _mm512_permutexvar_ps(d, T.offset)),
+      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  constexpr int32_t kHigh = ((1 << kQ8Fraction) - 1) & ~(2 * kQ8NearUnits - 1);
+  redo |= _mm512_testn_epi32_mask(
+      _mm512_add_epi32(r, _mm512_set1_epi32(kQ8NearUnits)), _mm512_set1_epi32(kHigh));
+  const __m512i n = _mm512_add_epi32(_mm512_srai_epi32(r, kQ8Fraction),
+                                     _mm512_set1_epi32(1));
   return _mm512_min_epi32(n, _mm512_permutexvar_epi32(d, T.cap));
 }
 
@@ -996,6 +1009,23 @@ OPTZOO_AVX512_TARGET __attribute__((noinline)) void q8_redo16(
     if ((redo_v >> l) & 1) cv[l] = q8_encode_unsigned(t.enc_u, vi[l] / sv);
   }
 }
+
+// The 16-entry groups of one chunk of a block (kChunk entries) that have
+// lanes to re-encode, and those lanes: note() appends without a branch (a
+// group without lanes is written to the slot past the last, and overwritten).
+struct Q8Redo {
+  static constexpr int64_t kChunk = 4096;
+  int64_t count = 0;
+  int32_t at[kChunk / 16 + 1];
+  __mmask16 m[kChunk / 16 + 1], v[kChunk / 16 + 1];
+  inline __attribute__((always_inline)) void note(int64_t j, __mmask16 redo_m,
+                                                  __mmask16 redo_v) {
+    at[count] = static_cast<int32_t>(j);
+    m[count] = redo_m;
+    v[count] = redo_v;
+    count += (redo_m | redo_v) != 0;
+  }
+};
 
 // 1 / s when y = x * (1 / s) is within 7 bit patterns of x / s for every
 // |x| <= s whose quotient is normal (so, by kQ8Margin, of the same code),
@@ -1096,30 +1126,40 @@ OPTZOO_AVX512_TARGET void q8_range_avx512(const float* __restrict s,
     const bool recip = rm != 0 && rv != 0;
     const __m512 vsm = _mm512_set1_ps(recip ? rm : sm),
                  vsv = _mm512_set1_ps(recip ? rv : sv);
-    for (int64_t j = 0; j < n16; j += 16) {
-      const int64_t i = i0 + j;
-      const __m512 mi = _mm512_loadu_ps(bm + j), vi = _mm512_loadu_ps(bv + j);
-      const __m512 ym = recip ? _mm512_mul_ps(mi, vsm) : _mm512_div_ps(mi, vsm);
-      const __m512 yv = recip ? _mm512_mul_ps(vi, vsv) : _mm512_div_ps(vi, vsv);
-      __m512i code_m, code_v;
-      __mmask16 redo_m = 0, redo_v = 0;
-      q8_codes16(enc, ym, yv, code_m, code_v, redo_m, redo_v);
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(a.cm + i),
-                       _mm512_cvtepi32_epi8(code_m));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(a.cv + i),
-                       _mm512_cvtepi32_epi8(code_v));
-      if ((redo_m | redo_v) != 0) {
-        q8_redo16(t, bm + j, bv + j, sm, sv, redo_m, redo_v, a.cm + i, a.cv + i);
+    // The lanes the arithmetic encoder leaves undecided are re-encoded after
+    // each chunk of the loop (Q8Redo), which keeps the loop free of calls
+    // and branches (1.10 -> 1.08 ns per entry, one thread in cache).
+    for (int64_t c0 = 0; c0 < n16; c0 += Q8Redo::kChunk) {
+      Q8Redo redo;
+      const int64_t c1 = std::min(n16, c0 + Q8Redo::kChunk);
+      for (int64_t j = c0; j < c1; j += 16) {
+        const int64_t i = i0 + j;
+        const __m512 mi = _mm512_loadu_ps(bm + j), vi = _mm512_loadu_ps(bv + j);
+        const __m512 ym = recip ? _mm512_mul_ps(mi, vsm) : _mm512_div_ps(mi, vsm);
+        const __m512 yv = recip ? _mm512_mul_ps(vi, vsv) : _mm512_div_ps(vi, vsv);
+        __m512i code_m, code_v;
+        __mmask16 redo_m = 0, redo_v = 0;
+        q8_codes16(enc, ym, yv, code_m, code_v, redo_m, redo_v);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(a.cm + i),
+                         _mm512_cvtepi32_epi8(code_m));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(a.cv + i),
+                         _mm512_cvtepi32_epi8(code_v));
+        redo.note(j, redo_m, redo_v);
+        const __m512 den = _mm512_fmadd_ps(_mm512_sqrt_ps(_mm512_add_ps(vi, vroot)),
+                                           vbc2, veps);
+        const __m512 xv = _mm512_div_ps(_mm512_mul_ps(mi, vbc1), den);
+        if constexpr (kApply) {
+          const __m512 pv = _mm512_loadu_ps(a.pw + i);
+          const __m512 u = kDecay == kDecoupled ? _mm512_fmadd_ps(vwd, pv, xv) : xv;
+          _mm512_storeu_ps(a.pw + i, _mm512_fmadd_ps(vnlr, u, pv));
+        } else {
+          _mm512_storeu_ps(a.x + i, xv);
+        }
       }
-      const __m512 den = _mm512_fmadd_ps(_mm512_sqrt_ps(_mm512_add_ps(vi, vroot)),
-                                         vbc2, veps);
-      const __m512 xv = _mm512_div_ps(_mm512_mul_ps(mi, vbc1), den);
-      if constexpr (kApply) {
-        const __m512 pv = _mm512_loadu_ps(a.pw + i);
-        const __m512 u = kDecay == kDecoupled ? _mm512_fmadd_ps(vwd, pv, xv) : xv;
-        _mm512_storeu_ps(a.pw + i, _mm512_fmadd_ps(vnlr, u, pv));
-      } else {
-        _mm512_storeu_ps(a.x + i, xv);
+      for (int64_t r = 0; r < redo.count; ++r) {
+        const int64_t j = redo.at[r];
+        q8_redo16(t, bm + j, bv + j, sm, sv, redo.m[r], redo.v[r], a.cm + i0 + j,
+                  a.cv + i0 + j);
       }
     }
     q8_encode_range<kDecay, kApply, true>(s, t, a, i0, n16, n, bm, bv, sm, sv);
