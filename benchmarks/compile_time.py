@@ -17,7 +17,11 @@ fresh interpreter (``--in-process`` to disable):
 * ``optzoo.adam (plain)``: traced with ``OPTZOO_CPU_KERNELS=0``;
 * ``update_and_apply(optzoo.adam)``: the whole step in one C++ call;
 * ``optzoo.group_leaves(optzoo.adam)``: same-shape leaves stacked;
-* ``optax.flatten(optax.adam)``: one raveled vector (breaks sharding).
+* ``optax.flatten(optax.adam)``: one raveled vector (breaks sharding);
+* ``no-op step``: a step with Adam's signature (params, state, grads; params
+  and state donated) that returns params and state unchanged. What it costs
+  is what jax and XLA spend on the signature alone, a floor for every
+  optimizer (it grows faster than the leaf count, see benchmarks/RESULTS.md).
 
 The target: group_leaves compile time <= 0.5 x optax's at 3000
 leaves with no worse step time. See benchmarks/RESULTS.md for what XLA:CPU
@@ -50,6 +54,7 @@ VARIANTS = {
     "update_and_apply(optzoo.adam)": lambda: optzoo.adam(1e-3),
     "group_leaves(optzoo.adam)": lambda: optzoo.group_leaves(optzoo.adam(1e-3)),
     "optax.flatten(optax.adam)": lambda: optax.flatten(optax.adam(1e-3)),
+    "no-op step": lambda: optax.adam(1e-3),  # its state's structure only
 }
 
 
@@ -67,11 +72,14 @@ def model_params(n_leaves: int, width: int = 64):
 # step is optzoo.update_and_apply (one custom call writing the new params).
 _KERNEL_OFF = {"optzoo.adam (plain)"}
 _UPDATE_AND_APPLY = {"update_and_apply(optzoo.adam)"}
+_NO_OP = {"no-op step"}
 
 
 def _step(name, tx):
   if name in _UPDATE_AND_APPLY:
     return lambda p, s, g: optzoo.update_and_apply(tx, g, s, p)
+  if name in _NO_OP:
+    return lambda p, s, g: (p, s)
   return C.optimizer_step(tx)
 
 
